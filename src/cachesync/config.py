@@ -1,0 +1,285 @@
+"""Settings: one name per setting, shared by every way of configuring cachesync.
+
+=====================  ===========================  ======================
+``configure()`` / CLI  environment variable          Django ``CACHESYNC``
+=====================  ===========================  ======================
+``redis_url``          ``CACHESYNC_REDIS_URL``       ``"REDIS_URL"``
+...                    ``CACHESYNC_<NAME>``          ``"<NAME>"``
+=====================  ===========================  ======================
+
+The command-line flag of a setting is ``--<name with dashes>`` (``--redis-url``).
+An invalid value fails at start-up with a :class:`ConfigurationError` naming the
+setting and the expected form; values that contain passwords are redacted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError, redact_url
+from .policies import BatchPolicy
+
+__all__ = ["Settings", "configure", "env_name", "get_settings", "reset_settings"]
+
+ENV_PREFIX = "CACHESYNC_"
+
+
+def env_name(name: str) -> str:
+    """``redis_url`` -> ``CACHESYNC_REDIS_URL``."""
+    return ENV_PREFIX + name.upper()
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, immutable settings. Build with :meth:`from_mapping` or :func:`configure`."""
+
+    name: str = field(
+        default="default",
+        metadata=_doc(
+            "name of this sync pipeline: the leader lock and checkpoint row are per name"
+        ),
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_doc(
+            "Redis holding the cache, redis://[:password@]host:port/db (rediss:// for TLS)"
+        ),
+    )
+    redis_cluster: bool = field(
+        default=False,
+        metadata=_doc("the Redis URL points at a Redis Cluster (keys are grouped by hash slot)"),
+    )
+    redis_connect_timeout: float = field(
+        default=1.0, metadata=_doc("seconds to wait for a Redis connection")
+    )
+    redis_socket_timeout: float = field(
+        default=1.0,
+        metadata=_doc(
+            "seconds to wait for a Redis reply; a frozen Redis must never hang a request"
+        ),
+    )
+    mysql_url: str | None = field(
+        default=None, metadata=_doc("watched database, mysql://user:password@host:port/database")
+    )
+    checkpoint_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "database holding the checkpoint table when not the watched one "
+            "(mysql://...), or file:/path/to/checkpoint.json"
+        ),
+    )
+    es_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Elasticsearch, http(s)://[user:password@]host:port (several comma-separated)"
+        ),
+    )
+    es_timeout: float = field(
+        default=10.0, metadata=_doc("seconds to wait for an Elasticsearch request")
+    )
+    kafka_bootstrap: str | None = field(
+        default=None, metadata=_doc("Kafka bootstrap servers, host:port[,host:port]")
+    )
+    retry_topic: str = field(
+        default="cachesync.retry", metadata=_doc("Kafka topic of actions waiting for a retry")
+    )
+    dead_letter_topic: str = field(
+        default="cachesync.dead-letter",
+        metadata=_doc(
+            "Kafka topic of actions that exhausted their retries or could not be decoded"
+        ),
+    )
+    server_id: int = field(
+        default=7541,
+        metadata=_doc(
+            "replica server id the sidecar uses on the binlog connection (unique per reader)"
+        ),
+    )
+    batch: str = field(
+        default="default", metadata=_doc("batch preset: low_latency, default or throughput")
+    )
+    models: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("modules to import so their model declarations register (comma-separated)"),
+    )
+    fast_path: bool = field(
+        default=True,
+        metadata=_doc("delete keys right after the ORM commit (the binlog path is the safety net)"),
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(f.name, f.type, value))
+        for name, schemes in (
+            ("redis_url", ("redis", "rediss", "unix")),
+            ("mysql_url", ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql")),
+            ("es_url", ("http", "https")),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            for part in value.split(",") if name == "es_url" else [value]:
+                scheme = urlsplit(part.strip()).scheme
+                if scheme not in schemes or "//" not in part:
+                    raise ConfigurationError(
+                        f"setting {name} ({env_name(name)}) must look like "
+                        f"{schemes[0]}://host:port/..., got {redact_url(part)!r}",
+                        setting=name,
+                    )
+        if self.checkpoint_url is not None and not self.checkpoint_url.startswith(
+            ("file:", "mysql://", "mysql+pymysql://", "mariadb://")
+        ):
+            raise ConfigurationError(
+                f"setting checkpoint_url ({env_name('checkpoint_url')}) must be file:/path "
+                f"or mysql://..., got {redact_url(self.checkpoint_url)!r}",
+                setting="checkpoint_url",
+            )
+        if self.kafka_bootstrap is not None:
+            for server in self.kafka_bootstrap.split(","):
+                host, _, port = server.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigurationError(
+                        f"setting kafka_bootstrap ({env_name('kafka_bootstrap')}) must be "
+                        f"host:port[,host:port], got {self.kafka_bootstrap!r}",
+                        setting="kafka_bootstrap",
+                    )
+        for name in ("redis_connect_timeout", "redis_socket_timeout", "es_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"setting {name} must be > 0 seconds", setting=name)
+        if not 1 <= self.server_id < 2**32:
+            raise ConfigurationError(
+                "setting server_id must be in 1..4294967295", setting="server_id"
+            )
+        BatchPolicy.preset(self.batch)
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy.preset(self.batch)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Setting name -> one-line description (CLI ``--help`` and docs use this)."""
+        return {f.name: f.metadata.get("doc", "") for f in fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "settings") -> Settings:
+        """Build from ``{name: value}``; names may be any case, unknown names are an error."""
+        known = set(cls.names())
+        clean: dict[str, Any] = {}
+        for raw, value in values.items():
+            name = raw.lower()
+            if name.startswith(ENV_PREFIX.lower()):
+                name = name[len(ENV_PREFIX) :]
+            if name not in known:
+                raise ConfigurationError(
+                    f"unknown setting {raw!r} in {source}; known: {', '.join(sorted(known))}",
+                    setting=raw,
+                )
+            clean[name] = value
+        return cls(**clean)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``CACHESYNC_*`` environment variables, then *overrides* (not None)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.names():
+            if env_name(name) in environ:
+                values[name] = environ[env_name(name)]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values, source="environment")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={redact_url(str(getattr(self, f.name)))!r}" for f in fields(self)
+        )
+        return f"Settings({shown})"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if value is None:
+            if "None" in kind:
+                return None
+            raise ValueError("a value is required")
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true/false")
+        if kind.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        text = str(value).strip()
+        if not text and "None" in kind:
+            return None
+        if not text:
+            raise ValueError("must not be empty")
+        return text
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"setting {name} ({env_name(name)}): {exc}; got {redact_url(repr(value))}",
+            setting=name,
+        ) from None
+
+
+_lock = threading.Lock()
+_configured: Settings | None = None
+
+
+def configure(**settings: Any) -> Settings:
+    """Set the process-wide settings (``CACHESYNC_*`` environment variables fill the rest)."""
+    global _configured
+    new = Settings.from_env(**settings)
+    with _lock:
+        _configured = new
+    return new
+
+
+def get_settings() -> Settings:
+    """The settings given to :func:`configure`, else those of the environment."""
+    global _configured
+    with _lock:
+        if _configured is None:
+            _configured = Settings.from_env()
+        return _configured
+
+
+def reset_settings() -> None:
+    """Forget configured settings (tests)."""
+    global _configured
+    with _lock:
+        _configured = None

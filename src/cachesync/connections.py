@@ -1,0 +1,70 @@
+"""Clients built from :class:`~cachesync.config.Settings`, always with explicit timeouts.
+
+A frozen Redis or Elasticsearch must never hang an application request or the
+sidecar, so every client gets connect and socket timeouts and no hidden retries
+(retrying is the applier's job, where it is bounded and counted).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from .config import Settings
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["elasticsearch_client", "mysql_params", "redis_client"]
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A redis-py client (or ``RedisCluster`` when ``redis_cluster``) with explicit timeouts."""
+    import redis as redis_lib
+    from redis.cluster import RedisCluster
+
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)  # type: ignore[return-value]
+    client: redis_lib.Redis = redis_lib.Redis.from_url(settings.redis_url, retry=None, **options)
+    return client
+
+
+def elasticsearch_client(settings: Settings) -> Any:
+    """An ``elasticsearch.Elasticsearch`` 8.x client; retries are left to the applier."""
+    if settings.es_url is None:
+        raise ConfigurationError(
+            "setting es_url (CACHESYNC_ES_URL) is required for search projections",
+            setting="es_url",
+        )
+    from elasticsearch import Elasticsearch
+
+    hosts = [h.strip() for h in settings.es_url.split(",") if h.strip()]
+    return Elasticsearch(
+        hosts, request_timeout=settings.es_timeout, max_retries=0, retry_on_timeout=False
+    )
+
+
+def mysql_params(url: str, *, setting: str = "mysql_url") -> dict[str, Any]:
+    """PyMySQL / python-mysql-replication connection keywords from a ``mysql://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme.split("+")[0] not in ("mysql", "mariadb") or not parts.hostname:
+        raise ConfigurationError(
+            f"setting {setting} must be mysql://user:password@host:port/database", setting=setting
+        )
+    params: dict[str, Any] = {
+        "host": parts.hostname,
+        "port": parts.port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+    }
+    database = parts.path.lstrip("/")
+    if database:
+        params["database"] = database
+    return params

@@ -1,0 +1,84 @@
+"""Key templates: ``"user:{id}"`` rendered from a row keyed by attribute name.
+
+A template is parsed once, at declaration time, so that a typo fails at import
+and rendering on the hot path is a plain ``str.format`` call.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .values import key_value
+
+__all__ = ["KeyTemplate", "TemplateError"]
+
+_FORMATTER = string.Formatter()
+
+
+class TemplateError(ValueError):
+    """The template text is not a valid key template (reported as a DeclarationError)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """A parsed ``str.format``-style template over model attribute names.
+
+    Only plain names are allowed (``{id}``, ``{id:08d}``); attribute access and
+    indexing (``{user.id}``, ``{a[0]}``) and positional fields (``{}``) are
+    rejected, because the binlog path has no objects to walk.
+    """
+
+    text: str
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> KeyTemplate:
+        """Parse *text*; raise :class:`TemplateError` saying what is wrong."""
+        if not isinstance(text, str) or not text:
+            raise TemplateError(f"key template must be a non-empty string, got {text!r}")
+        fields: list[str] = []
+        try:
+            parsed = list(_FORMATTER.parse(text))
+        except ValueError as exc:
+            raise TemplateError(f"key template {text!r} is malformed: {exc}") from None
+        for _literal, name, spec, _conversion in parsed:
+            if name is None:
+                continue
+            if name == "" or name.isdigit():
+                raise TemplateError(
+                    f"key template {text!r} uses a positional field; name an attribute, e.g. {{id}}"
+                )
+            if not name.isidentifier():
+                raise TemplateError(
+                    f"key template {text!r}: field {{{name}}} must be a plain attribute name "
+                    "(no '.', '[' or expressions)"
+                )
+            if spec and ("{" in spec):
+                raise TemplateError(f"key template {text!r}: nested fields are not supported")
+            if name not in fields:
+                fields.append(name)
+        return cls(text=text, fields=tuple(fields))
+
+    def render(self, row: Mapping[str, Any]) -> str | None:
+        """Render the key for *row*; ``None`` when a field is NULL (the key cannot exist).
+
+        Raises ``KeyError`` when *row* lacks a field: callers validated fields against
+        the model at declaration time, so this means the row image is incomplete.
+        """
+        values: dict[str, Any] = {}
+        for name in self.fields:
+            value = row[name]
+            if value is None:
+                return None
+            values[name] = key_value(value)
+        return self.text.format_map(values)
+
+    def null_fields(self, row: Mapping[str, Any]) -> list[str]:
+        """Names of the fields that are NULL in *row* (for the log line that explains a skip)."""
+        return [name for name in self.fields if row.get(name) is None]
+
+    def __str__(self) -> str:
+        return self.text

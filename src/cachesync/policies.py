@@ -1,0 +1,126 @@
+"""Behaviour knobs as frozen, validated policy objects with named presets.
+
+Each policy checks itself on construction, so ``BatchPolicy(max_rows=0)`` fails
+at start-up with a message naming the field, never in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .errors import ConfigurationError
+
+__all__ = ["BatchPolicy", "ImmediateRetryPolicy", "RetryPolicy"]
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigurationError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ImmediateRetryPolicy:
+    """The short, in-line retry an applier makes before handing an action off.
+
+    Keep it short: while it waits, the binlog stream waits too. Anything that
+    still fails goes to the retry queue, which retries without blocking the stream.
+    """
+
+    attempts: int = 3
+    min_wait: float = 0.05
+    max_wait: float = 0.5
+
+    NONE: ClassVar[ImmediateRetryPolicy]
+    DEFAULT: ClassVar[ImmediateRetryPolicy]
+    PATIENT: ClassVar[ImmediateRetryPolicy]
+
+    def __post_init__(self) -> None:
+        _positive("ImmediateRetryPolicy", attempts=self.attempts, max_wait=self.max_wait)
+        if self.min_wait < 0 or self.min_wait > self.max_wait:
+            raise ConfigurationError("ImmediateRetryPolicy.min_wait must be in [0, max_wait]")
+
+
+ImmediateRetryPolicy.NONE = ImmediateRetryPolicy(attempts=1, min_wait=0, max_wait=0.001)
+ImmediateRetryPolicy.DEFAULT = ImmediateRetryPolicy()
+ImmediateRetryPolicy.PATIENT = ImmediateRetryPolicy(attempts=6, min_wait=0.1, max_wait=2.0)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How many row changes the sidecar gathers before applying and checkpointing.
+
+    A batch closes at ``max_rows`` changes or ``max_delay_ms`` after its first
+    change, whichever comes first; one Redis round trip and one bulk request per batch.
+    """
+
+    max_rows: int = 1000
+    max_delay_ms: int = 50
+
+    LOW_LATENCY: ClassVar[BatchPolicy]
+    DEFAULT: ClassVar[BatchPolicy]
+    THROUGHPUT: ClassVar[BatchPolicy]
+
+    def __post_init__(self) -> None:
+        _positive("BatchPolicy", max_rows=self.max_rows, max_delay_ms=self.max_delay_ms)
+
+    @classmethod
+    def preset(cls, name: str) -> BatchPolicy:
+        presets = {
+            "low_latency": cls.LOW_LATENCY,
+            "default": cls.DEFAULT,
+            "throughput": cls.THROUGHPUT,
+        }
+        try:
+            return presets[name.lower()]
+        except KeyError:
+            raise ConfigurationError(
+                f"batch preset {name!r} is unknown; use one of {', '.join(presets)}",
+                setting="batch",
+            ) from None
+
+
+BatchPolicy.LOW_LATENCY = BatchPolicy(max_rows=200, max_delay_ms=5)
+BatchPolicy.DEFAULT = BatchPolicy()
+BatchPolicy.THROUGHPUT = BatchPolicy(max_rows=5000, max_delay_ms=200)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The retry consumer's schedule: exponential backoff with jitter, then dead letter.
+
+    ``backoff(n)`` is the delay before attempt ``n + 1`` (attempts count from 1).
+    """
+
+    attempts: int = 8
+    min_backoff: float = 0.5
+    max_backoff: float = 60.0
+    jitter: float = 0.2
+
+    FAST: ClassVar[RetryPolicy]
+    DEFAULT: ClassVar[RetryPolicy]
+    PATIENT: ClassVar[RetryPolicy]
+
+    def __post_init__(self) -> None:
+        _positive(
+            "RetryPolicy",
+            attempts=self.attempts,
+            min_backoff=self.min_backoff,
+            max_backoff=self.max_backoff,
+        )
+        if self.min_backoff > self.max_backoff:
+            raise ConfigurationError("RetryPolicy.min_backoff must be <= max_backoff")
+        if not 0 <= self.jitter < 1:
+            raise ConfigurationError("RetryPolicy.jitter must be in [0, 1)")
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        base = min(self.max_backoff, self.min_backoff * (2 ** max(0, attempt - 1)))
+        spread = base * self.jitter
+        return float(base + (rng or random).uniform(-spread, spread))
+
+
+RetryPolicy.FAST = RetryPolicy(attempts=5, min_backoff=0.2, max_backoff=2.0)
+RetryPolicy.DEFAULT = RetryPolicy()
+RetryPolicy.PATIENT = RetryPolicy(attempts=15, min_backoff=1.0, max_backoff=300.0)

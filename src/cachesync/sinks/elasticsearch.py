@@ -1,0 +1,113 @@
+"""Writing documents with external versions through one bulk request per batch.
+
+Each document carries the version of the change that produced it
+(``version_type=external``). Elasticsearch rejects a write whose version is not
+greater than the stored one with 409: that means a newer change already won, so
+it counts as success. A delete of a missing document (404) is success too.
+Every other per-item error is reported to the caller, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..actions import DeleteDoc, DocumentAction, IndexDoc
+from ..errors import CacheSyncError, PermanentError, TransientError
+
+__all__ = ["DocumentFailure", "SearchSink", "latest_per_document"]
+
+
+@dataclass(frozen=True)
+class DocumentFailure:
+    """One action the bulk request could not apply, and why."""
+
+    action: DocumentAction
+    error: CacheSyncError
+
+
+def latest_per_document(actions: Iterable[DocumentAction]) -> list[DocumentAction]:
+    """Keep only the newest action per ``(index, id)``; later wins on equal versions.
+
+    One bulk request must not carry two writes of one document: the older would
+    only produce a 409, and equal (saturated) versions would keep the wrong one.
+    """
+    latest: dict[tuple[str, str], DocumentAction] = {}
+    for action in actions:
+        key = (action.index, action.doc_id)
+        current = latest.get(key)
+        if current is None or action.version >= current.version:
+            latest[key] = action
+    return list(latest.values())
+
+
+def _operation(action: DocumentAction) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "_index": action.index,
+        "_id": action.doc_id,
+        "version": action.version,
+        "version_type": "external",
+    }
+    if isinstance(action, IndexDoc):
+        op["_op_type"] = "index"
+        op["_source"] = dict(action.document)
+    else:
+        op["_op_type"] = "delete"
+    return op
+
+
+class SearchSink:
+    """Applies :class:`IndexDoc` / :class:`DeleteDoc` through ``elasticsearch.helpers.bulk``.
+
+    ``apply`` raises :class:`TransientError` only when the whole request failed
+    (connection refused, timeout); per-document problems come back as
+    :class:`DocumentFailure` with a transient or permanent error.
+    """
+
+    def __init__(self, client: Any, *, chunk_size: int = 1000, refresh: bool = False) -> None:
+        self.client = client
+        self.chunk_size = chunk_size
+        self.refresh = refresh
+
+    def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        if not actions:
+            return []
+        from elasticsearch import ApiError, TransportError, helpers
+
+        unique = latest_per_document(actions)
+        by_id = {(a.index, a.doc_id): a for a in unique}
+        try:
+            _ok, errors = helpers.bulk(
+                self.client,
+                (_operation(a) for a in unique),
+                chunk_size=self.chunk_size,
+                raise_on_error=False,
+                raise_on_exception=False,
+                max_retries=0,
+                refresh=self.refresh,
+            )
+        except (TransportError, ApiError, OSError) as exc:
+            raise TransientError(
+                f"Elasticsearch bulk of {len(unique)} document(s) failed: {type(exc).__name__}: {exc}",
+                documents=len(unique),
+            ) from exc
+        failures: list[DocumentFailure] = []
+        for item in errors if isinstance(errors, list) else ():
+            ((op_type, result),) = item.items()
+            status = int(result.get("status", 0))
+            action = by_id.get((result.get("_index", ""), str(result.get("_id", ""))))
+            if action is None:
+                raise PermanentError(f"Elasticsearch reported an unknown item: {item!r}")
+            if status == 409 or (status == 404 and isinstance(action, DeleteDoc)):
+                continue
+            reason = result.get("error", result.get("exception", "no reason given"))
+            context = {"index": action.index, "id": action.doc_id, "status": status}
+            message = f"Elasticsearch {op_type} {action.index}/{action.doc_id}: {status} {reason}"
+            error: CacheSyncError = (
+                TransientError(message, **context)
+                if status in (0, 408, 429) or status >= 500
+                else PermanentError(message, **context)
+            )
+            failures.append(DocumentFailure(action, error))
+        return failures
