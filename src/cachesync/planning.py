@@ -17,7 +17,7 @@ from .errors import SchemaError
 from .registry import TableSpec
 from .spec import Row
 
-__all__ = ["merge_key_deletes", "plan", "plan_keys"]
+__all__ = ["intent_keys", "merge_key_deletes", "plan", "plan_keys", "template_keys"]
 
 log = logging.getLogger("cachesync.planning")
 
@@ -39,8 +39,8 @@ def _missing(spec: TableSpec, row: Row, names: Iterable[str], what: str) -> Sche
     )
 
 
-def plan_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:
-    """Cache keys to delete for a row going from *before* to *after* (rows by attribute).
+def template_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:
+    """Keys the declared templates name for a row going from *before* to *after*.
 
     Both images count: an update that renames ``username`` must drop the key of
     the old name as well as the new. A NULL key field skips that key (it cannot
@@ -64,12 +64,26 @@ def plan_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[st
                 )
                 continue
             keys[key] = None
-    if spec.invalidates is not None:
-        for key in spec.invalidates(before, after) or ():
-            if not isinstance(key, str):
-                raise TypeError(f"{spec.model}: invalidates() returned {key!r}, not a str key")
-            keys[key] = None
     return list(keys)
+
+
+def intent_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:
+    """Keys the model's ``invalidates(before, after)`` callable asks for (list caches, counts)."""
+    if spec.invalidates is None:
+        return []
+    keys: dict[str, None] = {}
+    for key in spec.invalidates(before, after) or ():
+        if not isinstance(key, str):
+            raise TypeError(f"{spec.model}: invalidates() returned {key!r}, not a str key")
+        keys[key] = None
+    return list(keys)
+
+
+def plan_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:
+    """Every key to delete: :func:`template_keys` then :func:`intent_keys`, once each."""
+    return list(
+        dict.fromkeys(template_keys(spec, before, after) + intent_keys(spec, before, after))
+    )
 
 
 def plan(change: RowChange, spec: TableSpec) -> list[Action]:

@@ -1,0 +1,139 @@
+"""The after-commit fast path shared by the SQLAlchemy and Django integrations.
+
+The ORM hooks collect, per transaction level, the keys of every changed row
+(:class:`Collected`); a savepoint that commits merges into its parent, one that
+rolls back is dropped, and after the OUTERMOST commit :meth:`FastPath.deliver`
+deletes the keys. Losing a fast-path delete loses nothing: the binlog sidecar
+sees the same commit and deletes the same keys. So delivery never raises into
+the application; a failure goes to the failure handler (the retry queue) and is
+logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from . import metrics
+from .actions import DeleteKeys
+from .apply import Applier, FailureHandler, LoggingFailureHandler
+from .config import get_settings
+from .connections import redis_client
+from .errors import HandOffError
+from .planning import intent_keys, template_keys
+from .policies import ImmediateRetryPolicy
+from .registry import TableSpec
+from .sinks.redis import RedisSink
+from .spec import Row
+
+__all__ = ["Collected", "FastPath", "fast_path", "no_sync", "sync_enabled"]
+
+log = logging.getLogger("cachesync.fastpath")
+
+_disabled: contextvars.ContextVar[bool] = contextvars.ContextVar("cachesync_no_sync", default=False)
+
+
+@contextlib.contextmanager
+def no_sync() -> Iterator[None]:
+    """Within this block the ORM hooks collect nothing (bulk imports, tests, migrations).
+
+    The binlog sidecar still sees the writes: this switches off the fast path
+    and the outbox intents, not the source of truth.
+    """
+    token = _disabled.set(True)
+    try:
+        yield
+    finally:
+        _disabled.reset(token)
+
+
+def sync_enabled() -> bool:
+    """False inside :func:`no_sync`."""
+    return not _disabled.get()
+
+
+@dataclass
+class Collected:
+    """Keys collected by one transaction level: rendered keys and ``invalidates()`` intents."""
+
+    keys: dict[str, None] = field(default_factory=dict)
+    intents: dict[str, None] = field(default_factory=dict)
+
+    def add_change(self, spec: TableSpec, before: Row | None, after: Row | None) -> None:
+        """Collect the keys of one row change (rows keyed by attribute name)."""
+        self.keys.update(dict.fromkeys(template_keys(spec, before, after)))
+        self.intents.update(dict.fromkeys(intent_keys(spec, before, after)))
+
+    def merge(self, other: Collected) -> None:
+        """Fold a committed savepoint's keys into its parent."""
+        self.keys.update(other.keys)
+        self.intents.update(other.intents)
+
+    def all_keys(self) -> list[str]:
+        return list(dict.fromkeys([*self.keys, *self.intents]))
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.intents)
+
+
+class FastPath:
+    """Deletes keys right after commit, best effort, through an :class:`Applier`.
+
+    Built lazily from :func:`cachesync.get_settings` unless given an applier.
+    One attempt only (no in-line retry): the application is waiting.
+    """
+
+    def __init__(self, applier: Applier | None = None) -> None:
+        self._applier = applier
+        self._handler: FailureHandler | None = None
+        self._lock = threading.Lock()
+
+    def configure(
+        self, *, applier: Applier | None = None, failure_handler: FailureHandler | None = None
+    ) -> None:
+        """Replace the applier, or only the failure handler of the default one."""
+        with self._lock:
+            self._applier = applier
+            self._handler = failure_handler
+
+    @property
+    def applier(self) -> Applier:
+        with self._lock:
+            if self._applier is None:
+                settings = get_settings()
+                self._applier = Applier(
+                    RedisSink(redis_client(settings), cluster=settings.redis_cluster),
+                    None,
+                    self._handler or LoggingFailureHandler(),
+                    policy=ImmediateRetryPolicy.NONE,
+                )
+            return self._applier
+
+    def deliver(self, keys: Iterable[str]) -> None:
+        """Delete *keys* now. Never raises: the binlog path is the safety net."""
+        batch = tuple(dict.fromkeys(keys))
+        if not batch or not get_settings().fast_path:
+            return
+        try:
+            report = self.applier.apply([DeleteKeys(batch)])
+            if report.handed_off:
+                metrics.inc("fast_path_failures_total", report.handed_off)
+        except HandOffError as exc:
+            metrics.inc("fast_path_failures_total", len(batch))
+            log.warning(
+                "cachesync fast path: %d key(s) not deleted (%s); the binlog "
+                "sidecar will delete them",
+                len(batch),
+                exc,
+            )
+        except Exception:  # a hook must never break the application's commit
+            metrics.inc("fast_path_failures_total", len(batch))
+            log.exception("cachesync fast path: unexpected error deleting %d key(s)", len(batch))
+
+
+#: The process-wide fast path the ORM hooks use.
+fast_path = FastPath()

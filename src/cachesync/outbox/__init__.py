@@ -1,0 +1,21 @@
+"""The transactional outbox: intents written with the business change, failures parked while Kafka is down."""
+
+from .schema import (
+    KIND_FAILED,
+    KIND_INTENT,
+    OUTBOX_TABLE,
+    STATE_DEAD,
+    STATE_DONE,
+    STATE_PENDING,
+    create_table_sql,
+)
+
+__all__ = [
+    "KIND_FAILED",
+    "KIND_INTENT",
+    "OUTBOX_TABLE",
+    "STATE_DEAD",
+    "STATE_DONE",
+    "STATE_PENDING",
+    "create_table_sql",
+]
