@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -46,15 +46,18 @@ def _tag(value: Any) -> Any:
     raise TypeError(f"cannot encode primary-key value {value!r} of type {type(value).__name__}")
 
 
+_UNTAG: dict[str, Callable[[str], Any]] = {
+    "$decimal": Decimal,
+    "$datetime": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$bytes": base64.b64decode,
+}
+
+
 def _untag(value: Any) -> Any:
     if isinstance(value, dict):
         ((tag, text),) = value.items()
-        return {
-            "$decimal": Decimal,
-            "$datetime": dt.datetime.fromisoformat,
-            "$date": dt.date.fromisoformat,
-            "$bytes": base64.b64decode,
-        }[tag](text)
+        return _UNTAG[tag](text)
     return value
 
 

@@ -50,10 +50,12 @@ ENV_FILE = SERVICES_DIR / "env"
 LOCK_FILE = SERVICES_DIR / ".lock"
 
 HOST = "127.0.0.1"
-MARIADB_PORT = 33061
-REDIS_PORT = 63791
-KAFKA_PORT = 19092
-ES_PORT = 19200
+# A second checkout on the same machine (e.g. CI next to a dev tree) can shift all four ports.
+PORT_OFFSET = int(os.environ.get("CACHESYNC_SERVICES_PORT_OFFSET", "0") or 0)
+MARIADB_PORT = 33061 + PORT_OFFSET
+REDIS_PORT = 63791 + PORT_OFFSET
+KAFKA_PORT = 19092 + PORT_OFFSET
+ES_PORT = 19200 + PORT_OFFSET
 
 MARIADB_DIR = SERVICES_DIR / "mariadb"
 MARIADB_DATADIR = MARIADB_DIR / "data"
@@ -685,13 +687,28 @@ def _probe(name: str) -> Callable[[], bool]:
     }[name]
 
 
+def _wait_for_thaw(pid: int, timeout: float = 60.0) -> None:
+    """Wait while another live process (a fault test) keeps the shared broker frozen."""
+    deadline = time.monotonic() + timeout
+    while _proc_state(pid) == "T":
+        freezer = _read_pid(_FREEZE_MARKER)
+        if freezer is None or freezer == os.getpid() or not _pid_alive(freezer):
+            return  # left frozen by a dead process (or by us): the caller thaws it
+        if time.monotonic() > deadline:
+            raise ServiceError(f"kafka: the broker is kept frozen by a running process ({freezer})")
+        time.sleep(0.1)
+
+
 def _simple_start(name: str) -> str:
     log = LOG_DIR / f"{name}.log"
     pid = _service_pid(name)
     if pid is not None:
         if name == "kafka" and _proc_state(pid) == "T":
-            _say("kafka: broker was left frozen (SIGSTOP); sending SIGCONT")
+            _wait_for_thaw(pid)
+        if name == "kafka" and _proc_state(pid) == "T":
+            _say("kafka: broker was left frozen (SIGSTOP) by a dead process; sending SIGCONT")
             os.kill(pid, signal.SIGCONT)
+            _FREEZE_MARKER.unlink(missing_ok=True)
         _wait_until(name, _probe(name), READY_TIMEOUT[name], log=log)
         return "already running"
     if _port_open(_PORTS[name]):
@@ -1018,6 +1035,8 @@ class Broker(_ManagedProcess):
         if pid is None or not self.is_alive():
             raise ServiceError("broker is not running")
         _FROZEN.add(pid)
+        if not self._throwaway:  # tells other sessions' start_all() not to thaw it
+            _FREEZE_MARKER.write_text(f"{os.getpid()}\n")
         os.kill(pid, signal.SIGSTOP)
         deadline = time.monotonic() + 5
         while _proc_state(pid) != "T" and time.monotonic() < deadline:
@@ -1031,6 +1050,8 @@ class Broker(_ManagedProcess):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         _FROZEN.discard(pid)
+        if not self._throwaway:
+            _FREEZE_MARKER.unlink(missing_ok=True)
         deadline = time.monotonic() + 5
         while _proc_state(pid) == "T" and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -1049,6 +1070,7 @@ class Broker(_ManagedProcess):
 
 
 _FROZEN: set[int] = set()
+_FREEZE_MARKER = SERVICES_DIR / "kafka.frozen-by"
 
 
 def start_broker(port: int | None = None) -> Broker:
@@ -1063,6 +1085,8 @@ def _cleanup() -> None:
     for pid in list(_FROZEN):  # never leave the shared broker frozen
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGCONT)
+    if _FROZEN and _read_pid(_FREEZE_MARKER) == os.getpid():
+        _FREEZE_MARKER.unlink(missing_ok=True)
     for proc in _THROWAWAY:
         with contextlib.suppress(Exception):
             _ManagedProcess.stop(proc, timeout=5)
