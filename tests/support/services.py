@@ -443,6 +443,9 @@ def _kafka_metadata(port: int) -> bool:
         request_timeout_ms=5000,
     )
     try:
+        if not hasattr(admin, "describe_cluster"):  # older kafka-python
+            admin.list_topics()
+            return True
         cluster = admin.describe_cluster()
     finally:
         admin.close()
