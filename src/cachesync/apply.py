@@ -99,7 +99,11 @@ class Applier:
 
         return Retrying(
             stop=stop_after_attempt(self.policy.attempts),
-            wait=wait_exponential_jitter(initial=self.policy.min_wait, max=self.policy.max_wait),
+            wait=wait_exponential_jitter(
+                multiplier=self.policy.min_wait,
+                max=self.policy.max_wait,
+                jitter=self.policy.min_wait,
+            ),
             retry=retry_if_exception_type(TransientError),
             sleep=self.sleep,
             before_sleep=count,

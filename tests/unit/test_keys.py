@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachesync.keys import KeyTemplate, TemplateError
+from cachesync.values import key_value
+
+
+def test_parse_collects_fields_once_in_order() -> None:
+    t = KeyTemplate.parse("user:{id}:{name}:{id}")
+    assert t.fields == ("id", "name")
+    assert t.render({"id": 7, "name": "ann"}) == "user:7:ann:7"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("user:{}", "positional"),
+        ("user:{0}", "positional"),
+        ("user:{user.id}", "plain attribute name"),
+        ("user:{a[0]}", "plain attribute name"),
+        ("user:{id", "malformed"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_templates_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        KeyTemplate.parse(text)
+
+
+def test_null_field_renders_no_key_and_names_the_field() -> None:
+    t = KeyTemplate.parse("user:by-email:{email}")
+    assert t.render({"email": None}) is None
+    assert t.null_fields({"email": None}) == ["email"]
+
+
+def test_format_spec_is_honoured() -> None:
+    assert KeyTemplate.parse("o:{id:06d}").render({"id": 42}) == "o:000042"
+
+
+@pytest.mark.parametrize(
+    ("orm", "binlog"),
+    [
+        (True, 1),
+        (False, 0),
+        (Decimal("1.50"), Decimal("1.5")),
+        (Decimal("10"), Decimal("10.00")),
+        (b"abc", "abc"),
+        (dt.datetime(2024, 1, 2, 3, 4, 5), dt.datetime(2024, 1, 2, 3, 4, 5)),
+    ],
+)
+def test_orm_and_binlog_values_give_the_same_key(orm: object, binlog: object) -> None:
+    t = KeyTemplate.parse("k:{v}")
+    assert t.render({"v": orm}) == t.render({"v": binlog})
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=4))
+def test_decimal_trailing_zeros_do_not_change_the_key(d: Decimal) -> None:
+    assert key_value(d) == key_value(Decimal(str(d) + "0" if "." in str(d) else str(d)))
