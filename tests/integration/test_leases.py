@@ -1,0 +1,71 @@
+"""Leases on the private Redis: no stale fill after an invalidation, collapsed misses."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import redis
+
+from cachesync import Settings
+from cachesync.connections import redis_client
+from cachesync.leases import Leases
+from cachesync.sinks import RedisSink
+
+
+def test_hit_miss_and_ttl(redis_url: str) -> None:
+    r = redis_client(Settings(redis_url=redis_url))
+    key = f"lease:{uuid.uuid4().hex}"
+    leases = Leases(r, ttl=60)
+    assert leases.cached(key, lambda: {"name": "ann"}) == {"name": "ann"}
+    assert leases.cached(key, lambda: {"name": "never called"}) == {"name": "ann"}
+    assert 0 < r.pttl(key) <= 60_000
+
+
+def test_invalidation_during_load_prevents_the_stale_fill(redis_url: str) -> None:
+    r = redis_client(Settings(redis_url=redis_url))
+    key = f"lease:{uuid.uuid4().hex}"
+    leases = Leases(r)
+
+    def load_then_get_invalidated() -> str:
+        value = "old row"  # read from the database before the writer commits
+        RedisSink(r).delete([key])  # the writer commits; cachesync deletes the key
+        return value
+
+    assert leases.cached(key, load_then_get_invalidated) == "old row"
+    assert r.get(key) is None, "a stale value was cached after its invalidation"
+    assert leases.cached(key, lambda: "new row") == "new row"
+    assert r.get(key) == b'"new row"'
+
+
+def test_concurrent_misses_load_once(redis_url: str) -> None:
+    r = redis_client(Settings(redis_url=redis_url))
+    key = f"lease:{uuid.uuid4().hex}"
+    leases = Leases(r, wait=0.005)
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow_loader() -> int:
+        calls.append(1)
+        gate.wait(2)
+        return 42
+
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(leases.cached(key, slow_loader)))
+        for _ in range(10)
+    ]
+    for t in threads:
+        t.start()
+    while not calls:
+        pass
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == [42] * 10
+    assert len(calls) == 1
+
+
+def test_redis_down_still_serves_reads() -> None:
+    dead = redis.Redis(port=9, socket_connect_timeout=0.2)
+    assert Leases(dead).cached("k", lambda: 7) == 7
