@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 
-import redis
-
 from cachesync import Settings
 from cachesync.connections import redis_client
 from cachesync.leases import Leases
@@ -67,5 +65,5 @@ def test_concurrent_misses_load_once(redis_url: str) -> None:
 
 
 def test_redis_down_still_serves_reads() -> None:
-    dead = redis.Redis(port=9, socket_connect_timeout=0.2)
+    dead = redis_client(Settings(redis_url="redis://127.0.0.1:9/0", redis_connect_timeout=0.2))
     assert Leases(dead).cached("k", lambda: 7) == 7
