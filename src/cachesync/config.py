@@ -78,6 +78,13 @@ class Settings:
             "(mysql://...), or file:/path/to/checkpoint.json"
         ),
     )
+    outbox_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "database of the outbox table (intents, failures parked while Kafka is down), "
+            "mysql://, postgresql:// or sqlite:///path; default: mysql_url"
+        ),
+    )
     es_url: str | None = field(
         default=None,
         metadata=_doc(
@@ -145,6 +152,17 @@ class Settings:
                 f"or mysql://..., got {redact_url(self.checkpoint_url)!r}",
                 setting="checkpoint_url",
             )
+        if self.outbox_url is not None and urlsplit(self.outbox_url).scheme.split("+")[0] not in (
+            "mysql",
+            "mariadb",
+            "postgresql",
+            "sqlite",
+        ):
+            raise ConfigurationError(
+                f"setting outbox_url ({env_name('outbox_url')}) must be mysql://..., "
+                f"postgresql://... or sqlite:///path, got {redact_url(self.outbox_url)!r}",
+                setting="outbox_url",
+            )
         if self.kafka_bootstrap is not None:
             for server in self.kafka_bootstrap.split(","):
                 host, _, port = server.strip().rpartition(":")
@@ -166,6 +184,11 @@ class Settings:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy.preset(self.batch)
+
+    @property
+    def outbox_database(self) -> str | None:
+        """Where the outbox table lives: ``outbox_url``, else ``mysql_url``."""
+        return self.outbox_url or self.mysql_url
 
     @classmethod
     def names(cls) -> list[str]:

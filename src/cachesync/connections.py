@@ -15,8 +15,9 @@ from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     import redis
+    from sqlalchemy.engine import Engine
 
-__all__ = ["elasticsearch_client", "mysql_params", "redis_client"]
+__all__ = ["elasticsearch_client", "mysql_params", "redis_client", "sql_engine", "sqlalchemy_url"]
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -68,3 +69,43 @@ def mysql_params(url: str, *, setting: str = "mysql_url") -> dict[str, Any]:
     if database:
         params["database"] = database
     return params
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A SQLAlchemy URL from a setting: ``mysql://`` and ``mariadb://`` use the PyMySQL driver.
+
+    Other URLs (``postgresql://``, ``sqlite:///path``, ``mysql+pymysql://``) pass unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("mysql", "mariadb"):
+        return f"mysql+pymysql://{rest}"
+    if sep and scheme == "mariadb+pymysql":
+        return f"mysql+pymysql://{rest}"
+    return url
+
+
+def sql_engine(url: str, *, timeout: float = 5.0) -> Engine:
+    """A SQLAlchemy engine with explicit connect/read timeouts and a pre-ping pool.
+
+    Used where cachesync itself reads or writes SQL (re-reading rows for retries,
+    the outbox table): a database outage must surface as an error within
+    *timeout* seconds, never hang the sidecar or the retry consumer.
+    """
+    import sqlalchemy as sa
+
+    target = sa.engine.make_url(sqlalchemy_url(url))
+    connect_args: dict[str, Any] = {}
+    if target.get_backend_name() == "mysql":
+        seconds = max(1, int(timeout))
+        connect_args = {
+            "connect_timeout": seconds,
+            "read_timeout": seconds * 2,
+            "write_timeout": seconds * 2,
+        }
+    elif target.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": max(1, int(timeout))}
+    elif target.get_backend_name() == "sqlite":
+        connect_args = {"timeout": timeout}
+    return sa.create_engine(
+        target, connect_args=connect_args, pool_pre_ping=True, pool_recycle=3600
+    )
