@@ -56,7 +56,11 @@ class TableSpec:
 
     ``columns`` maps attribute name to column name (they differ for
     ``mapped_column("user_name")`` or Django's ``db_column``); ``primary_key``
-    lists attribute names.
+    lists attribute names. Several attributes may name one column (Django's
+    ``pk``, or a foreign key's ``author`` and ``author_id``): the first one listed
+    is the column's canonical attribute, the others are aliases that
+    :meth:`row_from_columns` fills with the same value, so a template may use
+    any of them on every path.
     """
 
     model: str
@@ -68,10 +72,18 @@ class TableSpec:
     projections: tuple[ResolvedProjection, ...]
     invalidates: Invalidates | None = None
     attributes_by_column: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    aliases: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        by_column = {column: attr for attr, column in self.columns.items()}
+        by_column: dict[str, str] = {}
+        aliases: list[tuple[str, str]] = []
+        for attr, column in self.columns.items():
+            if column in by_column:
+                aliases.append((attr, by_column[column]))
+            else:
+                by_column[column] = attr
         object.__setattr__(self, "attributes_by_column", by_column)
+        object.__setattr__(self, "aliases", tuple(aliases))
 
     def row_from_columns(self, image: Mapping[str, Any]) -> dict[str, Any]:
         """Translate a row image keyed by column (binlog, SQL) into one keyed by attribute.
@@ -80,7 +92,11 @@ class TableSpec:
         image (a column added by ``ALTER TABLE`` later) are absent, not ``None``.
         """
         by_column = self.attributes_by_column
-        return {by_column[c]: v for c, v in image.items() if c in by_column}
+        row = {by_column[c]: v for c, v in image.items() if c in by_column}
+        for alias, attr in self.aliases:
+            if attr in row:
+                row[alias] = row[attr]
+        return row
 
     def columns_from_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Translate a row keyed by attribute into one keyed by column."""
