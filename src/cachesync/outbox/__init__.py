@@ -1,5 +1,6 @@
 """The transactional outbox: intents written with the business change, failures parked while Kafka is down."""
 
+from .relay import OutboxRelay, OutboxStore, RelayReport, decode_row_actions
 from .schema import (
     KIND_FAILED,
     KIND_INTENT,
@@ -17,5 +18,9 @@ __all__ = [
     "STATE_DEAD",
     "STATE_DONE",
     "STATE_PENDING",
+    "OutboxRelay",
+    "OutboxStore",
+    "RelayReport",
     "create_table_sql",
+    "decode_row_actions",
 ]

@@ -1,0 +1,234 @@
+"""The kafka-python adapter: clients with bounded waits, and errors translated at the border.
+
+Everything in :mod:`cachesync.kafka` talks to kafka-python through this module.
+kafka-python exceptions never leave it: :func:`kafka_errors` turns them into
+:class:`~cachesync.errors.TransientError` (try later: broker unreachable, timeout,
+rebalance) or :class:`~cachesync.errors.PermanentError` /
+:class:`~cachesync.errors.ConfigurationError` (authorisation, unknown topic,
+record too large: waiting will not help).
+
+Producers use ``acks='all'`` and kafka-python's idempotent producer, which it
+enables by itself when the broker supports it (Kafka >= 0.11; tansu does) and
+disables with a warning otherwise. Every blocking call is bounded:
+``max_block_ms`` for metadata/buffer waits, ``bootstrap_timeout_ms`` when the
+client is built while the broker is down, ``delivery_timeout_ms`` overall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CacheSyncError, ConfigurationError, PermanentError, TransientError
+
+__all__ = [
+    "Record",
+    "ensure_topics",
+    "kafka_errors",
+    "make_consumer",
+    "make_producer",
+    "read_topic",
+    "to_record",
+]
+
+log = logging.getLogger("cachesync.kafka")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record, free of kafka-python types."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+def to_record(raw: Any) -> Record:
+    return Record(raw.topic, raw.partition, raw.offset, raw.timestamp, raw.key, raw.value)
+
+
+def translate(exc: BaseException, what: str) -> CacheSyncError:
+    """The cachesync error for a kafka-python (or socket) exception."""
+    from kafka import errors as kerr
+
+    message = f"Kafka: {what}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, kerr.AuthorizationError | kerr.KafkaConfigurationError):
+        return ConfigurationError(message, setting="kafka_bootstrap")
+    if isinstance(
+        exc,
+        kerr.MessageSizeTooLargeError
+        | kerr.RecordListTooLargeError
+        | kerr.InvalidTopicError
+        | kerr.UnsupportedVersionError,
+    ):
+        return PermanentError(message)
+    return TransientError(message)
+
+
+@contextlib.contextmanager
+def kafka_errors(what: str) -> Iterator[None]:
+    """Translate kafka-python and socket errors raised inside the block (see module doc)."""
+    from kafka import errors as kerr
+
+    try:
+        yield
+    except CacheSyncError:
+        raise
+    except (kerr.KafkaError, OSError, AssertionError) as exc:
+        # AssertionError: kafka-python asserts on some states reached by a vanished broker.
+        raise translate(exc, what) from exc
+
+
+def _servers(bootstrap: str) -> list[str]:
+    return [s.strip() for s in bootstrap.split(",") if s.strip()]
+
+
+def make_producer(
+    bootstrap: str, *, timeout: float = 5.0, client_id: str = "cachesync", **overrides: Any
+) -> Any:
+    """A ``KafkaProducer`` (bytes in, bytes out) whose every wait is bounded by about *timeout*.
+
+    Raises :class:`TransientError` when the broker cannot be reached in time.
+    """
+    from kafka import KafkaProducer
+
+    ms = max(1000, int(timeout * 1000))
+    config: dict[str, Any] = {
+        "bootstrap_servers": _servers(bootstrap),
+        "client_id": client_id,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_block_ms": ms,
+        "request_timeout_ms": ms,
+        "delivery_timeout_ms": max(30000, 2 * ms + 5),
+        "bootstrap_timeout_ms": ms,
+        "reconnect_backoff_max_ms": 1000,
+    }
+    config.update(overrides)
+    with kafka_errors(f"connecting a producer to {bootstrap}"):
+        return KafkaProducer(**config)
+
+
+def make_consumer(bootstrap: str, *, client_id: str = "cachesync", **overrides: Any) -> Any:
+    """A ``KafkaConsumer`` with manual commits; *overrides* are kafka-python settings."""
+    from kafka import KafkaConsumer
+
+    config: dict[str, Any] = {
+        "bootstrap_servers": _servers(bootstrap),
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "reconnect_backoff_max_ms": 1000,
+    }
+    config.update(overrides)
+    with kafka_errors(f"connecting a consumer to {bootstrap}"):
+        return KafkaConsumer(**config)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, Mapping[str, str]],
+    *,
+    partitions: int = 6,
+    replication_factor: int = -1,
+    timeout: float = 10.0,
+) -> list[str]:
+    """Create the *topics* (name -> topic configs) that do not exist; returns those created.
+
+    ``replication_factor=-1`` asks for the broker's default (Kafka 2.4+).
+    """
+    from kafka import KafkaAdminClient
+    from kafka import errors as kerr
+    from kafka.admin import NewTopic
+
+    with kafka_errors(f"creating topics {', '.join(topics)}"):
+        admin = KafkaAdminClient(
+            bootstrap_servers=_servers(bootstrap),
+            client_id="cachesync-admin",
+            request_timeout_ms=int(timeout * 1000),
+        )
+        try:
+            existing = set(admin.list_topics())
+            missing = [name for name in topics if name not in existing]
+            if not missing:
+                return []
+            new = [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    topic_configs=dict(topics[name]),
+                )
+                for name in missing
+            ]
+            with contextlib.suppress(kerr.TopicAlreadyExistsError):  # another process won
+                admin.create_topics(new)
+            log.info("cachesync: created Kafka topic(s) %s", ", ".join(missing))
+            return missing
+        finally:
+            admin.close()
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout: float = 10.0,
+    idle: float = 0.6,
+    partitions: Sequence[int] | None = None,
+) -> Iterator[Record]:
+    """Every record of *topic* from the beginning to its current end, without a group.
+
+    The end is where polls come back empty AND every partition's position has
+    reached ``end_offsets()``. Both conditions: some brokers (tansu) report a
+    lower end offset than they serve, and an empty poll alone can be a slow fetch.
+    Raises :class:`TransientError` if the topic cannot be reached within *timeout*.
+    """
+    from kafka import TopicPartition
+
+    consumer = make_consumer(bootstrap, client_id="cachesync-reader")
+    try:
+        with kafka_errors(f"reading {topic}"):
+            deadline = time.monotonic() + timeout
+            ids: set[int] | None = None
+            while ids is None:
+                ids = consumer.partitions_for_topic(topic)
+                if ids is None:
+                    if time.monotonic() > deadline:
+                        raise TransientError(f"Kafka: topic {topic!r} not found or unreachable")
+                    time.sleep(0.1)
+            chosen = sorted(ids if partitions is None else set(partitions) & ids)
+            tps = [TopicPartition(topic, p) for p in chosen]
+            if not tps:
+                return
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            quiet_since: float | None = None
+            while True:
+                batch = consumer.poll(timeout_ms=int(idle * 500), max_records=1000)
+                got = False
+                for records in batch.values():
+                    for raw in records:
+                        got = True
+                        yield to_record(raw)
+                now = time.monotonic()
+                if got:
+                    quiet_since = None
+                    continue
+                caught_up = all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps)
+                quiet_since = quiet_since if quiet_since is not None else now
+                if caught_up and now - quiet_since >= idle:
+                    return
+                if not caught_up and now - quiet_since > timeout:
+                    raise TransientError(f"Kafka: reading {topic} stalled before its end")
+    finally:
+        with contextlib.suppress(Exception):
+            consumer.close(autocommit=False)

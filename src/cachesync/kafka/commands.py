@@ -1,0 +1,294 @@
+"""``cachesync retry``, ``cachesync relay`` and ``cachesync dlq list|redrive``.
+
+* ``retry``: the retry consumer (:class:`~cachesync.kafka.RetryConsumer`), plus an
+  :class:`~cachesync.outbox.OutboxRelay` thread when an outbox database is
+  configured (``outbox_url`` or ``mysql_url``), so failures parked while Kafka
+  was down are picked up by the same service. SIGTERM/SIGINT stop it after the
+  current batch; finished offsets are committed, waiting ones replayed later.
+* ``relay``: the outbox relay alone; on PostgreSQL/SQLite (no binlog) this is
+  the change source.
+* ``dlq list``: one line per dead letter (``--json`` for JSON lines).
+* ``dlq redrive``: send dead letters back to the retry topic; idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import signal
+import threading
+from typing import Any
+
+from ..errors import CacheSyncError, ConfigurationError
+from ..policies import RetryPolicy
+
+__all__ = ["RETRY_POLICIES", "register"]
+
+log = logging.getLogger("cachesync.kafka")
+
+#: ``--retry-policy`` presets.
+RETRY_POLICIES = {
+    "fast": RetryPolicy.FAST,
+    "default": RetryPolicy.DEFAULT,
+    "patient": RetryPolicy.PATIENT,
+}
+
+
+def _iso(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-11-01T10:00:00Z, got {text!r}"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Add the retry-path subcommands to the ``cachesync`` parser."""
+    policy_help = "retry schedule: " + ", ".join(
+        f"{name} ({p.attempts} attempts, {p.min_backoff:g}-{p.max_backoff:g}s)"
+        for name, p in RETRY_POLICIES.items()
+    )
+
+    retry = subparsers.add_parser(
+        "retry",
+        parents=[parent],
+        help="run the Kafka retry consumer (and the outbox relay)",
+        description=(
+            "Consume the retry topic: apply failed actions to Redis/Elasticsearch with "
+            "backoff, keep per-key order, re-read documents from the database, and send "
+            "what cannot be applied to the dead-letter topic. Also relays the outbox table."
+        ),
+    )
+    retry.add_argument("--group", help="consumer group (default cachesync-retry.<name>)")
+    retry.add_argument(
+        "--retry-policy", choices=sorted(RETRY_POLICIES), default="default", help=policy_help
+    )
+    retry.add_argument(
+        "--no-relay", action="store_true", help="do not run the outbox relay in this process"
+    )
+    retry.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        help="partitions of the retry/dead-letter topics when they must be created (default 6)",
+    )
+    retry.add_argument(
+        "--no-create-topics",
+        action="store_true",
+        help="never create missing topics (they must exist)",
+    )
+    retry.set_defaults(handler=_run_retry)
+
+    relay = subparsers.add_parser(
+        "relay",
+        parents=[parent],
+        help="run the outbox relay alone",
+        description=(
+            "Poll the outbox table and apply pending rows: intents written in the "
+            "application's transactions, and failures parked while Kafka was down. On "
+            "databases without a binlog (PostgreSQL, SQLite) this is the change source."
+        ),
+    )
+    relay.add_argument("--once", action="store_true", help="drain what is pending, then exit")
+    relay.add_argument("--batch-size", type=int, default=200, help="rows per transaction")
+    relay.add_argument(
+        "--poll-interval", type=float, default=0.5, help="seconds between polls when idle"
+    )
+    relay.add_argument(
+        "--retry-policy", choices=sorted(RETRY_POLICIES), default="default", help=policy_help
+    )
+    relay.set_defaults(handler=_run_relay)
+
+    dlq = subparsers.add_parser(
+        "dlq",
+        help="inspect and redrive dead letters",
+        description="Dead letters: retry messages that exhausted their retries or failed permanently.",
+    )
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    for name, helptext in (
+        ("list", "print dead letters: key, action, attempts, error, time"),
+        ("redrive", "send dead letters back to the retry topic (attempts reset; idempotent)"),
+    ):
+        sub = dlq_commands.add_parser(name, parents=[parent], help=helptext, description=helptext)
+        sub.add_argument(
+            "--since", type=_iso, help="only dead letters dead at or after this ISO 8601 time"
+        )
+        sub.add_argument("--key", help="only this key (glob patterns such as 'user:*' work)")
+        if name == "list":
+            sub.add_argument("--json", action="store_true", help="one JSON object per line")
+            sub.set_defaults(handler=_run_dlq_list)
+        else:
+            sub.add_argument(
+                "--include-undecodable",
+                action="store_true",
+                help="also republish undecodable records, byte for byte (after a consumer fix)",
+            )
+            sub.add_argument(
+                "--dry-run", action="store_true", help="say what would be redriven; send nothing"
+            )
+            sub.set_defaults(handler=_run_dlq_redrive)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ..cli import import_models, settings_from_args
+
+    settings = settings_from_args(args)
+    import_models(settings)
+    return settings
+
+
+def _require_kafka(settings: Any) -> str:
+    if settings.kafka_bootstrap is None:
+        raise ConfigurationError(
+            "setting kafka_bootstrap (--kafka-bootstrap / CACHESYNC_KAFKA_BOOTSTRAP) is required",
+            setting="kafka_bootstrap",
+        )
+    return str(settings.kafka_bootstrap)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("cachesync: signal %d, stopping after the current batch", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
+
+
+def _build_relay(settings: Any, policy: RetryPolicy, **options: Any) -> Any:
+    from ..outbox.relay import OutboxRelay
+    from .retry_queue import RetryQueue
+
+    handoff = (
+        RetryQueue.from_settings(settings, component="relay", outbox=False)
+        if settings.kafka_bootstrap
+        else None
+    )
+    relay = OutboxRelay.from_settings(settings, handoff=handoff, policy=policy, **options)
+    try:
+        relay.store.create_table()
+    except CacheSyncError as exc:  # no CREATE privilege: the table must already exist
+        log.debug("cachesync relay: not creating the outbox table: %s", exc)
+    return relay
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from .client import ensure_topics
+    from .dead_letter import marker_topic
+    from .retry_consumer import RetryConsumer
+
+    settings = _settings(args)
+    bootstrap = _require_kafka(settings)
+    policy = RETRY_POLICIES[args.retry_policy]
+    if not args.no_create_topics:
+        ensure_topics(
+            bootstrap,
+            {
+                settings.retry_topic: {},
+                settings.dead_letter_topic: {},
+                marker_topic(settings.dead_letter_topic): {"cleanup.policy": "compact"},
+            },
+            partitions=args.partitions,
+        )
+    stop = _stop_on_signals()
+    relay_thread: threading.Thread | None = None
+    if not args.no_relay and settings.outbox_database:
+        relay = _build_relay(settings, policy)
+        relay_thread = threading.Thread(
+            target=relay.run, args=(stop,), name="cachesync-outbox-relay", daemon=True
+        )
+        relay_thread.start()
+    consumer = RetryConsumer.from_settings(settings, policy=policy, group_id=args.group)
+    log.info(
+        "cachesync retry: consuming %s as %s (dead letters to %s)%s",
+        settings.retry_topic,
+        consumer.group_id,
+        settings.dead_letter_topic,
+        ", relaying the outbox" if relay_thread else "",
+    )
+    try:
+        consumer.run(stop)
+    finally:
+        stop.set()
+        if relay_thread is not None:
+            relay_thread.join(timeout=30)
+    return 0
+
+
+def _run_relay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.outbox_database:
+        raise ConfigurationError(
+            "setting outbox_url (or mysql_url) is required: the database of the outbox table",
+            setting="outbox_url",
+        )
+    relay = _build_relay(
+        settings,
+        RETRY_POLICIES[args.retry_policy],
+        batch_size=args.batch_size,
+        poll_interval=args.poll_interval,
+    )
+    if args.once:
+        total = 0
+        while True:
+            report = relay.run_once()
+            total += report.done
+            if report.claimed < relay.batch_size or report.done == 0:
+                break
+        print(f"relayed {total} outbox row(s); pending: {relay.store.counts()['pending']}")
+        return 0
+    relay.run(_stop_on_signals())
+    return 0
+
+
+def _run_dlq_list(args: argparse.Namespace) -> int:
+    from .dead_letter import list_dead_letters
+
+    settings = _settings(args)
+    letters = list_dead_letters(
+        _require_kafka(settings), settings.dead_letter_topic, since=args.since, key=args.key
+    )
+    for stored in letters:
+        line = stored.summary()
+        if args.json:
+            print(json.dumps(line, default=str))
+            continue
+        redriven = f"  redriven {line['redriven_at']}" if line["redriven_at"] else ""
+        print(
+            f"{line['dead_at'] or '-':24} {line['key'] or '-'}  {line['reason']}"
+            f"  attempts={line['attempts'] if line['attempts'] is not None else '-'}"
+            f"  action={line['action'] or '-'}  error={line['error']}  [{line['dlq']}]{redriven}"
+        )
+    if not args.json:
+        print(f"{len(letters)} dead letter(s) in {settings.dead_letter_topic}")
+    return 0
+
+
+def _run_dlq_redrive(args: argparse.Namespace) -> int:
+    from .dead_letter import redrive
+
+    settings = _settings(args)
+    report = redrive(
+        _require_kafka(settings),
+        dead_letter_topic=settings.dead_letter_topic,
+        retry_topic=settings.retry_topic,
+        since=args.since,
+        key=args.key,
+        include_undecodable=args.include_undecodable,
+        dry_run=args.dry_run,
+    )
+    verb = "would redrive" if args.dry_run else "redrove"
+    print(
+        f"{verb} {len(report.keys) if args.dry_run else report.redriven} dead letter(s) "
+        f"to {settings.retry_topic}; matched {report.matched}, "
+        f"already redriven {report.already_redriven}, undecodable {report.undecodable}"
+        + ("" if args.include_undecodable or not report.undecodable else " (skipped)")
+    )
+    return 0

@@ -1,0 +1,241 @@
+""":class:`RetryQueue`: the failure handler that parks failed actions on a Kafka retry topic.
+
+Contract (:class:`~cachesync.apply.FailureHandler`): ``handle()`` returns only
+once every failure is durably stored, else raises
+:class:`~cachesync.errors.HandOffError` and the caller keeps its checkpoint.
+
+1. Each failure becomes one :class:`~cachesync.kafka.codec.RetryMessage` per
+   cache key (or per document), keyed so that one key's actions share a
+   partition and stay in order. Records are sent with ``acks=all`` through an
+   idempotent producer (where the broker supports it) and ``handle()`` waits
+   for every acknowledgement, at most ``timeout`` seconds.
+2. If Kafka does not acknowledge in time, the failures go to the outbox table
+   (``kind='failed'``) in their own committed transaction; the
+   :class:`~cachesync.outbox.OutboxRelay` applies or publishes them later.
+   Records that did reach Kafka in the meantime are applied twice: harmless,
+   every action is idempotent.
+3. If the outbox cannot take them either: :class:`HandOffError` (backpressure).
+
+After a Kafka failure the queue does not wait on Kafka again for a cool-down
+(1 s doubling to 30 s): while the broker is down every hand-off goes straight
+to the outbox instead of stalling the sidecar ``timeout`` seconds per batch.
+The first hand-off after the cool-down probes Kafka again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import metrics
+from ..actions import Action, DeleteKeys
+from ..apply import Failure, FailureHandler
+from ..errors import CacheSyncError, HandOffError, TransientError
+from ..outbox.schema import KIND_FAILED
+from .client import kafka_errors, make_producer
+from .codec import ErrorInfo, RetryMessage, encode_message, from_epoch, origin
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..outbox.relay import OutboxStore
+
+__all__ = ["RetryQueue", "split_action", "to_messages"]
+
+log = logging.getLogger("cachesync.kafka")
+
+_COOLDOWN_MIN = 1.0
+_COOLDOWN_MAX = 30.0
+
+
+def split_action(action: Action) -> list[Action]:
+    """One action per cache key: the retry topic is keyed, and ordered, per key."""
+    if isinstance(action, DeleteKeys) and len(action.keys) != 1:
+        return [DeleteKeys((k,), action.position) for k in dict.fromkeys(action.keys)]
+    return [action]
+
+
+def to_messages(
+    failures: Sequence[Failure], source: Mapping[str, Any], now: dt.datetime
+) -> list[RetryMessage]:
+    """Retry messages for *failures*, one per key."""
+    messages = []
+    for failure in failures:
+        first = from_epoch(failure.first_failed_at)
+        error = ErrorInfo.of(failure.error)
+        for action in split_action(failure.action):
+            messages.append(
+                RetryMessage(action, max(1, failure.attempts), first, now, error, dict(source))
+            )
+    return messages
+
+
+class RetryQueue(FailureHandler):
+    """Publishes failed actions to the retry topic, with the outbox as fallback (module doc).
+
+    Thread-safe: the sidecar and the after-commit fast path may share one queue.
+    The producer is created lazily, so constructing a queue never blocks on Kafka.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | None,
+        topic: str,
+        *,
+        outbox: OutboxStore | None = None,
+        timeout: float = 5.0,
+        component: str = "sidecar",
+        pipeline: str = "default",
+        producer_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if bootstrap is None and outbox is None:
+            raise ValueError("RetryQueue needs a Kafka bootstrap, an outbox, or both")
+        if timeout <= 0:
+            raise ValueError("RetryQueue timeout must be > 0 seconds")
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.outbox = outbox
+        self.timeout = timeout
+        self.origin = origin(component, pipeline)
+        self.producer_options = dict(producer_options or {})
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._down_until = 0.0
+        self._cooldown = _COOLDOWN_MIN
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        component: str = "sidecar",
+        outbox: bool = True,
+        timeout: float = 5.0,
+    ) -> RetryQueue:
+        """The queue for *settings*: ``kafka_bootstrap``/``retry_topic``, outbox at ``outbox_url``
+        (else ``mysql_url``). Without Kafka the outbox alone is the hand-off."""
+        from ..outbox.relay import OutboxStore
+
+        database = settings.outbox_database if outbox else None
+        return cls(
+            settings.kafka_bootstrap,
+            settings.retry_topic,
+            outbox=OutboxStore.from_url(database, timeout=timeout) if database else None,
+            timeout=timeout,
+            component=component,
+            pipeline=settings.name,
+        )
+
+    # -- Kafka ----------------------------------------------------------------------------
+
+    def _get_producer(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                assert self.bootstrap is not None
+                self._producer = make_producer(
+                    self.bootstrap,
+                    timeout=self.timeout,
+                    client_id=f"cachesync-{self.origin['component']}",
+                    **self.producer_options,
+                )
+            return self._producer
+
+    def _drop_producer(self) -> None:
+        """Forget a producer that failed: a fresh one starts from clean metadata and state."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
+
+    def kafka_available(self) -> bool:
+        """False during the cool-down after a Kafka failure."""
+        return self.bootstrap is not None and self.clock() >= self._down_until
+
+    def publish(self, messages: Sequence[RetryMessage]) -> None:
+        """Send *messages* and wait for every ``acks=all`` acknowledgement (``timeout`` bounded).
+
+        Raises :class:`TransientError` (or another :class:`CacheSyncError`) on failure.
+        """
+        if not messages:
+            return
+        deadline = self.clock() + self.timeout
+        producer = self._get_producer()
+        with kafka_errors(f"publishing {len(messages)} retry message(s) to {self.topic}"):
+            futures = [
+                producer.send(self.topic, key=m.key.encode(), value=encode_message(m))
+                for m in messages
+            ]
+            producer.flush(timeout=max(0.0, deadline - self.clock()))
+            for future in futures:
+                future.get(timeout=max(0.001, deadline - self.clock()))
+
+    def _kafka_failed(self, exc: CacheSyncError) -> None:
+        with self._lock:
+            self._down_until = self.clock() + self._cooldown
+            cooldown, self._cooldown = self._cooldown, min(_COOLDOWN_MAX, self._cooldown * 2)
+        self._drop_producer()
+        log.warning(
+            "cachesync retry queue: Kafka unavailable (%s); using the outbox for %.0fs",
+            exc,
+            cooldown,
+        )
+
+    def _kafka_ok(self) -> None:
+        with self._lock:
+            self._cooldown = _COOLDOWN_MIN
+
+    # -- FailureHandler -------------------------------------------------------------------
+
+    def handle(self, failures: Sequence[Failure]) -> None:
+        """Store *failures* durably: Kafka, else the outbox, else raise :class:`HandOffError`."""
+        if not failures:
+            return
+        now = dt.datetime.now(dt.UTC)
+        kafka_error: CacheSyncError | None = None
+        if self.kafka_available():
+            messages = to_messages(failures, self.origin, now)
+            try:
+                self.publish(messages)
+                self._kafka_ok()
+                return
+            except CacheSyncError as exc:
+                kafka_error = exc
+                self._kafka_failed(exc)
+        elif self.bootstrap is not None:
+            kafka_error = TransientError("Kafka unavailable (cooling down after a failure)")
+        if self.outbox is None:
+            raise HandOffError(
+                f"{len(failures)} failed action(s) could not be stored: {kafka_error} "
+                "and no outbox is configured"
+            )
+        actions = [a for f in failures for a in split_action(f.action)]
+        summary = "; ".join(dict.fromkeys(str(ErrorInfo.of(f.error)) for f in failures))
+        try:
+            self.outbox.add(
+                KIND_FAILED,
+                actions,
+                attempts=max(f.attempts for f in failures),
+                last_error=summary,
+            )
+        except CacheSyncError as exc:
+            raise HandOffError(
+                f"{len(actions)} failed action(s) could be stored neither in Kafka "
+                f"({kafka_error or 'not configured'}) nor in the outbox ({exc})"
+            ) from exc
+        metrics.inc("outbox_pending_total", len(actions))
+        log.info("cachesync retry queue: %d action(s) parked in the outbox", len(actions))
+
+    def close(self) -> None:
+        """Flush and close the producer (bounded by ``timeout``)."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception), kafka_errors("closing the producer"):
+                producer.close(timeout=self.timeout)
