@@ -1,0 +1,207 @@
+"""``cachesync listen``, ``cachesync reindex``, ``cachesync status``.
+
+Registered by :mod:`cachesync.cli`; every setting is a flag (``--mysql-url``)
+with its environment variable (``CACHESYNC_MYSQL_URL``) as fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, TextIO
+
+from ..cli import import_models, settings_from_args
+from ..config import Settings
+from ..errors import ConfigurationError, redact_url
+from ..registry import default_registry
+
+__all__ = ["register"]
+
+log = logging.getLogger("cachesync.cli")
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Add the binlog subcommands to the ``cachesync`` parser."""
+    listen = subparsers.add_parser(
+        "listen",
+        parents=[parent],
+        help="run the binlog sidecar (invalidate Redis keys, update Elasticsearch)",
+        description=(
+            "Stream the MySQL/MariaDB binlog of the declared models' tables and apply every "
+            "committed change to Redis and Elasticsearch, checkpointing after each batch. "
+            "A second `listen` with the same --name waits as a standby and takes over when "
+            "the leader dies. SIGTERM/SIGINT stop after the current batch."
+        ),
+    )
+    listen.add_argument(
+        "--reset-checkpoint",
+        action="store_true",
+        help=(
+            "forget the saved checkpoint and start from the server's current position "
+            "(recovery after the checkpointed binlog was purged; follow with `reindex`)"
+        ),
+    )
+    listen.set_defaults(handler=_listen)
+
+    reindex = subparsers.add_parser(
+        "reindex",
+        parents=[parent],
+        help="rebuild a model's Elasticsearch projections from its table",
+        description=(
+            "Record the current binlog position, scan the model's table in primary-key "
+            "order and write every document with that position's version, so changes the "
+            "sidecar streams meanwhile win. Safe while `listen` runs."
+        ),
+    )
+    reindex.add_argument("model", metavar="MODEL", help="model name, e.g. User or app.User")
+    reindex.add_argument(
+        "--batch-size", type=int, default=1000, help="rows per chunk and bulk request (1000)"
+    )
+    reindex.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="keep documents that no row produces (default: delete them when only this "
+        "model writes to the index)",
+    )
+    reindex.add_argument("--quiet", action="store_true", help="no progress bar")
+    reindex.set_defaults(handler=_reindex)
+
+    status = subparsers.add_parser(
+        "status",
+        parents=[parent],
+        help="checkpoint, server position, lag and leader of a pipeline",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
+
+
+def _require_mysql(settings: Settings) -> str:
+    if settings.mysql_url is None:
+        raise ConfigurationError(
+            "setting mysql_url (--mysql-url / CACHESYNC_MYSQL_URL) is required, "
+            "mysql://user:password@host:port/database",
+            setting="mysql_url",
+        )
+    return settings.mysql_url
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from .sidecar import Sidecar
+
+    settings = settings_from_args(args)
+    _require_mysql(settings)
+    import_models(settings)
+    sidecar = Sidecar.from_settings(settings, reset_checkpoint=args.reset_checkpoint)
+    log.info(
+        "cachesync listen: pipeline %r, models %s, mysql %s, redis %s, es %s, batch %s",
+        settings.name,
+        ", ".join(s.model for s in default_registry.tables()),
+        redact_url(settings.mysql_url or ""),
+        redact_url(settings.redis_url),
+        redact_url(settings.es_url or "-"),
+        settings.batch,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info(
+            "cachesync: %s received, stopping after the current batch", signal.Signals(signum).name
+        )
+        sidecar.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sidecar.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info(
+        "cachesync: stopped after %d batch(es), %d change(s); checkpoint %s",
+        sidecar.batches,
+        sidecar.rows,
+        sidecar.saved,
+    )
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal, periodic lines otherwise."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if not final and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6)
+        share = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(share * width)
+        line = (
+            f"{self.label} [{bar:<{width}}] {done}/{total} rows ({share:.0%}, {rate:,.0f} rows/s)"
+        )
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from ..connections import elasticsearch_client, mysql_params
+    from ..sinks import SearchSink
+    from . import server
+    from .reindex import reindex
+
+    settings = settings_from_args(args)
+    params = mysql_params(_require_mysql(settings))
+    import_models(settings)
+    spec = default_registry.for_model(args.model)
+    if args.batch_size < 1:
+        raise ConfigurationError("--batch-size must be >= 1")
+    conn = server.connect(params, what="MySQL")
+    try:
+        report = reindex(
+            spec,
+            connection=conn,
+            search=SearchSink(elasticsearch_client(settings), chunk_size=args.batch_size),
+            registry=default_registry,
+            database=params.get("database"),
+            batch_size=args.batch_size,
+            prune=not args.no_prune,
+            progress=None if args.quiet else _ProgressBar(f"reindex {spec.model}", sys.stderr),
+        )
+    finally:
+        conn.close()
+    print(report.summary())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ..connections import mysql_params
+    from .checkpoint import checkpoint_store
+    from .status import collect_status
+
+    settings = settings_from_args(args)
+    url = _require_mysql(settings)
+    store = checkpoint_store(settings.checkpoint_url, url)
+    try:
+        report = collect_status(mysql_params(url), store, settings.name)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        print("\n".join(report.lines()))
+    return 0

@@ -1,0 +1,273 @@
+"""``cachesync reindex MODEL``: (re)build a model's search projections from its table.
+
+Safe while the sidecar streams, because of the order of operations:
+
+1. Record the server's binlog position ``P`` first (``SHOW MASTER STATUS``).
+2. Scan the table in primary-key order, in chunks (keyset pagination, so no
+   long-running transaction or ``OFFSET`` scan), and write each row's document
+   with the external version of ``P``. Every change committed after ``P`` is
+   streamed with a binlog position after ``P``, hence a higher version, so it
+   wins over the scan whatever order the writes arrive in.
+3. After writing a chunk, re-read its rows and delete (at version ``P`` + 1)
+   the documents whose row has meanwhile been deleted, stopped meeting ``when``
+   or changed its document id. Elasticsearch forgets a deleted document's
+   version after ``index.gc_deletes``, so a scan write that lands after the
+   streamed delete could otherwise resurrect the document; ``P`` + 1 is still
+   below the version of any streamed change.
+4. Optionally prune: delete (at ``P`` + 1) documents of the index that no row
+   produced. A document a streamed change wrote after ``P`` has a higher
+   version, so Elasticsearch refuses the delete (409, counted as success).
+   Only done when no other model writes to the same index.
+
+Rows are read with PyMySQL through the ORM-neutral :class:`TableSpec` (its
+column map), so Django and SQLAlchemy models are rebuilt the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
+from ..changes import BinlogPosition
+from ..errors import DeclarationError, PermanentError, TransientError
+from ..registry import Registry, ResolvedProjection, TableSpec
+from ..sinks.elasticsearch import SearchSink
+from . import server
+
+__all__ = ["ReindexReport", "reindex"]
+
+log = logging.getLogger("cachesync.reindex")
+
+Progress = Callable[[int, int], None]
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+@dataclass
+class ReindexReport:
+    """What a reindex did. ``position`` is the recorded binlog position ``P``."""
+
+    model: str
+    indexes: list[str]
+    position: BinlogPosition
+    rows: int = 0
+    documents: int = 0
+    deleted: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"reindexed {self.model} into {', '.join(self.indexes)}: {self.rows} rows, "
+            f"{self.documents} documents written, {self.deleted} removed after re-check, "
+            f"{self.pruned} orphans pruned, at {self.position} in {self.seconds:.1f}s"
+        )
+
+
+class _Writer:
+    """Bulk writes with a short retry; anything still failing aborts the reindex."""
+
+    def __init__(self, sink: SearchSink, attempts: int = 5) -> None:
+        self.sink = sink
+        self.attempts = attempts
+
+    def write(self, actions: Sequence[DocumentAction]) -> None:
+        pending = list(actions)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                failures = self.sink.apply(pending)
+            except TransientError:
+                if attempt == self.attempts:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if not failures:
+                return
+            permanent = [f for f in failures if not isinstance(f.error, TransientError)]
+            if permanent or attempt == self.attempts:
+                shown = "; ".join(str(f.error) for f in (permanent or failures)[:3])
+                raise PermanentError(f"reindex: {len(failures)} document(s) failed: {shown}")
+            pending = [f.action for f in failures]
+            time.sleep(0.2 * 2**attempt)
+
+
+def reindex(
+    spec: TableSpec,
+    *,
+    connection: Any,
+    search: SearchSink,
+    registry: Registry | None = None,
+    database: str | None = None,
+    batch_size: int = 1000,
+    prune: bool = True,
+    progress: Progress | None = None,
+) -> ReindexReport:
+    """Rebuild every projection of *spec*; see the module docstring for why it is safe.
+
+    *connection* is a PyMySQL connection (``SELECT`` and ``REPLICATION CLIENT``);
+    *database* is the schema of a spec declared without one.
+    """
+    if not spec.projections:
+        raise DeclarationError(f"{spec.model} declares no search projection: nothing to reindex")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    started = time.monotonic()
+    file, pos = server.master_status(connection)
+    at = BinlogPosition(file, pos, 0)
+    after = BinlogPosition(file, pos, 1)  # version P + 1, still below any later change
+    report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
+    schema = spec.schema or database
+    table = _quote(spec.table) if schema is None else f"{_quote(schema)}.{_quote(spec.table)}"
+    columns = list(dict.fromkeys(spec.columns.values()))
+    pk = list(spec.primary_key_columns())
+    select = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {table}"
+    order = " ORDER BY " + ", ".join(_quote(c) for c in pk)
+    writer = _Writer(search)
+    written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
+
+    with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")
+        total = int(cur.fetchone()[0])
+    log.info("cachesync: reindexing %s (%d rows) at %s", spec.model, total, at)
+    if progress is not None:
+        progress(0, total)
+
+    cursor_key: tuple[Any, ...] | None = None
+    while True:
+        sql, args = select, ()
+        if cursor_key is not None:
+            keys = ", ".join(_quote(c) for c in pk)
+            marks = ", ".join(["%s"] * len(pk))
+            sql += f" WHERE ({keys}) > ({marks})" if len(pk) > 1 else f" WHERE {keys} > %s"
+            args = cursor_key
+        sql += f"{order} LIMIT {int(batch_size)}"
+        with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
+            cur.execute(sql, args)
+            images = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+        if not images:
+            break
+        cursor_key = tuple(images[-1][c] for c in pk)
+        produced = _documents(spec, images, at)
+        writer.write([a for a, _key in produced])
+        for action, _key in produced:
+            written[action.index].add(action.doc_id)
+        report.rows += len(images)
+        report.documents += len(produced)
+        stale = _recheck(spec, connection, table, columns, pk, produced, after)
+        if stale:
+            writer.write(stale)
+            report.deleted += len(stale)
+        if progress is not None:
+            progress(report.rows, max(total, report.rows))
+
+    if prune:
+        for projection in spec.projections:
+            report.pruned += _prune(
+                search, registry, spec, projection, written[projection.index], after
+            )
+    report.seconds = time.monotonic() - started
+    log.info("cachesync: %s", report.summary())
+    return report
+
+
+def _documents(
+    spec: TableSpec, images: Iterable[Mapping[str, Any]], at: BinlogPosition
+) -> list[tuple[IndexDoc, tuple[Any, ...]]]:
+    """``(IndexDoc, primary key)`` for every row and projection whose ``when`` holds."""
+    pk = spec.primary_key_columns()
+    out: list[tuple[IndexDoc, tuple[Any, ...]]] = []
+    for image in images:
+        row = spec.row_from_columns(image)
+        key = tuple(image[c] for c in pk)
+        for projection in spec.projections:
+            if not projection.matches(row):
+                continue
+            doc_id = projection.doc_id(row)
+            if doc_id is None:
+                continue
+            ref = RowRef(spec.schema, spec.table, dict(zip(pk, key, strict=True)))
+            out.append((IndexDoc(projection.index, doc_id, projection.document(row), at, ref), key))
+    return out
+
+
+def _recheck(
+    spec: TableSpec,
+    connection: Any,
+    table: str,
+    columns: Sequence[str],
+    pk: Sequence[str],
+    produced: Sequence[tuple[IndexDoc, tuple[Any, ...]]],
+    after: BinlogPosition,
+) -> list[DocumentAction]:
+    """Deletes for written documents whose row changed in a way that removes the document."""
+    if not produced:
+        return []
+    keys = list(dict.fromkeys(key for _doc, key in produced))
+    select = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {table}"
+    if len(pk) == 1:
+        sql = f"{select} WHERE {_quote(pk[0])} IN %s"
+        args: Any = ([k[0] for k in keys],)
+    else:
+        tuple_sql = "(" + ", ".join(["%s"] * len(pk)) + ")"
+        sql = (
+            f"{select} WHERE ({', '.join(_quote(c) for c in pk)}) IN "
+            f"({', '.join([tuple_sql] * len(keys))})"
+        )
+        args = [v for k in keys for v in k]
+    with server.translate_errors(f"re-reading {spec.table}"), connection.cursor() as cur:
+        cur.execute(sql, args)
+        current = {
+            tuple(row[columns.index(c)] for c in pk): dict(zip(columns, row, strict=True))
+            for row in cur.fetchall()
+        }
+    stale: list[DocumentAction] = []
+    for doc, key in produced:
+        image = current.get(key)
+        keep = False
+        if image is not None:
+            row = spec.row_from_columns(image)
+            for projection in spec.projections:
+                if projection.index == doc.index and projection.matches(row):
+                    keep = keep or projection.doc_id(row) == doc.doc_id
+        if not keep:
+            stale.append(DeleteDoc(doc.index, doc.doc_id, after, doc.source))
+    return stale
+
+
+def _prune(
+    search: SearchSink,
+    registry: Registry | None,
+    spec: TableSpec,
+    projection: ResolvedProjection,
+    written: set[str],
+    after: BinlogPosition,
+) -> int:
+    """Delete documents no row produced, when *spec* is the index's only writer."""
+    writers = registry.for_index(projection.index) if registry is not None else [(spec, projection)]
+    if len(writers) > 1:
+        log.info("cachesync: not pruning %s: %d models write to it", projection.index, len(writers))
+        return 0
+    from elasticsearch import ApiError, TransportError, helpers
+
+    client = search.client
+    try:
+        client.indices.refresh(index=projection.index, ignore_unavailable=True)
+        hits = helpers.scan(
+            client,
+            index=projection.index,
+            query={"query": {"match_all": {}}, "_source": False},
+            ignore_unavailable=True,
+        )
+        orphans = [hit["_id"] for hit in hits if hit["_id"] not in written]
+    except (ApiError, TransportError, OSError) as exc:
+        raise TransientError(f"reindex: scanning {projection.index} failed: {exc}") from exc
+    if orphans:
+        _Writer(search).write([DeleteDoc(projection.index, i, after) for i in orphans])
+    return len(orphans)

@@ -1,0 +1,509 @@
+"""The sidecar loop: leader lock, batches, apply, checkpoint.
+
+One iteration: gather up to ``BatchPolicy.max_rows`` changes (or what arrived
+within ``max_delay_ms`` of the first), plan them, apply them with the
+:class:`~cachesync.apply.Applier` (one UNLINK pipeline, one bulk request), and
+only then save the :class:`~cachesync.binlog.checkpoint.ResumePoint` after the
+last change of the batch. If the applier raises
+:class:`~cachesync.errors.HandOffError` (failures could be neither applied nor
+parked durably), the same batch is retried with backoff and the checkpoint
+stays where it is: the binlog reader waits instead of dropping anything.
+
+Leadership: a sidecar streams only while it holds ``GET_LOCK`` on a dedicated
+connection to the watched server. A second sidecar with the same pipeline name
+blocks in ``GET_LOCK`` as a standby; the server releases the lock the moment the
+leader's connection dies (SIGKILL, crash, network), and the standby then starts
+from the checkpoint. A leader that loses its lock connection stops streaming and
+goes back to waiting; the lock is re-checked before every checkpoint save so a
+deposed leader never moves the checkpoint.
+
+Shutdown: :meth:`Sidecar.stop` (the CLI calls it on SIGTERM/SIGINT) lets the
+current batch finish, saves the checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import metrics
+from ..actions import Action
+from ..apply import Applier, FailureHandler, LoggingFailureHandler
+from ..changes import RowChange
+from ..config import Settings
+from ..errors import (
+    CacheSyncError,
+    ConfigurationError,
+    HandOffError,
+    PermanentError,
+    SchemaError,
+    SourceConfigurationError,
+    TransientError,
+)
+from ..planning import plan
+from ..policies import BatchPolicy
+from ..registry import Registry, TableSpec, default_registry
+from . import guards, server
+from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
+from .source import BinlogSource, ReconnectPolicy
+
+__all__ = ["LeaderLock", "LeadershipLost", "Sidecar", "SidecarPolicy", "lock_name"]
+
+log = logging.getLogger("cachesync.sidecar")
+
+
+class LeadershipLost(TransientError):
+    """The leader lock is gone (its connection died or another sidecar holds it)."""
+
+
+@dataclass(frozen=True)
+class SidecarPolicy:
+    """Timing knobs of the sidecar loop (the batch size itself is the ``batch`` setting).
+
+    * ``handoff_backoff``: first and maximum wait before re-applying a batch that
+      could not be handed off;
+    * ``idle_checkpoint_seconds`` / ``idle_checkpoint_bytes``: while no watched
+      row changes, the position still moves over other tables' transactions; it
+      is saved at most every ``idle_checkpoint_seconds``, and only when it moved
+      by at least ``idle_checkpoint_bytes`` or to another file. The threshold keeps
+      the sidecar from chasing its own checkpoint writes when the checkpoint
+      table lives on the watched server, while a file rotation is always saved
+      so the checkpoint never points at a file that may be purged;
+    * ``lock_wait``: seconds per ``GET_LOCK`` attempt of a standby;
+    * ``lock_check_seconds``: how often an idle leader pings its lock connection;
+    * ``retry_backoff``: first and maximum wait after a transient start-up failure.
+    """
+
+    batch: BatchPolicy = field(default_factory=lambda: BatchPolicy.DEFAULT)
+    idle_wait: float = 1.0
+    handoff_backoff: tuple[float, float] = (0.5, 30.0)
+    idle_checkpoint_seconds: float = 1.0
+    idle_checkpoint_bytes: int = 64 * 1024
+    lock_wait: float = 1.0
+    lock_check_seconds: float = 2.0
+    retry_backoff: tuple[float, float] = (0.5, 10.0)
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+
+
+def lock_name(database: str | None, pipeline: str) -> str:
+    """``cachesync:<database>:<pipeline>``, hashed to fit MySQL's 64-character lock names."""
+    name = f"cachesync:{database or '-'}:{pipeline}"
+    if len(name) <= 64:
+        return name
+    return "cachesync:" + hashlib.sha1(name.encode()).hexdigest()
+
+
+class LeaderLock:
+    """``GET_LOCK`` on a connection of its own; the lock lives exactly as long as it.
+
+    ``GET_LOCK`` needs no privilege, and the server drops the lock when the
+    connection closes for any reason, which is what makes failover fast.
+    """
+
+    def __init__(self, params: Mapping[str, Any], name: str) -> None:
+        self._params = dict(params)
+        self.name = name
+        self._conn: Any = None
+
+    def _query(self, sql: str, *args: Any) -> Any:
+        import pymysql
+
+        try:
+            if self._conn is None:
+                self._conn = server.connect(self._params, what="MySQL (leader lock)")
+            with self._conn.cursor() as cur:
+                cur.execute(sql, args)
+                row = cur.fetchone()
+            return row[0] if row else None
+        except CacheSyncError:
+            self._drop()
+            raise
+        except pymysql.MySQLError as exc:
+            self._drop()
+            raise TransientError(f"leader lock {self.name!r}: {exc}") from exc
+
+    def try_acquire(self, wait: float) -> bool:
+        """One ``GET_LOCK`` attempt waiting up to *wait* seconds."""
+        return bool(self._query("SELECT GET_LOCK(%s, %s)", self.name, max(0, int(wait))))
+
+    def check(self) -> None:
+        """Raise :class:`LeadershipLost` unless this connection still holds the lock."""
+        try:
+            held = self._query("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", self.name)
+        except TransientError as exc:
+            raise LeadershipLost(f"leader lock {self.name!r} lost: {exc}") from exc
+        if not held:
+            self._drop()
+            raise LeadershipLost(f"leader lock {self.name!r} is no longer held")
+
+    def holder(self) -> int | None:
+        """The connection id holding the lock, or ``None``."""
+        value = self._query("SELECT IS_USED_LOCK(%s)", self.name)
+        return None if value is None else int(value)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(CacheSyncError):
+                self._query("SELECT RELEASE_LOCK(%s)", self.name)
+            self._drop()
+
+    def close(self) -> None:
+        """Close the connection without releasing explicitly (the server drops the lock)."""
+        self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def build_applier(
+    settings: Settings, registry: Registry, on_failure: FailureHandler | None = None
+) -> Applier:
+    """An :class:`Applier` with the sinks the declarations need, checked at start-up."""
+    from ..connections import elasticsearch_client, redis_client
+    from ..sinks import RedisSink, SearchSink
+
+    specs = registry.tables()
+    needs_redis = any(s.key_templates or s.invalidates is not None for s in specs)
+    needs_search = any(s.projections for s in specs)
+    if needs_search and settings.es_url is None:
+        models = ", ".join(s.model for s in specs if s.projections)
+        raise ConfigurationError(
+            f"{models} declare search projections but es_url (CACHESYNC_ES_URL) is not set",
+            setting="es_url",
+        )
+    redis = (
+        RedisSink(redis_client(settings), cluster=settings.redis_cluster) if needs_redis else None
+    )
+    search = SearchSink(elasticsearch_client(settings)) if needs_search else None
+    if on_failure is None:
+        on_failure = default_failure_handler(settings)
+    return Applier(redis, search, on_failure)
+
+
+def default_failure_handler(settings: Settings) -> FailureHandler:
+    """The Kafka retry queue when ``kafka_bootstrap`` is set, else log-and-refuse."""
+    if settings.kafka_bootstrap is None:
+        return LoggingFailureHandler()
+    from ..kafka import RetryQueue
+
+    handler: FailureHandler = RetryQueue.from_settings(settings, component="sidecar")
+    return handler
+
+
+class Sidecar:
+    """Streams the binlog into Redis and Elasticsearch; see the module docstring.
+
+    ``run()`` blocks until :meth:`stop` is called (from a signal handler or
+    another thread) and returns normally; it raises on problems a restart cannot
+    fix (:class:`SourceConfigurationError`, :class:`SchemaError`,
+    :class:`ConfigurationError`). Transient trouble (database restart, lost
+    lock) is waited out with backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        mysql: Mapping[str, Any],
+        registry: Registry,
+        applier: Applier,
+        store: CheckpointStore,
+        name: str = "default",
+        server_id: int = 7541,
+        policy: SidecarPolicy | None = None,
+        reset_checkpoint: bool = False,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self._mysql = dict(mysql)
+        self._database: str | None = self._mysql.get("database")
+        self.registry = registry
+        self.applier = applier
+        self.store = store
+        self.name = name
+        self.server_id = server_id
+        self.policy = policy or SidecarPolicy()
+        self._reset = reset_checkpoint
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self.lock = LeaderLock(self._mysql, lock_name(self._database, name))
+        self.leading = threading.Event()
+        #: The last position saved to the checkpoint store (for tests and ``status``).
+        self.saved: ResumePoint | None = None
+        self.batches = 0
+        self.rows = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        registry: Registry | None = None,
+        *,
+        on_failure: FailureHandler | None = None,
+        reset_checkpoint: bool = False,
+        policy: SidecarPolicy | None = None,
+    ) -> Sidecar:
+        """A sidecar wired from :class:`Settings` (what ``cachesync listen`` runs)."""
+        from ..connections import mysql_params
+
+        if settings.mysql_url is None:
+            raise ConfigurationError(
+                "setting mysql_url (CACHESYNC_MYSQL_URL) is required: the database whose "
+                "binlog to stream, mysql://user:password@host:port/database",
+                setting="mysql_url",
+            )
+        registry = registry if registry is not None else default_registry
+        if not registry.tables():
+            raise ConfigurationError(
+                "no model is declared: pass the modules that declare them with --models "
+                "(CACHESYNC_MODELS)",
+                setting="models",
+            )
+        return cls(
+            mysql=mysql_params(settings.mysql_url),
+            registry=registry,
+            applier=build_applier(settings, registry, on_failure),
+            store=checkpoint_store(settings.checkpoint_url, settings.mysql_url),
+            name=settings.name,
+            server_id=settings.server_id,
+            policy=policy or SidecarPolicy(batch=settings.batch_policy),
+            reset_checkpoint=reset_checkpoint,
+        )
+
+    # -- control ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch (safe from signal handlers)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._acquire():
+                        return
+                    failures = 0
+                    self._lead()
+                except LeadershipLost as exc:
+                    log.warning("cachesync: %s; waiting to lead again", exc)
+                except (
+                    SourceConfigurationError,
+                    ConfigurationError,
+                    SchemaError,
+                    PermanentError,
+                ):
+                    raise
+                except TransientError as exc:
+                    failures += 1
+                    delay = self._backoff(self.policy.retry_backoff, failures)
+                    log.warning("cachesync: %s; retrying in %.1fs", exc, delay)
+                    self._sleep(delay)
+                finally:
+                    self.leading.clear()
+                    self.lock.release()
+        finally:
+            self.store.close()
+
+    def _acquire(self) -> bool:
+        """Block until this sidecar holds the leader lock (True) or is stopped (False)."""
+        announced = False
+        while not self._stop.is_set():
+            if self.lock.try_acquire(self.policy.lock_wait):
+                log.info("cachesync: leading pipeline %r (lock %s)", self.name, self.lock.name)
+                return True
+            if not announced:
+                log.info("cachesync: standby: another sidecar holds lock %s", self.lock.name)
+                announced = True
+        return False
+
+    def _start_point(self, conn: Any) -> tuple[ResumePoint, bool]:
+        """The checkpoint, or the server's current position on first start (saved at once)."""
+        if self._reset:
+            log.warning("cachesync: --reset-checkpoint: forgetting checkpoint %r", self.name)
+            self.store.delete(self.name)
+            self._reset = False
+        stored = self.store.load(self.name)
+        if stored is not None:
+            return ResumePoint.decode(stored.position, stored.commit_time), True
+        file, pos = server.master_status(conn)
+        start = ResumePoint(file, pos, None, time.time())
+        log.info(
+            "cachesync: no checkpoint %r: starting at the current position %s "
+            "(rows written before are not replayed; use `cachesync reindex` for search indexes)",
+            self.name,
+            start,
+        )
+        return start, False
+
+    def _lead(self) -> None:
+        conn = server.connect(self._mysql, what="MySQL")
+        try:
+            start, existed = self._start_point(conn)
+            guards.check_server(
+                conn,
+                tables=self._watched(),
+                server_id=self.server_id,
+                resume=start if existed else None,
+                checkpoint_name=self.name,
+            )
+        finally:
+            conn.close()
+        if not existed:
+            self._save(start)
+        self.saved = start
+        self.leading.set()
+        source = BinlogSource(
+            self._mysql,
+            self.registry,
+            server_id=self.server_id,
+            start=start,
+            default_schema=self._database,
+            policy=self.policy.reconnect,
+            stop=self._stop,
+        )
+        try:
+            self._stream(source)
+        finally:
+            source.close()
+
+    def _watched(self) -> list[tuple[str, str]]:
+        return [(s.schema or self._database or "*", s.table) for s in self.registry.tables()]
+
+    def _stream(self, source: BinlogSource) -> None:
+        batch_policy = self.policy.batch
+        max_delay = batch_policy.max_delay_ms / 1000.0
+        last_lock_check = last_save = time.monotonic()
+        while not self._stop.is_set():
+            batch = source.poll(batch_policy.max_rows, self.policy.idle_wait)
+            if batch:
+                first = time.monotonic()
+                while len(batch) < batch_policy.max_rows and not self._stop.is_set():
+                    remaining = first + max_delay - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    more = source.poll(batch_policy.max_rows - len(batch), remaining)
+                    if not more:
+                        break
+                    batch.extend(more)
+                point = source.resume_point
+                if not self._apply(batch):
+                    return  # stopped while the batch could not be applied: not saved
+                self.lock.check()
+                self._save(point)
+                last_lock_check = last_save = time.monotonic()
+                continue
+            now = time.monotonic()
+            point = source.resume_point
+            if self._idle_save_due(point, now - last_save):
+                self.lock.check()
+                self._save(point)
+                last_lock_check = last_save = now
+            elif now - last_lock_check >= self.policy.lock_check_seconds:
+                self.lock.check()
+                last_lock_check = now
+        # Stopping: keep whatever the idle stream passed over.
+        point = source.resume_point
+        if self.saved is None or point != self.saved:
+            self.lock.check()
+            self._save(point)
+
+    def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
+        saved = self.saved
+        if saved is None or point == saved:
+            return False
+        if point.file != saved.file:
+            return True
+        return (
+            since_save >= self.policy.idle_checkpoint_seconds
+            and point.pos - saved.pos >= self.policy.idle_checkpoint_bytes
+        )
+
+    def _plan(self, batch: Sequence[RowChange]) -> list[Action]:
+        actions: list[Action] = []
+        registry = self.registry
+        for change in batch:
+            spec: TableSpec | None = registry.get(change.schema, change.table)
+            if spec is None:  # the source filters on the registry; a race with remove()
+                continue
+            try:
+                actions.extend(plan(change, spec))
+            except SchemaError as exc:
+                raise SchemaError(
+                    f"{exc} (change at {change.position}: {change.op.value} of "
+                    f"{change.schema}.{change.table}); the sidecar stops here and resumes "
+                    "from this change once fixed",
+                    **exc.context,
+                ) from None
+            except CacheSyncError:
+                raise
+            except Exception as exc:
+                raise PermanentError(
+                    f"{spec.model}: planning the {change.op.value} at {change.position} "
+                    f"failed: {type(exc).__name__}: {exc} (a key template, when=, "
+                    "to_document= or invalidates= callable raised)",
+                    model=spec.model,
+                ) from exc
+        return actions
+
+    def _apply(self, batch: Sequence[RowChange]) -> bool:
+        """Apply *batch*; True once applied or handed off, False if stopped before that."""
+        actions = self._plan(batch)
+        attempts = 0
+        while True:
+            try:
+                self.applier.apply(actions)
+                break
+            except HandOffError as exc:
+                attempts += 1
+                delay = self._backoff(self.policy.handoff_backoff, attempts)
+                log.error(
+                    "cachesync: batch of %d change(s) neither applied nor handed off (%s); "
+                    "checkpoint kept at %s, retrying in %.1fs",
+                    len(batch),
+                    exc,
+                    self.saved,
+                    delay,
+                )
+                self._sleep(delay)
+                if self._stop.is_set():
+                    log.warning(
+                        "cachesync: stopping with %d unapplied change(s); they are replayed "
+                        "from the checkpoint on the next start",
+                        len(batch),
+                    )
+                    return False
+                self.lock.check()
+        self.batches += 1
+        self.rows += len(batch)
+        metrics.inc("batches_total")
+        return True
+
+    def _save(self, point: ResumePoint) -> None:
+        try:
+            self.store.save(self.name, point.encode(), point.commit_time)
+        except TransientError as exc:
+            # The next save carries a later position; a crash meanwhile only repeats work.
+            log.warning("cachesync: checkpoint not saved (%s); will retry", exc)
+            return
+        self.saved = point
+        metrics.inc("checkpoints_total")
+
+    @staticmethod
+    def _backoff(bounds: tuple[float, float], attempt: int) -> float:
+        first, cap = bounds
+        return float(min(cap, first * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2))
