@@ -1,0 +1,32 @@
+"""Django integration: ``INSTALLED_APPS += ["cachesync.contrib.django"]``.
+
+Declare on models you own with the :class:`CacheSyncModel` mixin::
+
+    class Article(CacheSyncModel, models.Model):
+        ...
+        __cachesync__ = Sync(
+            keys=["article:{pk}", "article:by-slug:{slug}"],
+            search=Projection(index="articles", fields=["title", "author"],
+                              when=lambda row: row["status"] == 1),
+        )
+
+and with :func:`register` for models you don't (in an app's ``cachesync.py``,
+discovered at start-up)::
+
+    register(User, keys=["user:{pk}", "user:by-name:{username}"])
+
+Settings live in ``settings.CACHESYNC`` under the names of
+:class:`cachesync.Settings` in upper case (:mod:`.conf`); ``manage.py check``
+validates declarations and settings (:mod:`.checks`); the after-commit fast
+path is in :mod:`.hooks`; ``manage.py cachesync_listen|retry|reindex|status|dlq``
+run the standalone CLI with Django's settings and models.
+
+Importing this package does not need configured settings or a ready app
+registry, so a ``models.py`` can import the mixin.
+"""
+
+from ...fastpath import no_sync
+from .conf import raw_key
+from .declarations import CacheSyncModel, register, unregister
+
+__all__ = ["CacheSyncModel", "no_sync", "raw_key", "register", "unregister"]

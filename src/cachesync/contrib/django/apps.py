@@ -1,0 +1,50 @@
+"""``INSTALLED_APPS += ["cachesync.contrib.django"]``: the app that wires cachesync into Django."""
+
+from __future__ import annotations
+
+import logging
+
+from django.apps import AppConfig, apps
+from django.conf import settings
+
+log = logging.getLogger("cachesync.contrib.django")
+
+
+class CacheSyncConfig(AppConfig):  # type: ignore[misc]
+    """Discovers declarations, applies ``settings.CACHESYNC`` and connects the fast-path hooks.
+
+    ``ready()`` never raises for a bad declaration or bad settings: it records
+    them for ``manage.py check`` (which ``runserver``, ``migrate`` and the
+    cachesync management commands run first) and logs them, so a typo is
+    reported with the model and the template rather than as a traceback. While
+    the settings are invalid the hooks stay off rather than guess a Redis server.
+    """
+
+    name = "cachesync.contrib.django"
+    label = "cachesync"
+    verbose_name = "cachesync"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from ... import config
+        from ...fastpath import fast_path
+        from . import declarations, hooks
+        from .checks import register_checks
+        from .conf import load_config
+
+        register_checks()
+        loaded = load_config(settings)
+        if loaded.settings is not None and loaded.ok:
+            config.configure(**loaded.overrides)
+            fast_path.configure()  # rebuild the applier from the settings just applied
+            hooks.set_enabled(True)
+        else:
+            hooks.set_enabled(False)
+            for problem in loaded.problems:
+                if problem.error:
+                    log.error("cachesync is disabled: %s (%s)", problem.message, problem.id)
+        declarations.discover(apps.get_app_configs())
+        for found in declarations.problems():
+            if found.error:
+                log.error("cachesync: %s (%s)", found.message, found.id)
+        hooks.connect(declarations.tables())

@@ -1,0 +1,1 @@
+"""Management commands: cachesync_listen, cachesync_retry, cachesync_reindex, cachesync_status, cachesync_dlq."""

@@ -1,0 +1,1 @@
+"""The ``manage.py cachesync_*`` commands (thin wrappers over ``cachesync.cli``)."""
