@@ -234,7 +234,9 @@ def _text(length_size: int, encoding: str | None) -> Reader:
         end = start + n
         raw = buf[start:end]
         if encoding is None:
-            return raw, end
+            # The library "decodes" binary values with an unknown codec name, which
+            # CPython skips for empty input: b"" comes out as "". Same here.
+            return (raw if n else ""), end
         return raw.decode(encoding), end
 
     return read
