@@ -163,7 +163,7 @@ def _sink(action: Action) -> str:
 def _newest(items: Sequence[_Item]) -> Action:
     """The action standing for a key's whole queue: the newest position wins, then the latest."""
     best = items[0].message.action
-    for item in items[1:]:
+    for item in list(items)[1:]:
         action = item.message.action
         if best.position is None or (
             action.position is not None and action.position.version >= best.position.version
