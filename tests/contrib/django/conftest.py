@@ -66,9 +66,12 @@ def _admin_connection() -> Any:
 
     db = settings.DATABASES["default"]
     return pymysql.connect(
-        host=db["HOST"], port=int(db["PORT"]), user=db["USER"], password=db["PASSWORD"],
+        host=db["HOST"],
+        port=int(db["PORT"]),
+        user=db["USER"],
+        password=db["PASSWORD"],
         autocommit=True,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +124,31 @@ def clean(django_db: str, redis_db: Any) -> Iterator[Any]:
         cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
     yield redis_db
     assert not connection.in_atomic_block, "a test left a transaction open"
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
+
+
+def django_env(settings_module: str = "tests.contrib.django.settings") -> dict[str, str]:
+    """Environment for a ``python -m django`` child: our settings, no stray CACHESYNC_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_")}
+    env["DJANGO_SETTINGS_MODULE"] = settings_module
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_django(
+    *args: str, settings_module: str = "tests.contrib.django.settings", timeout: float = 60
+) -> Any:
+    """Run ``python -m django ARGS`` to completion; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=django_env(settings_module),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

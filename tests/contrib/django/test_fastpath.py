@@ -253,8 +253,10 @@ def test_proxy_and_multi_table_child_saves_are_synced(clean: Any, author: User) 
     seed(clean, f"place:{restaurant.pk}", "place:by-name:Chez", "place:by-name:Chez Nous")
     restaurant.name = "Chez Nous"
     restaurant.save()
-    assert present(clean, f"place:{restaurant.pk}", "place:by-name:Chez",
-                   "place:by-name:Chez Nous") == set()  # fmt: skip
+    assert (
+        present(clean, f"place:{restaurant.pk}", "place:by-name:Chez", "place:by-name:Chez Nous")
+        == set()
+    )
     seed(clean, "place:by-name:Chez Nous")
     restaurant.delete()
     assert present(clean, "place:by-name:Chez Nous") == set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -33,6 +34,7 @@ class CacheSyncConfig(AppConfig):  # type: ignore[misc]
         from .conf import load_config
 
         register_checks()
+        _repair_pymysql()
         loaded = load_config(settings)
         if loaded.settings is not None and loaded.ok:
             config.configure(**loaded.overrides)
@@ -48,3 +50,29 @@ class CacheSyncConfig(AppConfig):  # type: ignore[misc]
             if found.error:
                 log.error("cachesync: %s (%s)", found.message, found.id)
         hooks.connect(declarations.tables())
+
+
+def _repair_pymysql() -> None:
+    """Undo the module aliasing that ``pymysql.install_as_MySQLdb()`` suffers under Django.
+
+    With PyMySQL installed as ``MySQLdb``, Django's MySQL backend imports
+    ``MySQLdb.err``, ``MySQLdb.constants`` and ``MySQLdb.converters``, which Python
+    loads a second time under those names and binds as attributes of the one
+    package object, so ``pymysql.err.OperationalError`` becomes a copy that the
+    errors PyMySQL actually raises are not instances of: every ``except
+    pymysql.err.X`` in the process (the sidecar's, the outbox relay's) silently
+    stops matching. Loading the backend now and re-binding the originals keeps
+    both names working; Django only uses the copies' constants.
+    """
+    pymysql = sys.modules.get("pymysql")
+    if pymysql is None or sys.modules.get("MySQLdb") is not pymysql:
+        return
+    from django.db import connections
+
+    for alias, conf in settings.DATABASES.items():
+        if str(conf.get("ENGINE", "")).endswith("mysql"):
+            connections[alias]  # imports the backend (no connection is opened)
+    for name in ("err", "constants", "converters"):
+        original = sys.modules.get(f"pymysql.{name}")
+        if original is not None and getattr(pymysql, name, None) is not original:
+            setattr(pymysql, name, original)

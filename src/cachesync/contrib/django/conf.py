@@ -172,20 +172,20 @@ def redis_url_from_cache(alias: str, caches: Mapping[str, Any]) -> str:
             "or unix:// URL",
             setting="cache_alias",
         )
-    netloc = parts.netloc
-    if password and parts.password is None and parts.scheme != "unix":
+    if parts.scheme == "unix":  # a socket path: only the database can be added
+        if db is not None and "db=" not in parts.query:
+            url += ("&" if parts.query else "?") + f"db={int(db)}"
+        return url
+    netloc, path = parts.netloc, parts.path
+    if password and parts.password is None:
         user = quote(str(username or parts.username or ""), safe="")
-        netloc = f"{user}:{quote(str(password), safe='')}@{parts.hostname or ''}"
-        if parts.port:
-            netloc += f":{parts.port}"
-    path = parts.path
-    query = parts.query
+        host_port = parts.netloc.rpartition("@")[2]  # keeps [::1]:6379 intact
+        netloc = f"{user}:{quote(str(password), safe='')}@{host_port}"
     if db is not None and path in ("", "/"):
-        if parts.scheme == "unix":
-            query = f"{query}&db={int(db)}" if query else f"db={int(db)}"
-        else:
-            path = f"/{int(db)}"
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+        path = f"/{int(db)}"
+    if (netloc, path) == (parts.netloc, parts.path):
+        return url
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
 _MYSQL_ENGINES = ("django.db.backends.mysql",)
@@ -289,16 +289,16 @@ def load_config(django_settings: Any, environ: Mapping[str, str] | None = None) 
                 )
 
     if "mysql_url" not in overrides and env_name("mysql_url") not in environ:
-        alias = values.get("database_alias") or environ.get(env_name("database_alias")) or "default"
-        try:
-            url = mysql_url_from_database(
-                str(alias), getattr(django_settings, "DATABASES", {}) or {}
-            )
-        except ConfigurationError as exc:
-            problems.append(_problem_for(exc, "settings.CACHESYNC"))
-        else:
-            if url is not None:
-                overrides["mysql_url"] = url
+        alias = values.get("database_alias") or environ.get(env_name("database_alias"))
+        databases = getattr(django_settings, "DATABASES", None) or {}
+        if alias is not None or "default" in databases:
+            try:
+                url = mysql_url_from_database(str(alias or "default"), databases)
+            except ConfigurationError as exc:
+                problems.append(_problem_for(exc, "settings.CACHESYNC"))
+            else:
+                if url is not None:
+                    overrides["mysql_url"] = url
 
     if any(p.error for p in problems):
         return DjangoConfig(None, overrides, tuple(problems), redis_source, cache_alias)

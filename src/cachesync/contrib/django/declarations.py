@@ -138,8 +138,10 @@ def _decimal(places: int | None) -> Normaliser:
     def normalise(value: Any, connection: Any) -> Any:
         # The column keeps decimal_places digits; an instance may hold more until reloaded.
         # MySQL rounds the excess half away from zero, which is ROUND_HALF_UP.
+        # A stored zero has no sign: -0.00 comes back as 0.00.
         if quantum is not None and isinstance(value, Decimal) and value.is_finite():
-            return value.quantize(quantum, rounding=ROUND_HALF_UP)
+            stored = value.quantize(quantum, rounding=ROUND_HALF_UP)
+            return stored.copy_abs() if stored.is_zero() else stored
         return value
 
     return normalise
@@ -358,13 +360,17 @@ def register(
     from django.apps import apps
 
     with state.lock:
+        previous = state.registered.get(model)
         state.registered[model] = (sync, origin)
         if not apps.models_ready:
             return  # resolved by ready()
         try:
             _resolve_one(model, sync)
         except DeclarationError as exc:
-            state.registered.pop(model, None)
+            if previous is None:
+                state.registered.pop(model, None)
+            else:  # a bad re-declaration leaves the working one in place
+                state.registered[model] = previous
             if state.discovering:
                 state.problems.append(DeclarationProblem(str(exc), model=model, where=origin))
                 return

@@ -5,8 +5,9 @@ with:
 
 * every setting resolved from Django (``settings.CACHESYNC``, the Redis URL of the
   cache alias, the MySQL URL of the database alias, then ``CACHESYNC_*``
-  environment variables) passed as its ``--flag``; a flag given on the command
-  line wins, as with the standalone command;
+  environment variables) passed as its ``--flag`` after the user's arguments (so
+  it reaches nested subcommands such as ``dlq list``); a flag given on the
+  command line wins, as with the standalone command;
 * the models that ``AppConfig.ready()`` registered, so ``--models`` is not needed;
 * every other argument passed through unchanged, so the options are exactly the
   standalone command's (``manage.py cachesync_reindex --help`` lists both);
@@ -109,10 +110,14 @@ class CliCommand(BaseCommand):  # type: ignore[misc]
         if not config.ok or config.settings is None:
             problems = "; ".join(f"{p.message} ({p.id})" for p in config.problems if p.error)
             raise CommandError(f"invalid cachesync settings: {problems}")
-        argv = [self.cli_command, *settings_arguments(config.settings, cli_args)]
+        ours = settings_arguments(config.settings, cli_args)
         if not any(a == "--log-level" or a.startswith("--log-level=") for a in cli_args):
-            argv += ["--log-level", _LOG_LEVELS.get(int(verbosity), "DEBUG")]
-        return [*argv, *cli_args]
+            ours += ["--log-level", _LOG_LEVELS.get(int(verbosity), "DEBUG")]
+        # After the user's arguments, so that they reach the innermost subcommand
+        # (``dlq list``) whose parser carries the settings flags; before a ``--``.
+        args = list(cli_args)
+        cut = args.index("--") if "--" in args else len(args)
+        return [self.cli_command, *args[:cut], *ours, *args[cut:]]
 
     def handle(self, *args: Any, **options: Any) -> None:
         from .... import cli
