@@ -477,8 +477,9 @@ class BinlogSource:
     """Streams :class:`RowChange` objects of the tables in *registry* from a resume point.
 
     Single-threaded and pull-based: :meth:`poll` returns up to ``max_rows``
-    changes, waiting at most ``max_wait`` seconds for the first one and never
-    waiting for more once the wait is over. :attr:`resume_point` always says
+    changes, waiting at most ``max_wait`` seconds for the first one and not
+    waiting for more after that (the caller's batching loop decides how long a
+    batch may stay open). :attr:`resume_point` always says
     where to restart to continue right after the last change returned, so a
     caller that saves it after applying a batch loses nothing and repeats
     nothing. Connection problems are handled inside :meth:`poll` (reconnect with
@@ -549,9 +550,11 @@ class BinlogSource:
         return list(self._only_tables)
 
     def poll(self, max_rows: int, max_wait: float) -> list[RowChange]:
-        """Up to *max_rows* changes; waits at most *max_wait* s for data that is not there yet.
+        """Up to *max_rows* changes, waiting at most *max_wait* s for the first one.
 
-        Returns early (possibly empty) when the wait is over, when the stream broke
+        Once it has changes it returns as soon as no further transaction is
+        immediately available (it finishes the transaction it is in, unless
+        *max_wait* is over). Returns early, possibly empty, when the stream broke
         (it reconnects on the next call) or when the stop event is set.
         """
         deadline = time.monotonic() + max_wait
@@ -577,7 +580,10 @@ class BinlogSource:
             try:
                 if self._conn is None:
                     self._connect()
-                if self._at_boundary and not self._readable(max(0.0, deadline - now)):
+                # Between transactions: wait for the first change only; once there are
+                # some, return as soon as nothing more is immediately available.
+                wait = 0.0 if out else max(0.0, deadline - now)
+                if self._at_boundary and not self._readable(wait):
                     break
                 self._step()
                 self._failures = 0
