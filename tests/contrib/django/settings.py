@@ -6,6 +6,9 @@ never collides with the other suites sharing the private services.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pymysql
 
 from tests.support.services import HOST, MARIADB_PORT, REDIS_PORT
@@ -36,7 +39,12 @@ DATABASES = {
         "PASSWORD": "",
         "OPTIONS": {"charset": "utf8mb4"},
         "TEST": {"NAME": DATABASE_NAME},
-    }
+    },
+    # A database without a binlog, where the outbox is the change source (test_models.py).
+    "sqlite": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.path.join(tempfile.gettempdir(), f"cachesync-django-{os.getpid()}.sqlite3"),
+    },
 }
 CACHES = {
     "default": {

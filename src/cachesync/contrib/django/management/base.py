@@ -72,6 +72,8 @@ class CliCommand(BaseCommand):  # type: ignore[misc]
     """Run ``cachesync <cli_command>`` with Django's settings and models."""
 
     cli_command: ClassVar[str]
+    # Accepted by call_command() although the parser has no such option (see parse_args).
+    stealth_options = ("cli_args",)
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)

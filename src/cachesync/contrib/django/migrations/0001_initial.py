@@ -80,8 +80,9 @@ class Migration(migrations.Migration):  # type: ignore[misc]
     dependencies: list[tuple[str, str]] = []
 
     operations = [
+        # The models first (state only), so that create_tables can build them for
+        # backends without frozen DDL; then the tables, with the shared DDL.
         migrations.SeparateDatabaseAndState(
-            database_operations=[migrations.RunPython(create_tables, drop_tables)],
             state_operations=[
                 migrations.CreateModel(
                     name="Outbox",
@@ -138,4 +139,5 @@ class Migration(migrations.Migration):  # type: ignore[misc]
                 ),
             ],
         ),
+        migrations.RunPython(create_tables, drop_tables, atomic=False),
     ]
