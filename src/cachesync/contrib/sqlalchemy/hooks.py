@@ -1,0 +1,413 @@
+"""Session hooks: collect keys at flush, delete them after the OUTERMOST commit.
+
+Everything is wired with ``event.listen``; nothing is patched. Per session, the
+hooks keep one :class:`~cachesync.fastpath.Collected` per transaction LEVEL (the
+root transaction and each SAVEPOINT):
+
+* ``after_insert`` / ``after_update`` / ``after_delete`` (mapper events) note which
+  instances of declared models the flush really wrote, including orphans and
+  cascaded deletes that never appear in ``session.deleted``;
+* ``after_flush`` renders their keys into the current level, the before image
+  from attribute history (a rename deletes the old key too);
+* ``after_commit`` marks the level that committed: SQLAlchemy reports a rollback
+  as ``after_rollback`` -> ``after_transaction_end`` -> ``after_soft_rollback``, so
+  the end event cannot learn about a rollback in time, but a commit always fires
+  ``after_commit`` first (tests/contrib/sqlalchemy/test_session_events.py pins this);
+* ``after_transaction_end`` merges a committed savepoint into its parent, drops a
+  level that did not commit, and after the root commit hands the keys to
+  :meth:`FastPath.deliver`, which never raises into the application;
+* ``before_commit`` of the root writes the outbox row, when an outbox table is
+  configured, after flushing first: SQLAlchemy runs commit's final autoflush
+  AFTER ``before_commit``;
+* ``do_orm_execute`` covers ORM ``update()``/``delete()`` statements (:mod:`.bulk`).
+
+Inside :func:`cachesync.no_sync` nothing is collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, event
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import (
+    InstanceState,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    SessionTransactionOrigin,
+    scoped_session,
+    sessionmaker,
+)
+
+from ... import fastpath
+from ...changes import Op
+from ...errors import ConfigurationError
+from ...fastpath import Collected, FastPath, sync_enabled
+from .declare import declared_for
+from .images import after_image, before_image, collect_change
+from .outbox import write_intents
+
+__all__ = ["HookConfig", "install", "installed", "uninstall"]
+
+log = logging.getLogger("cachesync.contrib.sqlalchemy")
+
+#: Where a session keeps its :class:`_SessionState` (``session.info`` dies with the session).
+STATE_KEY = "cachesync.sqlalchemy"
+
+SessionTarget = type[Session] | sessionmaker[Any] | scoped_session[Any] | Session
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """What :func:`install` was told for one target.
+
+    ``outbox``: the table that receives one intent row per transaction, or None.
+    ``fast_path``: who deletes the keys after commit; None means the process-wide
+    :data:`cachesync.fastpath.fast_path`, looked up at delivery time.
+    ``max_bulk_rows``: above this many affected rows a bulk statement's keys are
+    left to the binlog path instead of being selected.
+    """
+
+    outbox: Table | None = None
+    fast_path: FastPath | None = None
+    max_bulk_rows: int = 1000
+
+
+@dataclass
+class _SessionState:
+    levels: dict[SessionTransaction, Collected] = field(default_factory=dict)
+    committed: set[SessionTransaction] = field(default_factory=set)
+    flushed: list[tuple[Op, InstanceState[Any]]] = field(default_factory=list)
+    flushing: bool = False
+
+    def level(self, session: Session) -> Collected:
+        """The :class:`Collected` of the innermost open level (savepoint, else root)."""
+        current = session.get_nested_transaction() or session.get_transaction()
+        assert current is not None, "collecting outside a transaction"
+        return self.levels.setdefault(current, Collected())
+
+
+def _state(session: Session, *, create: bool = False) -> _SessionState | None:
+    st = session.info.get(STATE_KEY)
+    if st is None and create:
+        st = session.info[STATE_KEY] = _SessionState()
+    return st if isinstance(st, _SessionState) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Which installation handles a session
+# ---------------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+#: Installed target (a Session class or a Session instance) -> its configuration.
+_configs: weakref.WeakKeyDictionary[Any, HookConfig] = weakref.WeakKeyDictionary()
+_listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_mapper_events_installed = False
+
+
+def _key_of(target: Any) -> Session | type[Session]:
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        return target.class_  # what event.listen(sessionmaker, ...) listens on, too
+    if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):
+        return target
+    raise ConfigurationError(
+        "cachesync.contrib.sqlalchemy.install() expects a Session subclass, a sessionmaker, "
+        f"a scoped_session or a Session, got {target!r}",
+        setting="install",
+    )
+
+
+def _owner(session: Session) -> Any:
+    """The most specific installed target covering *session* (itself, else its nearest class).
+
+    Listeners registered on ``Session`` also fire for sessions of an installed
+    subclass; each handler runs only for its owner so nothing is collected twice.
+    """
+    if session in _configs:
+        return session
+    return next((c for c in type(session).__mro__ if c in _configs), None)
+
+
+def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
+    key = key_ref()
+    if key is None or _owner(session) is not key:
+        return None
+    return _configs.get(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapper events: which rows did this flush write?
+# ---------------------------------------------------------------------------------------------
+
+
+def _record(op: Op, target: Any) -> None:
+    if declared_for(type(target)) is None or not sync_enabled():
+        return
+    state = sa_inspect(target)
+    session = state.session
+    st = _state(session) if session is not None else None
+    if st is not None and st.flushing:
+        st.flushed.append((op, state))
+
+
+def _after_insert(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    _record(Op.INSERT, target)
+
+
+def _after_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    _record(Op.UPDATE, target)
+
+
+def _after_delete(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    _record(Op.DELETE, target)
+
+
+def _install_mapper_events() -> None:
+    global _mapper_events_installed
+    if not _mapper_events_installed:
+        event.listen(Mapper, "after_insert", _after_insert)
+        event.listen(Mapper, "after_update", _after_update)
+        event.listen(Mapper, "after_delete", _after_delete)
+        _mapper_events_installed = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Session events
+# ---------------------------------------------------------------------------------------------
+
+
+def _before_flush(session: Session) -> None:
+    st = _state(session, create=True)
+    assert st is not None
+    st.flushed = []
+    st.flushing = True
+    if not sync_enabled():
+        return
+    # After its DELETE an instance can no longer load anything: read now the values
+    # its keys need (a commit expired them all), while the row still exists.
+    for obj in list(session.deleted):
+        declared = declared_for(type(obj))
+        if declared is None:
+            continue
+        values = sa_inspect(obj).dict
+        for name in declared.needed:
+            if name not in values:
+                getattr(obj, name)
+
+
+def _after_flush(session: Session) -> None:
+    st = _state(session)
+    if st is None:
+        return
+    flushed, st.flushed, st.flushing = st.flushed, [], False
+    if not flushed or not sync_enabled():
+        return
+    level = st.level(session)
+    for op, state in flushed:
+        declared = declared_for(state.class_)
+        if declared is None or not declared.needed:
+            continue
+        try:
+            if op is Op.INSERT:
+                before, after = None, after_image(state, declared.needed)
+            elif op is Op.UPDATE:
+                obj = state.obj()
+                if obj is None or not session.is_modified(obj, include_collections=False):
+                    continue  # after_update fires for dirty instances without net changes
+                before = before_image(state, declared.needed)
+                after = after_image(state, declared.needed)
+            else:
+                before, after = before_image(state, declared.needed), None
+            collect_change(level, declared, before, after)
+        except Exception:  # a hook must never break the application's flush
+            log.exception(
+                "cachesync: could not collect the keys of a %s of %s; the binlog path "
+                "will delete them",
+                op.value,
+                declared.spec.model,
+            )
+
+
+def _before_commit(session: Session, config: HookConfig) -> None:
+    if config.outbox is None or session.in_nested_transaction():
+        return
+    # commit() autoflushes only AFTER this event: flush now so that this
+    # transaction's last changes are collected before the outbox row is written.
+    session.flush()
+    st = _state(session)
+    root = session.get_transaction()
+    level = st.levels.get(root) if st is not None and root is not None else None
+    if level is not None and level.intents:
+        write_intents(session, config.outbox, level.intents)
+
+
+def _after_commit(session: Session) -> None:
+    st = _state(session)
+    if st is None:
+        return
+    # The committing level is still the current one during after_commit.
+    committing = session.get_nested_transaction() or session.get_transaction()
+    if committing is not None:
+        st.committed.add(committing)
+
+
+def _after_transaction_end(
+    session: Session, transaction: SessionTransaction, config: HookConfig
+) -> None:
+    if transaction.origin is SessionTransactionOrigin.SUBTRANSACTION:
+        return  # flush()'s internal transaction: part of the level around it
+    st = _state(session)
+    if st is None:
+        return
+    committed = transaction in st.committed
+    st.committed.discard(transaction)
+    collected = st.levels.pop(transaction, None)
+    if not collected:
+        return
+    if not committed:
+        log.debug(
+            "cachesync: %s rolled back; dropped %d key(s)",
+            "savepoint" if transaction.nested else "transaction",
+            len(collected.keys) + len(collected.intents),
+        )
+        return
+    if transaction.nested:
+        parent = transaction.parent
+        while parent is not None and parent.origin is SessionTransactionOrigin.SUBTRANSACTION:
+            parent = parent.parent
+        if parent is not None:
+            st.levels.setdefault(parent, Collected()).merge(collected)
+        return
+    _deliver(config, collected.all_keys())
+
+
+def _deliver(config: HookConfig, keys: list[str]) -> None:
+    delivery = config.fast_path or fastpath.fast_path
+    try:
+        delivery.deliver(keys)
+    except Exception:  # deliver() promises not to raise; the application's commit is done
+        log.exception("cachesync: fast path failed for %d key(s)", len(keys))
+
+
+def _do_orm_execute(state: ORMExecuteState, config: HookConfig) -> Result[Any] | None:
+    if not (state.is_update or state.is_delete) or not sync_enabled():
+        return None
+    from .bulk import execute_tracked
+
+    st = _state(state.session, create=True)
+    assert st is not None
+    return execute_tracked(state, st.level, config.max_bulk_rows)
+
+
+def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
+    """Session listeners bound (weakly) to one installed target."""
+    ref = weakref.ref(key)
+
+    def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+        if _config_for(ref, session) is not None:
+            _before_flush(session)
+
+    def after_flush(session: Session, flush_context: Any) -> None:
+        if _config_for(ref, session) is not None:
+            _after_flush(session)
+
+    def before_commit(session: Session) -> None:
+        config = _config_for(ref, session)
+        if config is not None:
+            _before_commit(session, config)
+
+    def after_commit(session: Session) -> None:
+        if _config_for(ref, session) is not None:
+            _after_commit(session)
+
+    def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+        config = _config_for(ref, session)
+        if config is not None:
+            _after_transaction_end(session, transaction, config)
+
+    def do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
+        config = _config_for(ref, orm_execute_state.session)
+        if config is None:
+            return None
+        return _do_orm_execute(orm_execute_state, config)
+
+    return [
+        ("before_flush", before_flush),
+        ("after_flush", after_flush),
+        ("before_commit", before_commit),
+        ("after_commit", after_commit),
+        ("after_transaction_end", after_transaction_end),
+        ("do_orm_execute", do_orm_execute),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def install(
+    target: SessionTarget = Session,
+    *,
+    outbox: Table | None = None,
+    fast_path: FastPath | None = None,
+    max_bulk_rows: int = 1000,
+) -> HookConfig:
+    """Hook cachesync into the sessions of *target*; idempotent.
+
+    *target* is a ``Session`` subclass (default: every ``Session``), a
+    ``sessionmaker``, a ``scoped_session`` or one ``Session``. Installing the
+    same target again replaces its options and adds no second set of listeners.
+    When a session is covered by several installations (``Session`` and a
+    ``sessionmaker`` of it), the most specific one handles it, once.
+
+    *outbox*: a table from :func:`outbox_table`; every transaction that collected
+    ``invalidates()`` intents then writes one outbox row, inside the transaction,
+    just before its outermost commit. Without it no outbox row is written.
+    *fast_path*: the :class:`FastPath` that deletes keys after commit (tests,
+    several Redis); default the process-wide one built from the settings.
+    """
+    if max_bulk_rows < 0:
+        raise ConfigurationError("max_bulk_rows must be >= 0", setting="max_bulk_rows")
+    if outbox is not None and not isinstance(outbox, Table):
+        raise ConfigurationError(
+            f"outbox= expects a sqlalchemy Table (see outbox_table()), got {outbox!r}",
+            setting="outbox",
+        )
+    key = _key_of(target)
+    config = HookConfig(outbox=outbox, fast_path=fast_path, max_bulk_rows=max_bulk_rows)
+    with _lock:
+        _install_mapper_events()
+        _configs[key] = config
+        if key not in _listeners:
+            listeners = _make_listeners(key)
+            for name, fn in listeners:
+                event.listen(key, name, fn)
+            _listeners[key] = listeners
+    return config
+
+
+def uninstall(target: SessionTarget = Session) -> None:
+    """Remove what :func:`install` added for *target* (tests, reconfiguration)."""
+    key = _key_of(target)
+    with _lock:
+        _configs.pop(key, None)
+        for name, fn in _listeners.pop(key, []):
+            event.remove(key, name, fn)
+
+
+def installed(target: SessionTarget = Session) -> HookConfig | None:
+    """The configuration installed for exactly *target*, or None."""
+    return _configs.get(_key_of(target))
