@@ -16,7 +16,8 @@ writes rows the session never loaded, so no flush event reports them. Through
 Whatever cannot be known cheaply and exactly is left to the binlog path with a
 DEBUG log line: statements over several tables, more than ``max_bulk_rows``
 rows, an UPDATE that may change a primary key (no after image; the before keys
-are still collected), ``RETURNING`` statements (their rows are the caller's).
+are still collected), an UPDATE whose ``RETURNING`` rows stream from a
+server-side cursor (the re-read would need the busy connection).
 Extra criteria SQLAlchemy adds at compile time (``with_loader_criteria``,
 a single-table-inheritance discriminator) are not in the pre-select, which can
 only make it select MORE rows: more keys deleted, never fewer.
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, tuple_
-from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.dml import Delete, Update
 
@@ -42,6 +43,7 @@ __all__ = ["execute_tracked"]
 log = logging.getLogger("cachesync.contrib.sqlalchemy")
 
 _PK = tuple[Any, ...]
+_UNKNOWN = object()
 
 
 def _left_to_binlog(declared: Declared | None, what: str, why: str) -> None:
@@ -51,11 +53,11 @@ def _left_to_binlog(declared: Declared | None, what: str, why: str) -> None:
 
 def _set_names(statement: Update, parameters: Any, executemany: bool) -> set[str] | None:
     """Names (attribute, column key or column name) the UPDATE assigns; None if unknowable."""
-    values = getattr(statement, "_values", None)
-    if values is None:
+    values: Any = getattr(statement, "_values", _UNKNOWN)  # no public accessor exists
+    if values is _UNKNOWN:
         return None
     names: set[str] = set()
-    for target in values:
+    for target in values or ():
         if isinstance(target, str):
             names.add(target)
         elif isinstance(target, ColumnElement):
@@ -133,12 +135,16 @@ def execute_tracked(
             collect_change(level, declared, row, None)
         return result
     after: dict[_PK, dict[str, Any]] = {}
+    options = state.execution_options
+    # A server-side cursor (stream_results / yield_per) still holds the connection:
+    # a second query on it now would break the caller's RETURNING rows.
+    streaming = bool(options.get("stream_results") or options.get("yield_per"))
     set_names = _set_names(statement, params, executemany)
     pk_names = {*pk_attrs, *(c.key for c in pk_columns), *(c.name for c in pk_columns)}
     if set_names is None or set_names & pk_names:
         _left_to_binlog(declared, what, "it may change primary keys, so after images are unknown")
-    elif not isinstance(result, CursorResult) or result.returns_rows:
-        _left_to_binlog(declared, what, "RETURNING rows belong to the caller; no re-read")
+    elif streaming:
+        _left_to_binlog(declared, what, "its result streams from the server; no re-read")
     elif before:
         keys = [tuple(r[a] for a in pk_attrs) for r in before]
         reread = select(*columns).where(_pk_in(pk_columns, keys))
