@@ -182,7 +182,9 @@ def _declare_from_class_attribute(cls: type) -> None:
             _declared[cls] = None
             _lookup.clear()
         return
-    registry = getattr(cls, "__cachesync_registry__", None) or default_registry
+    registry = getattr(cls, "__cachesync_registry__", None)
+    if registry is None:
+        registry = default_registry  # not `or`: an empty Registry is falsy (it has __len__)
     if not isinstance(registry, Registry):
         name = _model_name(cls)
         raise DeclarationError(
@@ -257,7 +259,7 @@ def register(
     if not isinstance(model, type):
         raise DeclarationError(f"register() expects a mapped class, got {model!r}")
     declaration = _sync_from(_model_name(model), sync, keys, search, invalidates)
-    return _declare(model, declaration, registry or default_registry).spec
+    return _declare(model, declaration, default_registry if registry is None else registry).spec
 
 
 def track(
