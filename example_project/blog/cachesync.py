@@ -6,20 +6,10 @@ many-to-many field, so neither can carry ``__cachesync__``.
 
 from django.contrib.auth.models import User
 
-from cachesync import Projection
 from cachesync.contrib.django import register
 
+from .declarations import ARTICLE_TAG, USER
 from .models import Article
 
-register(
-    User,
-    keys=["user:{pk}", "user:by-name:{username}"],
-    search=Projection(
-        index="blog-users",
-        fields=["username", "first_name", "last_name"],
-        when=lambda row: bool(row["is_active"]),
-    ),
-)
-
-# Tags are part of the cached article: adding or removing one invalidates it.
-register(Article.tags.through, keys=["article:{article}"])
+register(User, USER)
+register(Article.tags.through, ARTICLE_TAG)

@@ -65,6 +65,7 @@ def test_register_after_start_up_raises_naming_model_and_field() -> None:
         (Tag, {"keys": ["tag:{name.upper}"]}, "plain attribute name"),
         (Tag, {"search": Projection(index="tags", fields=["nope"])}, "'nope' is not an attribute"),
         (Tag, {}, "declares nothing"),
+        (Tag, {"sync": Sync(keys=["t:{pk}"]), "keys": ["t:{id}"]}, "not both"),
     ],
 )
 def test_invalid_register_calls(model: Any, kwargs: dict[str, Any], fragment: str) -> None:
@@ -82,9 +83,10 @@ def test_register_and_unregister_a_model_at_run_time() -> None:
         class Meta:
             app_label = "csdj"
 
-    register(Coupon, keys=["coupon:{code}", "owner:{owner}:coupons"])
+    spec = register(Coupon, Sync(keys=["coupon:{code}", "owner:{owner}:coupons"]))
     try:
         table = table_for(Coupon)
+        assert spec is not None and table is not None and table.spec is spec
         assert table is not None
         assert table.spec.columns["owner"] == table.spec.columns["owner_id"] == "owner_ref"
         assert table.spec.columns["code"] == "coupon_code"

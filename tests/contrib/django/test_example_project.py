@@ -155,3 +155,102 @@ def test_the_sidecar_sees_raw_sql_on_the_example_tables(
             listen.send_signal(signal.SIGTERM)
             code = listen.wait(30)
     assert code == 0, log.read_text()
+
+
+def test_sqlalchemy_app_renders_the_same_keys_as_django(seeded: dict[str, str]) -> None:
+    """Both ORMs' specs of every shared table plan the same keys for generated row images."""
+    script = textwrap.dedent(
+        """
+        import os, random, sys, datetime as dt
+        import django
+        sys.path.insert(0, os.getcwd())
+        from cachesync.contrib.django import declarations
+        from cachesync.registry import Registry
+
+        declarations.state.registry = Registry()  # the SQLAlchemy models use the default one
+        os.environ["DJANGO_SETTINGS_MODULE"] = "blogsite.settings"
+        django.setup()
+
+        from django.contrib.auth.models import User as DjUser
+        import sqlalchemy_app as sa
+        from blog.models import Article as DjArticle, Tag as DjTag
+        from cachesync.changes import BinlogPosition, Op, RowChange
+        from cachesync.contrib.sqlalchemy import spec_for
+        from cachesync.planning import plan
+
+        pairs = [
+            (declarations.table_for(DjArticle).spec, spec_for(sa.Article)),
+            (declarations.table_for(DjTag).spec, spec_for(sa.Tag)),
+            (declarations.table_for(DjArticle.tags.through).spec, spec_for(sa.ArticleTag)),
+            (declarations.table_for(DjUser).spec, spec_for(sa.User)),
+        ]
+        rng = random.Random(7)
+
+        def value(column):
+            if column in ("id", "author_id", "article_id", "tag_id", "views"):
+                return rng.randint(1, 10**6)
+            if column in ("status", "is_active", "is_staff", "is_superuser"):
+                return rng.randint(0, 1)
+            if column in ("updated_at", "date_joined", "last_login"):
+                return dt.datetime(2024, 1, 1) + dt.timedelta(seconds=rng.randint(0, 10**8))
+            return "".join(rng.choice("abcé-_ 1") for _ in range(rng.randint(0, 12)))
+
+        for django_spec, sa_spec in pairs:
+            assert django_spec.table == sa_spec.table, (django_spec.table, sa_spec.table)
+            columns = sorted(set(django_spec.columns.values()))
+            for i in range(200):
+                before = {c: value(c) for c in columns}
+                after = {c: value(c) for c in columns}
+                at = BinlogPosition("mysql-bin.000001", 4 + i)  # documents are planned too
+                change = RowChange(Op.UPDATE, None, django_spec.table, before, after, at)
+                assert plan(change, django_spec) == plan(change, sa_spec), change
+        print("same keys for", ", ".join(d.table for d, _ in pairs))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT,
+        env=seeded,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "same keys for blog_article, blog_tag, blog_article_tags, auth_user" in result.stdout
+
+
+def test_sqlalchemy_app_write_invalidates_what_django_cached(seeded: dict[str, str]) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    warm = textwrap.dedent(
+        """
+        from blog import reads
+        from blog.models import Article
+        a = Article.objects.get(slug="article-4")
+        reads.article(a.pk); reads.latest()
+        print(a.pk)
+        """
+    )
+    pk = int(manage(seeded, "shell", "-c", warm).stdout.strip().splitlines()[-1])
+    assert r.exists(f"article:{pk}") and r.exists("articles:latest")
+    out = subprocess.run(
+        [sys.executable, "sqlalchemy_app.py", "article-4", "Renamed by SQLAlchemy"],
+        cwd=PROJECT,
+        env=seeded,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"article:{pk}" in out.stdout
+    assert not r.exists(f"article:{pk}") and not r.exists("articles:latest")
+    check = textwrap.dedent(
+        f"""
+        from blog import reads
+        from cachesync.contrib.django.models import Outbox
+        assert reads.article({pk})["title"] == "Renamed by SQLAlchemy"
+        print(Outbox.objects.filter(payload__contains="articles:latest").count())
+        """
+    )
+    assert int(manage(seeded, "shell", "-c", check).stdout.strip().splitlines()[-1]) >= 1

@@ -335,27 +335,39 @@ def _caller_origin() -> str:
 
 def register(
     model: Any,
+    sync: Sync | None = None,
     *,
     keys: Sequence[str] = (),
     search: Projection | Sequence[Projection] | None = None,
     invalidates: Invalidates | None = None,
-) -> None:
+) -> TableSpec | None:
     """Declare what to keep in sync for a model you do not own (``auth.User``, a through model).
 
-    ``register(User, keys=["user:{pk}", "user:by-name:{username}"])``. Same meaning
-    as ``__cachesync__ = Sync(...)`` on a :class:`CacheSyncModel`. Call it from a
+    ``register(User, keys=["user:{pk}", "user:by-name:{username}"])``, or
+    ``register(User, Sync(...))`` with a declaration shared elsewhere (the same
+    two forms as :func:`cachesync.contrib.sqlalchemy.register`). Same meaning as
+    ``__cachesync__ = Sync(...)`` on a :class:`CacheSyncModel`. Call it from a
     ``cachesync.py`` module in any installed app (discovered at start-up), or at
     any time after start-up. Many-to-many changes are synced by registering the
     through model: ``register(Article.tags.through, keys=["article:{article_id}"])``.
 
-    During start-up an invalid declaration is reported by ``manage.py check``
-    (``cachesync.E001``); after start-up it raises :class:`DeclarationError`.
+    Returns the resolved :class:`TableSpec`, or ``None`` when called before the
+    models are loaded (it is resolved in ``ready()`` then). During start-up an
+    invalid declaration is reported by ``manage.py check`` (``cachesync.E001``);
+    after start-up it raises :class:`DeclarationError`.
     """
     from django.db.models import Model
 
     if not (isinstance(model, type) and issubclass(model, Model)):
         raise DeclarationError(f"register() expects a Django model class, got {model!r}")
-    sync = Sync(keys=keys, search=search, invalidates=invalidates)
+    if sync is None:
+        sync = Sync(keys=keys, search=search, invalidates=invalidates)
+    elif keys or search is not None or invalidates is not None:
+        raise DeclarationError(
+            f"{model_label(model)}: give either a Sync(...) or keys=/search=/invalidates=, "
+            "not both",
+            model=model_label(model),
+        )
     origin = _caller_origin()
     from django.apps import apps
 
@@ -363,9 +375,9 @@ def register(
         previous = state.registered.get(model)
         state.registered[model] = (sync, origin)
         if not apps.models_ready:
-            return  # resolved by ready()
+            return None  # resolved by ready()
         try:
-            _resolve_one(model, sync)
+            table = _resolve_one(model, sync)
         except DeclarationError as exc:
             if previous is None:
                 state.registered.pop(model, None)
@@ -373,12 +385,13 @@ def register(
                 state.registered[model] = previous
             if state.discovering:
                 state.problems.append(DeclarationProblem(str(exc), model=model, where=origin))
-                return
+                return None
             raise
         if state.ready:
             from . import hooks
 
             hooks.connect(state.tables)
+        return table.spec
 
 
 def unregister(model: Any) -> None:
