@@ -22,7 +22,8 @@ def key_value(value: Any) -> Any:
 
     ``bool`` becomes ``int`` (MySQL has no boolean: ``TINYINT(1)`` arrives as 0/1),
     bytes are decoded as UTF-8, enums use their value, decimals are normalised
-    (``1.50`` and ``1.5`` are one key), temporal values use ISO 8601.
+    (``1.50`` and ``1.5`` are one key), temporal values use ISO 8601 (a ``TIME``
+    arriving as ``timedelta`` renders like the ``datetime.time`` the ORM holds).
     Values already canonical (``int``, ``str``) are returned unchanged.
     """
     if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -38,9 +39,27 @@ def key_value(value: Any) -> Any:
         return format(normal, "f") if normal == normal.to_integral() else str(normal)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _time_of_day(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
+
+
+def _time_of_day(value: dt.timedelta) -> str:
+    """A MySQL ``TIME`` as ``HH:MM:SS[.ffffff]``, the form of ``datetime.time.isoformat()``.
+
+    The binlog (and PyMySQL) deliver ``TIME`` as a ``timedelta`` while the ORM
+    holds a ``datetime.time``; both must render the same key. ``TIME`` also
+    spans -838:59:59..838:59:59, so hours may exceed 23 and carry a sign.
+    """
+    micros = value // dt.timedelta(microseconds=1)
+    sign, micros = ("-" if micros < 0 else ""), abs(micros)
+    seconds, micro = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    text = f"{sign}{hours:02d}:{minute:02d}:{second:02d}"
+    return f"{text}.{micro:06d}" if micro else text
 
 
 def json_value(value: Any) -> Any:
