@@ -16,10 +16,11 @@ once every failure is durably stored, else raises
    every action is idempotent.
 3. If the outbox cannot take them either: :class:`HandOffError` (backpressure).
 
-After a Kafka failure the queue does not wait on Kafka again for a cool-down
-(1 s doubling to 30 s): while the broker is down every hand-off goes straight
-to the outbox instead of stalling the sidecar ``timeout`` seconds per batch.
-The first hand-off after the cool-down probes Kafka again.
+After a Kafka failure the circuit opens: hand-offs go straight to the outbox
+(or raise :class:`HandOffError` when there is none) without waiting on Kafka,
+so a broker outage costs the sidecar one ``timeout``, not one per batch. A
+background probe (after 1 s, doubling to 30 s) checks the broker's metadata and
+closes the circuit when it answers.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ class RetryQueue(FailureHandler):
         self.clock = clock
         self._lock = threading.Lock()
         self._producer: Any = None
-        self._down_until = 0.0
+        self._open = False
+        self._next_probe = 0.0
         self._cooldown = _COOLDOWN_MIN
+        self._probe: threading.Thread | None = None
 
     @classmethod
     def from_settings(
@@ -155,8 +158,8 @@ class RetryQueue(FailureHandler):
                 producer.close(timeout=0)
 
     def kafka_available(self) -> bool:
-        """False during the cool-down after a Kafka failure."""
-        return self.bootstrap is not None and self.clock() >= self._down_until
+        """False while the circuit is open (after a Kafka failure, until a probe succeeds)."""
+        return self.bootstrap is not None and not self._open
 
     def publish(self, messages: Sequence[RetryMessage]) -> None:
         """Send *messages* and wait for every ``acks=all`` acknowledgement (``timeout`` bounded).
@@ -178,18 +181,57 @@ class RetryQueue(FailureHandler):
 
     def _kafka_failed(self, exc: CacheSyncError) -> None:
         with self._lock:
-            self._down_until = self.clock() + self._cooldown
-            cooldown, self._cooldown = self._cooldown, min(_COOLDOWN_MAX, self._cooldown * 2)
+            self._open = True
+            self._next_probe = self.clock() + self._cooldown
         self._drop_producer()
         log.warning(
-            "cachesync retry queue: Kafka unavailable (%s); using the outbox for %.0fs",
+            "cachesync retry queue: Kafka unavailable (%s); failures go to %s until it answers",
             exc,
-            cooldown,
+            "the outbox" if self.outbox is not None else "the caller (backpressure)",
         )
 
-    def _kafka_ok(self) -> None:
+    def _maybe_probe(self) -> None:
+        """While the circuit is open, check Kafka in the background, never in ``handle()``."""
         with self._lock:
+            if self._probe is not None or self.clock() < self._next_probe:
+                return
+            self._probe = threading.Thread(
+                target=self._run_probe, name="cachesync-kafka-probe", daemon=True
+            )
+            self._probe.start()
+
+    def _run_probe(self) -> None:
+        producer: Any = None
+        try:
+            assert self.bootstrap is not None
+            producer = make_producer(
+                self.bootstrap,
+                timeout=self.timeout,
+                client_id=f"cachesync-{self.origin['component']}",
+                **self.producer_options,
+            )
+            with kafka_errors(f"fetching metadata of {self.topic}"):
+                if not producer.partitions_for(self.topic):
+                    raise TransientError(f"Kafka: no partitions for {self.topic}")
+        except CacheSyncError as exc:
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    producer.close(timeout=0)
+            with self._lock:
+                self._cooldown = min(_COOLDOWN_MAX, self._cooldown * 2)
+                self._next_probe = self.clock() + self._cooldown
+                self._probe = None
+            log.debug("cachesync retry queue: Kafka probe failed: %s", exc)
+            return
+        with self._lock:
+            old, self._producer = self._producer, producer
+            self._open = False
             self._cooldown = _COOLDOWN_MIN
+            self._probe = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close(timeout=0)
+        log.info("cachesync retry queue: Kafka answers again; failures go to %s", self.topic)
 
     # -- FailureHandler -------------------------------------------------------------------
 
@@ -203,13 +245,13 @@ class RetryQueue(FailureHandler):
             messages = to_messages(failures, self.origin, now)
             try:
                 self.publish(messages)
-                self._kafka_ok()
                 return
             except CacheSyncError as exc:
                 kafka_error = exc
                 self._kafka_failed(exc)
         elif self.bootstrap is not None:
-            kafka_error = TransientError("Kafka unavailable (cooling down after a failure)")
+            kafka_error = TransientError("Kafka unavailable (circuit open after a failure)")
+            self._maybe_probe()
         if self.outbox is None:
             raise HandOffError(
                 f"{len(failures)} failed action(s) could not be stored: {kafka_error} "

@@ -120,6 +120,9 @@ class Items:
         self.registry = Registry()
         self.registry.add(self.spec)
         self.touched: set[str] = set()
+        #: When set, every key a statement touches is cached (SET) before the statement
+        #: commits, as an application reading the row would have: its delete must follow.
+        self.cache: Any = None
 
     def make_spec(self) -> TableSpec:
         return resolve(
@@ -160,6 +163,11 @@ class Items:
             before = self._rows(cur, where, where_args)
             cur.execute(sql, args)
             after = self._rows(cur, where, where_args)
+            # rows the statement left as they were produce no binlog event and stay valid
+            changed = [pk for pk in set(before) | set(after) if before.get(pk) != after.get(pk)]
+            self._fill_cache(
+                [img for pk in changed for img in (before.get(pk), after.get(pk)) if img]
+            )
             cur.execute("COMMIT")
         changes = []
         for pk in sorted(set(before) | set(after)):
@@ -173,6 +181,14 @@ class Items:
                 if image is not None:
                     self.touched.update(self.keys_of(image))
         return changes
+
+    def _fill_cache(self, images: Sequence[Mapping[str, Any]]) -> None:
+        if self.cache is None or not images:
+            return
+        import redis
+
+        with contextlib.suppress(redis.RedisError, OSError):  # Redis may be down: nothing cached
+            self.cache.mset({k: "cached" for image in images for k in self.keys_of(image)})
 
     def insert(self, pk: int, name: str, state: int = 0, score: int = 0) -> list[RowChange]:
         return self.execute(
@@ -346,7 +362,11 @@ def running_consumer(
 
 
 def wait_until(
-    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.1
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.1,
+    explain: Callable[[], str] | None = None,
 ) -> float:
     """Poll *check* until true; returns the seconds it took; fails the test on timeout."""
     start = time.monotonic()
@@ -354,9 +374,64 @@ def wait_until(
         if check():
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f": {explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
 
 
 def applier(redis: RedisSink, search: SearchSink, handler: FailureHandler) -> Applier:
     return Applier(redis, search, handler)
+
+
+@dataclass
+class StreamReport:
+    """What :func:`stream` did."""
+
+    changes: int = 0
+    statements: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def stream(
+    items: Items,
+    sidecar: Applier,
+    *,
+    total: int,
+    seconds: float,
+    ids: int = 800,
+    batch: int = 40,
+    seed: int = 4,
+    on_tick: Callable[[float, int], None] | None = None,
+) -> StreamReport:
+    """Make *total* random row changes over about *seconds*, applied in batches like the sidecar.
+
+    ``on_tick(elapsed, changes)`` runs between statements: tests inject faults there.
+    A :class:`HandOffError` from the applier fails the test (it would stop the sidecar).
+    """
+    rng = random.Random(seed)
+    report = StreamReport()
+    pending: list[RowChange] = []
+    start = time.monotonic()
+    while report.changes < total:
+        elapsed = time.monotonic() - start
+        if on_tick is not None:
+            on_tick(elapsed, report.changes)
+        ahead = report.changes / total * seconds - elapsed
+        if ahead > 0:
+            time.sleep(min(ahead, 0.05))
+        changes = items.random_change(rng, ids)
+        report.statements += 1
+        report.changes += len(changes)
+        pending += changes
+        if len(pending) >= batch:
+            sidecar.apply(items.plan(pending))
+            report.batches += 1
+            pending = []
+    if pending:
+        sidecar.apply(items.plan(pending))
+        report.batches += 1
+    if on_tick is not None:
+        on_tick(time.monotonic() - start, report.changes)
+    report.seconds = time.monotonic() - start
+    return report
