@@ -120,11 +120,20 @@ def plan(change: RowChange, spec: TableSpec) -> list[Action]:
             ) from None
         if new_id is not None:
             assert after is not None and change.after is not None
+            fields = projection.declared.fields
+            try:
+                document = projection.document(after)
+            except KeyError:
+                if fields is None:  # raised inside a to_document callable: the caller reports it
+                    raise
+                raise _missing(
+                    spec, after, fields, f"projection {projection.index!r} fields"
+                ) from None
             actions.append(
                 IndexDoc(
                     projection.index,
                     new_id,
-                    projection.document(after),
+                    document,
                     change.position,
                     _row_ref(spec, change.after),
                 )
