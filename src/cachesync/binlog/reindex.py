@@ -51,7 +51,12 @@ def _quote(name: str) -> str:
 
 @dataclass
 class ReindexReport:
-    """What a reindex did. ``position`` is the recorded binlog position ``P``."""
+    """What a reindex did. ``position`` is the recorded binlog position ``P``.
+
+    ``orphans`` counts documents no scanned row produced; each was deleted at
+    version ``P`` + 1, which Elasticsearch refuses (and so keeps the document)
+    when a change streamed after ``P`` wrote it.
+    """
 
     model: str
     indexes: list[str]
@@ -59,7 +64,7 @@ class ReindexReport:
     rows: int = 0
     documents: int = 0
     deleted: int = 0
-    pruned: int = 0
+    orphans: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -67,7 +72,7 @@ class ReindexReport:
         return (
             f"reindexed {self.model} into {', '.join(self.indexes)}: {self.rows} rows, "
             f"{self.documents} documents written, {self.deleted} removed after re-check, "
-            f"{self.pruned} orphans pruned, at {self.position} in {self.seconds:.1f}s"
+            f"{self.orphans} orphan(s) pruned, at {self.position} in {self.seconds:.1f}s"
         )
 
 
@@ -111,7 +116,10 @@ def reindex(
 ) -> ReindexReport:
     """Rebuild every projection of *spec*; see the module docstring for why it is safe.
 
-    *connection* is a PyMySQL connection (``SELECT`` and ``REPLICATION CLIENT``);
+    *connection* is a PyMySQL connection (``SELECT`` and ``REPLICATION CLIENT``).
+    It is committed before every read: each chunk, and above all each re-check,
+    must see the latest committed rows, not a snapshot taken at the first read
+    (InnoDB's REPEATABLE READ would otherwise hide every concurrent delete).
     *database* is the schema of a spec declared without one.
     """
     if not spec.projections:
@@ -133,6 +141,7 @@ def reindex(
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
 
     with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
+        connection.commit()
         cur.execute(f"SELECT COUNT(*) FROM {table}")
         total = int(cur.fetchone()[0])
     log.info("cachesync: reindexing %s (%d rows) at %s", spec.model, total, at)
@@ -149,6 +158,7 @@ def reindex(
             args = cursor_key
         sql += f"{order} LIMIT {int(batch_size)}"
         with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
+            connection.commit()
             cur.execute(sql, args)
             images = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
         if not images:
@@ -169,7 +179,7 @@ def reindex(
 
     if prune:
         for projection in spec.projections:
-            report.pruned += _prune(
+            report.orphans += _prune(
                 search, registry, spec, projection, written[projection.index], after
             )
     report.seconds = time.monotonic() - started
@@ -222,6 +232,7 @@ def _recheck(
         )
         args = [v for k in keys for v in k]
     with server.translate_errors(f"re-reading {spec.table}"), connection.cursor() as cur:
+        connection.commit()  # a fresh snapshot: the point is to see what changed meanwhile
         cur.execute(sql, args)
         current = {
             tuple(row[columns.index(c)] for c in pk): dict(zip(columns, row, strict=True))
