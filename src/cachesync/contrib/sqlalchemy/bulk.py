@@ -130,9 +130,10 @@ def execute_tracked(
     result = state.invoke_statement()
 
     level = level_of(session)
+    dialect = connection.dialect
     if isinstance(statement, Delete):
         for row in before:
-            collect_change(level, declared, row, None)
+            collect_change(level, declared, row, None, dialect=dialect)
         return result
     after: dict[_PK, dict[str, Any]] = {}
     options = state.execution_options
@@ -158,9 +159,9 @@ def execute_tracked(
         new = after.get(tuple(row[a] for a in pk_attrs))
         if new is None:
             # Only the old keys are known; invalidates() must not mistake this for a delete.
-            collect_change(level, declared, row, None, intents=False)
+            collect_change(level, declared, row, None, dialect=dialect, intents=False)
         else:
-            collect_change(level, declared, row, new)
+            collect_change(level, declared, row, new, dialect=dialect)
     return result
 
 

@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Column, Table, event
+from sqlalchemy import Column, DateTime, Enum, Numeric, Table, Time, TypeDecorator, Uuid, event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.exc import UnmappedColumnError
+from sqlalchemy.types import TypeEngine
 
 from ...errors import DeclarationError
 from ...registry import Registry, TableSpec, default_registry, resolve
@@ -51,7 +52,13 @@ class Declared:
     ``columns`` maps attribute name to the :class:`Column` of the model's own
     table; ``needed`` lists the attributes the fast path reads from an instance
     (the key template fields, or every column when ``invalidates()`` is declared,
-    because that callable may read any of them).
+    because that callable may read any of them). ``stored_types`` are the types
+    among those whose Python value may not be what the database stores (an
+    ``Enum`` stores the member's name, a non-native ``Uuid`` 32 hex digits, a
+    ``TypeDecorator`` whatever ``process_bind_param`` returns, a ``Numeric`` its
+    value rounded to the scale, a MySQL ``DATETIME`` its fractional seconds cut
+    to the column's precision): the binlog row holds the stored form, so the
+    fast path renders keys from it too.
     """
 
     model: type
@@ -60,6 +67,7 @@ class Declared:
     table: Table
     columns: Mapping[str, Column[Any]]
     needed: tuple[str, ...]
+    stored_types: Mapping[str, TypeEngine[Any]]
 
 
 _lock = threading.RLock()
@@ -152,7 +160,12 @@ def _declare(cls: type, sync: Sync, registry: Registry) -> Declared:
         needed: tuple[str, ...] = tuple(columns)
     else:
         needed = tuple(dict.fromkeys(f for t in spec.key_templates for f in t.fields))
-    declared = Declared(cls, spec, registry, table, columns, needed)
+    stored_types = {
+        attr: columns[attr].type
+        for attr in needed
+        if isinstance(columns[attr].type, (TypeDecorator, Enum, Uuid, Numeric, DateTime, Time))
+    }
+    declared = Declared(cls, spec, registry, table, columns, needed, stored_types)
     with _lock:
         registry.add(spec)
         for attr in needed:

@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Table, event
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
@@ -215,11 +215,14 @@ def _after_flush(session: Session) -> None:
     if not flushed or not sync_enabled():
         return
     level = st.level(session)
+    dialects: dict[Any, Dialect | None] = {}
     for op, state in flushed:
         declared = declared_for(state.class_)
         if declared is None or not declared.needed:
             continue
         try:
+            if state.mapper not in dialects:
+                dialects[state.mapper] = _dialect(session, state.mapper)
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
@@ -230,7 +233,7 @@ def _after_flush(session: Session) -> None:
                 after = after_image(state, declared.needed)
             else:
                 before, after = before_image(state, declared.needed), None
-            collect_change(level, declared, before, after)
+            collect_change(level, declared, before, after, dialect=dialects[state.mapper])
         except Exception:  # a hook must never break the application's flush
             log.exception(
                 "cachesync: could not collect the keys of a %s of %s; the binlog path "
@@ -238,6 +241,13 @@ def _after_flush(session: Session) -> None:
                 op.value,
                 declared.spec.model,
             )
+
+
+def _dialect(session: Session, mapper: Mapper[Any]) -> Dialect | None:
+    try:
+        return session.get_bind(mapper=mapper).dialect
+    except Exception:  # unbound session in an odd setup: render keys from Python values
+        return None
 
 
 def _before_commit(session: Session, config: HookConfig) -> None:
