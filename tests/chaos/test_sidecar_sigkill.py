@@ -141,14 +141,17 @@ def test_sigkill_at_random_points_loses_no_invalidation(binlog_env: BinlogEnv) -
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        play(env, ROUNDS)
+        try:
+            play(env, ROUNDS)
+        finally:
+            done.set()
+            thread.join(90)
+        assert not failures, failures
+        assert len(kills) >= 5, f"only {len(kills)} kills happened"
+        assert "Traceback" not in sidecar.output()
+        assert sidecar.terminate() == 0
     finally:
-        done.set()
-        thread.join(90)
-    assert not failures, failures
-    assert len(kills) >= 5, f"only {len(kills)} kills happened"
-    assert "Traceback" not in sidecar.output()
-    assert sidecar.terminate() == 0
+        sidecar.kill()
     # Every restart resumed from a checkpoint, never from the server's current position.
     assert sidecar.output().count("no checkpoint") == 1
 

@@ -331,15 +331,19 @@ class Sidecar:
                 announced = True
         return False
 
-    def _start_point(self, conn: Any) -> tuple[ResumePoint, bool]:
-        """The checkpoint, or the server's current position on first start (saved at once)."""
+    def _stored_point(self) -> ResumePoint | None:
+        """The saved checkpoint (after ``--reset-checkpoint``: none)."""
         if self._reset:
             log.warning("cachesync: --reset-checkpoint: forgetting checkpoint %r", self.name)
             self.store.delete(self.name)
             self._reset = False
         stored = self.store.load(self.name)
-        if stored is not None:
-            return ResumePoint.decode(stored.position, stored.commit_time), True
+        if stored is None:
+            return None
+        return ResumePoint.decode(stored.position, stored.commit_time)
+
+    def _first_point(self, conn: Any) -> ResumePoint:
+        """The server's current position, for a pipeline without a checkpoint."""
         file, pos = server.master_status(conn)
         start = ResumePoint(file, pos, None, time.time())
         log.info(
@@ -348,22 +352,23 @@ class Sidecar:
             self.name,
             start,
         )
-        return start, False
+        return start
 
     def _lead(self) -> None:
+        stored = self._stored_point()
         conn = server.connect(self._mysql, what="MySQL")
         try:
-            start, existed = self._start_point(conn)
             guards.check_server(
                 conn,
                 tables=self._watched(),
                 server_id=self.server_id,
-                resume=start if existed else None,
+                resume=stored,
                 checkpoint_name=self.name,
             )
+            start = stored if stored is not None else self._first_point(conn)
         finally:
             conn.close()
-        if not existed:
+        if stored is None:
             self._save(start)
         self.saved = start
         self.leading.set()

@@ -302,10 +302,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+_PROCESSES: list[SidecarProcess] = []
+
+
 class SidecarProcess:
-    """``python -m cachesync.cli listen`` as a child process, with its log in a file."""
+    """``python -m cachesync.cli listen`` as a child process, with its log in a file.
+
+    Every instance is killed when the test's ``binlog_env`` fixture tears down, so a
+    failing test never leaves a sidecar running.
+    """
 
     def __init__(self, env: Mapping[str, str], log: Path, *args: str) -> None:
+        _PROCESSES.append(self)
         self.env = dict(env)
         self.log = log
         self.args = args
@@ -385,6 +393,9 @@ def binlog_env(
     try:
         yield env
     finally:
+        while _PROCESSES:
+            with contextlib.suppress(Exception):
+                _PROCESSES.pop().kill()
         with contextlib.suppress(Exception):
             env.sql(f"DROP DATABASE IF EXISTS `{schema}`")
         with contextlib.suppress(Exception):
