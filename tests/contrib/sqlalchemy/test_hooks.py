@@ -242,6 +242,25 @@ def test_orphans_and_cascades_are_collected(Sessions: sessionmaker[Session], wor
     assert world.present(*cascaded) == set()
 
 
+def test_moving_a_child_between_parents_deletes_both_parents_keys(
+    Sessions: sessionmaker[Session], world: World
+) -> None:
+    with Sessions.begin() as s:
+        s.add_all(
+            [
+                world.User(id=1, username="alice", posts=[world.Post(id=10)]),
+                world.User(id=2, username="bob"),
+            ]
+        )
+    keys = [*world.post_keys(10, 1), *world.post_keys(10, 2)]
+    world.seed(*keys)
+    with Sessions.begin() as s:
+        post = s.get(world.Post, 10)
+        assert post is not None
+        post.user = s.get(world.User, 2)  # the foreign key changes only during the flush
+    assert world.present(*keys) == set()
+
+
 def test_unchanged_and_undeclared_rows_deliver_nothing(
     Sessions: sessionmaker[Session], world: World, fast: RecordingFastPath
 ) -> None:

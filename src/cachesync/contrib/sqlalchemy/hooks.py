@@ -202,9 +202,14 @@ def _before_flush(session: Session) -> None:
         if declared is None:
             continue
         values = sa_inspect(obj).dict
-        for name in declared.needed:
-            if name not in values:
-                getattr(obj, name)
+        try:
+            for name in declared.needed:
+                if name not in values:
+                    getattr(obj, name)
+        except Exception as exc:  # the row may be gone already; never break the flush
+            log.debug(
+                "cachesync: %s: values unreadable before delete: %s", declared.spec.model, exc
+            )
 
 
 def _after_flush(session: Session) -> None:
