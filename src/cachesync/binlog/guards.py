@@ -7,7 +7,8 @@ single event:
 * the binlog is off, not ``ROW``, not ``FULL`` row images (an UPDATE would not
   carry the old values, so the key of an old username could not be derived),
   or without column names (``binlog_row_metadata=FULL``);
-* MariaDB binlog compression, which python-mysql-replication cannot read;
+* binlog compression (MariaDB ``log_bin_compress``, MySQL
+  ``binlog_transaction_compression``), which python-mysql-replication cannot read;
 * missing grants (``REPLICATION SLAVE``, ``REPLICATION CLIENT``, ``SELECT``);
 * a ``server_id`` equal to the server's own;
 * a checkpoint in a binlog file the server has purged: the changes in between
@@ -151,12 +152,13 @@ def check_server(
                 f"{name} is {value}, must be {wanted} ({why}): SET GLOBAL {name} = '{wanted}' "
                 f"and set {name.replace('_', '-')}={wanted} in the server's configuration"
             )
-    compress = server.variable(conn, "log_bin_compress")
-    if compress is not None and compress.upper() in ("ON", "1"):
-        problems.append(
-            "log_bin_compress is ON: compressed binlog events cannot be read; "
-            "SET GLOBAL log_bin_compress = OFF"
-        )
+    for name in ("log_bin_compress", "binlog_transaction_compression"):  # MariaDB, MySQL 8
+        value = server.variable(conn, name)
+        if value is not None and value.upper() in ("ON", "1"):
+            problems.append(
+                f"{name} is ON: python-mysql-replication cannot read compressed binlog "
+                f"events; SET GLOBAL {name} = OFF"
+            )
     own_id = server.variable(conn, "server_id")
     if own_id is not None and own_id.isdigit() and int(own_id) == server_id:
         problems.append(

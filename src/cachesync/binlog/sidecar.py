@@ -78,6 +78,9 @@ class SidecarPolicy:
       so the checkpoint never points at a file that may be purged;
     * ``lock_wait``: seconds per ``GET_LOCK`` attempt of a standby;
     * ``lock_check_seconds``: how often an idle leader pings its lock connection;
+    * ``lock_session_timeout``: ``wait_timeout`` of the lock connection, so that the
+      server drops the lock of a leader that vanished without closing its socket
+      (host down, network partition) after this many seconds of silence;
     * ``retry_backoff``: first and maximum wait after a transient start-up failure.
     """
 
@@ -88,6 +91,7 @@ class SidecarPolicy:
     idle_checkpoint_bytes: int = 64 * 1024
     lock_wait: float = 1.0
     lock_check_seconds: float = 2.0
+    lock_session_timeout: int = 30
     retry_backoff: tuple[float, float] = (0.5, 10.0)
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
 
@@ -107,9 +111,10 @@ class LeaderLock:
     connection closes for any reason, which is what makes failover fast.
     """
 
-    def __init__(self, params: Mapping[str, Any], name: str) -> None:
+    def __init__(self, params: Mapping[str, Any], name: str, *, session_timeout: int = 30) -> None:
         self._params = dict(params)
         self.name = name
+        self.session_timeout = session_timeout
         self._conn: Any = None
 
     def _query(self, sql: str, *args: Any) -> Any:
@@ -117,7 +122,10 @@ class LeaderLock:
 
         try:
             if self._conn is None:
-                self._conn = server.connect(self._params, what="MySQL (leader lock)")
+                conn = server.connect(self._params, what="MySQL (leader lock)")
+                with conn.cursor() as cur:
+                    cur.execute("SET SESSION wait_timeout = %s", (self.session_timeout,))
+                self._conn = conn
             with self._conn.cursor() as cur:
                 cur.execute(sql, args)
                 row = cur.fetchone()
@@ -234,7 +242,11 @@ class Sidecar:
         self._reset = reset_checkpoint
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
-        self.lock = LeaderLock(self._mysql, lock_name(self._database, name))
+        self.lock = LeaderLock(
+            self._mysql,
+            lock_name(self._database, name),
+            session_timeout=self.policy.lock_session_timeout,
+        )
         self.leading = threading.Event()
         #: The last position saved to the checkpoint store (for tests and ``status``).
         self.saved: ResumePoint | None = None

@@ -95,8 +95,9 @@ _ROWS_OPS: dict[int, Op] = {
 }
 _ROWS_V2 = frozenset({0x1E, 0x1F, 0x20, 0x27})
 _PARTIAL_UPDATE = 0x27
-#: MariaDB compressed events (log_bin_compress=ON): python-mysql-replication cannot read them.
-_COMPRESSED = frozenset(range(0xA5, 0xAC))
+#: Compressed events (MariaDB log_bin_compress, MySQL 8 TRANSACTION_PAYLOAD_EVENT):
+#: python-mysql-replication cannot read them.
+_COMPRESSED = frozenset({*range(0xA5, 0xAC), 0x28})
 
 _HEADER = struct.Struct("<IBIIIH")  # timestamp, type, server id, size, next position, flags
 
@@ -770,8 +771,9 @@ class BinlogSource:
                     self._post_header = tuple(event.post_header_len)
             elif kind in _COMPRESSED:
                 raise SourceConfigurationError(
-                    "the binlog holds compressed events (log_bin_compress=ON), which "
-                    "python-mysql-replication cannot read; set log_bin_compress=OFF"
+                    f"the binlog holds compressed events at {self._file}:{self._txn_start}, "
+                    "which python-mysql-replication cannot read; turn off log_bin_compress "
+                    "(MariaDB) / binlog_transaction_compression (MySQL)"
                 )
             # GTID, heartbeat, annotate, checkpoint, intvar ... carry nothing we need.
         except (SourceError, _Transient):
