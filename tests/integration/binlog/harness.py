@@ -362,6 +362,25 @@ class SidecarProcess:
         return self.proc.wait(timeout)
 
 
+def _create_database(url: str, schema: str) -> None:
+    """CREATE DATABASE, retried while MariaDB restarts (a chaos test may be restarting it)."""
+    params = {k: v for k, v in mysql_params(url).items() if k != "database"}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin = pymysql.connect(**params, autocommit=True, connect_timeout=5)
+            break
+        except pymysql.err.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{schema}`")
+    finally:
+        admin.close()
+
+
 @pytest.fixture
 def binlog_env(
     request: pytest.FixtureRequest,
@@ -375,10 +394,6 @@ def binlog_env(
     sidecar_url = svc.sidecar_mysql_url(schema)
     client = redis_lib.Redis.from_url(services["CACHESYNC_REDIS_URL"], socket_timeout=5)
     es = Elasticsearch(services["CACHESYNC_ES_URL"], request_timeout=30)
-    admin = pymysql.connect(**mysql_params(services["CACHESYNC_MYSQL_URL"]), autocommit=True)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{schema}`")
-    admin.close()
     env = BinlogEnv(
         schema=schema,
         root_url=root_url,
@@ -389,6 +404,7 @@ def binlog_env(
         redis=client,
         es=es,
     )
+    _create_database(services["CACHESYNC_MYSQL_URL"], schema)
     env.create_users()
     try:
         yield env
