@@ -27,6 +27,7 @@ from ..errors import CacheSyncError, ConfigurationError, PermanentError, Transie
 
 __all__ = [
     "Record",
+    "close_producer",
     "ensure_topics",
     "kafka_errors",
     "make_consumer",
@@ -114,6 +115,25 @@ def make_producer(
     config.update(overrides)
     with kafka_errors(f"connecting a producer to {bootstrap}"):
         return KafkaProducer(**config)
+
+
+def close_producer(producer: Any, timeout: float) -> None:
+    """Close *producer* within about *timeout* seconds, even when its broker is gone.
+
+    kafka-python's ``close()`` flushes first, and a flush that times out raises
+    before the I/O thread is stopped; that thread would then retry its records
+    until ``delivery_timeout_ms`` and linger on. So on a timeout the pending
+    records are dropped (the caller has stored them elsewhere, or will resend)
+    and the I/O thread is stopped.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except Exception:
+        sender = getattr(producer, "_sender", None)  # no public force-close in kafka-python
+        if sender is not None:
+            with contextlib.suppress(Exception):
+                sender.force_close()
+                sender.join(max(0.1, timeout))
 
 
 def make_consumer(bootstrap: str, *, client_id: str = "cachesync", **overrides: Any) -> Any:

@@ -77,6 +77,13 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         help="partitions of the retry/dead-letter topics when they must be created (default 6)",
     )
     retry.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=10000,
+        help="consumer group session timeout: how soon a dead consumer's partitions move "
+        "(default 10000; the heartbeat is a third of it)",
+    )
+    retry.add_argument(
         "--no-create-topics",
         action="store_true",
         help="never create missing topics (they must exist)",
@@ -205,7 +212,17 @@ def _run_retry(args: argparse.Namespace) -> int:
             target=relay.run, args=(stop,), name="cachesync-outbox-relay", daemon=True
         )
         relay_thread.start()
-    consumer = RetryConsumer.from_settings(settings, policy=policy, group_id=args.group)
+    session = args.session_timeout_ms
+    consumer = RetryConsumer.from_settings(
+        settings,
+        policy=policy,
+        group_id=args.group,
+        consumer_options={
+            "session_timeout_ms": session,
+            "heartbeat_interval_ms": max(100, session // 3),
+            "max_poll_interval_ms": max(session, 300000),
+        },
+    )
     log.info(
         "cachesync retry: consuming %s as %s (dead letters to %s)%s",
         settings.retry_topic,

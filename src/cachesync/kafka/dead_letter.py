@@ -20,7 +20,6 @@ helps only once a consumer that understands them is deployed.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import fnmatch
 import json
@@ -31,7 +30,7 @@ from typing import Any
 
 from .. import metrics
 from ..errors import CacheSyncError, DecodeError
-from .client import ensure_topics, kafka_errors, make_producer, read_topic
+from .client import close_producer, ensure_topics, kafka_errors, make_producer, read_topic
 from .codec import (
     DeadLetter,
     RecordRef,
@@ -108,8 +107,7 @@ class DeadLetterPublisher:
     def close(self, timeout: float | None = None) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close(timeout=self.timeout if timeout is None else timeout)
+            close_producer(producer, self.timeout if timeout is None else timeout)
 
 
 @dataclass(frozen=True)
@@ -299,8 +297,7 @@ def redrive(
             for f in marker_futures:
                 f.get(timeout=timeout)
     finally:
-        with contextlib.suppress(Exception):
-            producer.close(timeout=timeout)
+        close_producer(producer, timeout)
     report.redriven = len(outgoing)
     report.keys = [s.key or "" for s, _, _ in outgoing]
     metrics.inc("redriven_total", report.redriven)

@@ -213,7 +213,10 @@ class RetryConsumer:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.commit_interval = commit_interval
-        self.consumer_options = dict(consumer_options or {})
+        # Faster failover than kafka-python's 45 s default: a dead consumer's partitions
+        # move to a live one within ~10 s. Callers may override any kafka-python setting.
+        self.consumer_options = {"session_timeout_ms": 10000, "heartbeat_interval_ms": 3000}
+        self.consumer_options.update(consumer_options or {})
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = ConsumerStats()

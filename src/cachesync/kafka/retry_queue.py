@@ -25,7 +25,6 @@ closes the circuit when it answers.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -38,7 +37,7 @@ from ..actions import Action, DeleteKeys
 from ..apply import Failure, FailureHandler
 from ..errors import CacheSyncError, HandOffError, TransientError
 from ..outbox.schema import KIND_FAILED
-from .client import kafka_errors, make_producer
+from .client import close_producer, kafka_errors, make_producer
 from .codec import ErrorInfo, RetryMessage, encode_message, from_epoch, origin
 
 if TYPE_CHECKING:
@@ -154,8 +153,7 @@ class RetryQueue(FailureHandler):
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close(timeout=0)
+            close_producer(producer, 0.0)
 
     def kafka_available(self) -> bool:
         """False while the circuit is open (after a Kafka failure, until a probe succeeds)."""
@@ -215,8 +213,7 @@ class RetryQueue(FailureHandler):
                     raise TransientError(f"Kafka: no partitions for {self.topic}")
         except CacheSyncError as exc:
             if producer is not None:
-                with contextlib.suppress(Exception):
-                    producer.close(timeout=0)
+                close_producer(producer, 0.0)
             with self._lock:
                 self._cooldown = min(_COOLDOWN_MAX, self._cooldown * 2)
                 self._next_probe = self.clock() + self._cooldown
@@ -229,8 +226,7 @@ class RetryQueue(FailureHandler):
             self._cooldown = _COOLDOWN_MIN
             self._probe = None
         if old is not None:
-            with contextlib.suppress(Exception):
-                old.close(timeout=0)
+            close_producer(old, 0.0)
         log.info("cachesync retry queue: Kafka answers again; failures go to %s", self.topic)
 
     # -- FailureHandler -------------------------------------------------------------------
@@ -279,5 +275,4 @@ class RetryQueue(FailureHandler):
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception), kafka_errors("closing the producer"):
-                producer.close(timeout=self.timeout)
+            close_producer(producer, self.timeout)

@@ -24,7 +24,7 @@ from cachesync.kafka import RetryQueue, decode_message
 from cachesync.kafka.client import read_topic
 from cachesync.outbox import KIND_FAILED, STATE_PENDING, OutboxStore
 from tests.integration.kafka.helpers import create_topics, unique
-from tests.support.services import free_port
+from tests.support.services import free_port, start_broker
 
 pytestmark = pytest.mark.services
 
@@ -113,3 +113,36 @@ def test_neither_kafka_nor_outbox_raises_handoff_error() -> None:
     with pytest.raises(HandOffError, match="neither in Kafka"):
         queue.handle(failures())
     queue.close()
+
+
+def test_frozen_broker_opens_the_circuit_and_a_background_probe_closes_it(
+    outbox: OutboxStore,
+) -> None:
+    broker = start_broker()
+    try:
+        topic = unique("retry")
+        create_topics(broker.bootstrap, topic)
+        queue = RetryQueue(broker.bootstrap, topic, outbox=outbox, timeout=1.0)
+        queue.handle(failures()[:1])  # connects while the broker answers
+        assert len(list(read_topic(broker.bootstrap, topic))) == 2
+        with broker.frozen():
+            start = time.monotonic()
+            queue.handle(failures()[:1])  # waits at most `timeout`, then the outbox
+            queue.handle(failures()[:1])  # circuit open: no wait at all
+            assert time.monotonic() - start < 3.0
+            assert not queue.kafka_available()
+        assert len(outbox.rows()) == 2
+        # after the thaw the next hand-offs still go to the outbox while a probe runs in the
+        # background; once it answers, hand-offs reach Kafka again
+        deadline = time.monotonic() + 15
+        while not queue.kafka_available():
+            assert time.monotonic() < deadline, "the probe never closed the circuit"
+            queue.handle(failures()[:1])
+            time.sleep(0.2)
+        queue.handle(failures()[:1])
+        queue.close()
+        keys = [r.key for r in read_topic(broker.bootstrap, topic)]
+        assert keys.count(b"user:9") >= 2  # before the freeze, and after the probe
+    finally:
+        broker.thaw()
+        broker.kill()  # a throwaway in-memory broker: nothing to shut down cleanly
