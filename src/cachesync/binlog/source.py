@@ -529,6 +529,7 @@ class BinlogSource:
         self._conn: Any = None
         self._checksum = 0
         self._failures = 0
+        self._last_packet = time.monotonic()
         self._ctl = _CtlStub("mysql")
         self._mysql_version: tuple[int, ...] = (0, 0, 0)
         self._post_header: tuple[int, ...] | None = None
@@ -585,8 +586,14 @@ class BinlogSource:
                 # some, return as soon as nothing more is immediately available.
                 wait = 0.0 if out else max(0.0, deadline - now)
                 if self._at_boundary and not self._readable(wait):
+                    silence = time.monotonic() - self._last_packet
+                    if silence > self._policy.read_timeout:
+                        # The server sends a heartbeat every `heartbeat` s on an idle
+                        # stream: this much silence means the connection is dead.
+                        raise _Transient(f"no event or heartbeat for {silence:.1f}s")
                     break
                 self._step()
+                self._last_packet = time.monotonic()
                 self._failures = 0
             except _Transient as exc:
                 self._disconnect()
@@ -649,6 +656,7 @@ class BinlogSource:
             reader.close()
             raise _Transient(f"connect: {exc}") from exc
         self._reader, self._conn = reader, conn
+        self._last_packet = time.monotonic()
         self._checksum = 4 if reader.use_checksum else 0
         self._ctl.dbms = "mariadb" if "MariaDB" in conn.get_server_info() else "mysql"
         log.info(

@@ -14,6 +14,7 @@ import itertools
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -300,6 +301,58 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+class FreezableProxy:
+    """A TCP forwarder whose existing connections can be frozen: the socket stays open but
+    no byte moves, as with a dead network path (no FIN, no RST)."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, target_port)
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._frozen: set[int] = set()
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.connections += 1
+            number = self.connections
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, number), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, number: int) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while number in self._frozen and not self._closed.is_set():
+                    time.sleep(0.05)
+                if self._closed.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def freeze_existing(self) -> None:
+        """Freeze every connection made so far; new ones flow normally."""
+        self._frozen.update(range(1, self.connections + 1))
+
+    def close(self) -> None:
+        self._closed.set()
+        self.listener.close()
 
 
 _PROCESSES: list[SidecarProcess] = []

@@ -11,7 +11,7 @@ import pytest
 from cachesync.binlog import BinlogSource, ReconnectPolicy, ResumePoint
 from cachesync.changes import BinlogPosition, Op, RowChange
 from cachesync.registry import Registry
-from tests.integration.binlog.harness import BinlogEnv, next_server_id
+from tests.integration.binlog.harness import BinlogEnv, FreezableProxy, next_server_id
 
 pytestmark = pytest.mark.services
 
@@ -233,3 +233,27 @@ def test_reconnects_after_the_stream_is_killed(binlog_env: BinlogEnv) -> None:
         got += _drain(source, 180 + 100)
     assert [c.after["id"] for c in got[:300] if c.after] == list(range(1, 301))
     assert len({c.position for c in got}) == 400
+
+
+def test_a_silent_dead_connection_is_noticed_and_replaced(binlog_env: BinlogEnv) -> None:
+    """No FIN, no RST, no byte: without heartbeats the reader would wait forever."""
+    env = binlog_env
+    proxy = FreezableProxy(env.sidecar_params["port"])
+    params = {**env.sidecar_params, "port": proxy.port}
+    policy = ReconnectPolicy(initial=0.05, maximum=0.2, heartbeat=0.5, read_timeout=2.0)
+    start = _start(env)
+    try:
+        with BinlogSource(
+            params, env.registry(), server_id=next_server_id(), start=start, policy=policy
+        ) as source:
+            env.sql("INSERT INTO users VALUES (1, 'a', 'a', NULL, 0)")
+            got = _drain(source, 1)
+            proxy.freeze_existing()
+            env.sql("INSERT INTO users VALUES (2, 'b', 'b', NULL, 0), (3, 'c', 'c', NULL, 0)")
+            frozen_at = time.monotonic()
+            got += _drain(source, 2, timeout=30)
+            assert time.monotonic() - frozen_at < 15
+        assert proxy.connections >= 2, "the reader must have reconnected"
+        assert [c.after["id"] for c in got if c.after] == [1, 2, 3]
+    finally:
+        proxy.close()
