@@ -361,3 +361,12 @@ def test_server_side_values_are_read_after_the_insert(
     assert world.list_key(None) in fast.delivered
     with Sessions() as s:
         assert s.scalar(select(world.User.nickname).where(world.User.id == 1)) is None
+
+
+def test_install_rejects_what_it_cannot_hook() -> None:
+    from cachesync.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="expects a Session subclass"):
+        install(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="outbox= expects a sqlalchemy Table"):
+        install(Session, outbox="cachesync_outbox")  # type: ignore[arg-type]

@@ -122,6 +122,14 @@ def _key_of(target: Any) -> Session | type[Session]:
         return target.class_  # what event.listen(sessionmaker, ...) listens on, too
     if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):
         return target
+    if type(target).__module__.startswith("sqlalchemy.ext.asyncio"):
+        raise ConfigurationError(
+            "install() hooks into synchronous sessions; for asyncio give it the class "
+            "AsyncSession runs on: async_sessionmaker(..., sync_session_class=AppSession) "
+            "and install(AppSession). Note the after-commit delete then blocks the event "
+            "loop for up to redis_socket_timeout when Redis is unresponsive",
+            setting="install",
+        )
     raise ConfigurationError(
         "cachesync.contrib.sqlalchemy.install() expects a Session subclass, a sessionmaker, "
         f"a scoped_session or a Session, got {target!r}",
@@ -390,9 +398,18 @@ def install(
 
     *outbox*: a table from :func:`outbox_table`; every transaction that collected
     ``invalidates()`` intents then writes one outbox row, inside the transaction,
-    just before its outermost commit. Without it no outbox row is written.
+    just before its outermost commit. Without it no outbox row is written. The
+    table must be bound to the same database as the business tables, or the row
+    is not atomic with them; a failing outbox insert fails the commit.
     *fast_path*: the :class:`FastPath` that deletes keys after commit (tests,
     several Redis); default the process-wide one built from the settings.
+    *max_bulk_rows*: ORM ``update()``/``delete()`` statements touching more rows
+    leave their keys to the binlog path instead of pre-reading them.
+
+    A session joined to an outer transaction (``Session(bind=connection)``, the
+    rollback-per-test pattern) treats its own commit as the outermost one: keys
+    may be deleted for a change the outer transaction later rolls back. That
+    costs a cache miss, never a stale value.
     """
     if max_bulk_rows < 0:
         raise ConfigurationError("max_bulk_rows must be >= 0", setting="max_bulk_rows")
