@@ -86,7 +86,7 @@ def test_a_prefixing_cache_key_function_is_a_warning() -> None:
             "LOCATION": "redis://127.0.0.1:6379/0",
         }
     }
-    with override_settings(CACHES=caches, CACHESYNC={}):
+    with override_settings(CACHES=caches, CACHESYNC={"CACHE_ALIAS": "default"}):
         (message,) = check_settings()
     assert message.id == "cachesync.W002"
     assert ":1:k" in message.msg

@@ -30,7 +30,7 @@ from cachesync.binlog.checkpoint import ResumePoint
 from cachesync.binlog.source import BinlogSource
 from cachesync.changes import Op
 from cachesync.connections import mysql_params
-from cachesync.contrib.django.conf import load_config
+from cachesync.contrib.django.conf import mysql_url_from_database
 from cachesync.contrib.django.declarations import table_for
 from cachesync.fastpath import fast_path
 from cachesync.planning import plan
@@ -111,9 +111,10 @@ def _planned_keys(change: Any, spec: Any) -> set[str]:
 
 @pytest.fixture
 def mysql(clean: Any) -> dict[str, Any]:
-    config = load_config(django_settings)
-    assert config.settings is not None and config.settings.mysql_url is not None
-    return mysql_params(config.settings.mysql_url)
+    # The Django database itself, whatever CACHESYNC_MYSQL_URL the environment holds.
+    url = mysql_url_from_database("default", django_settings.DATABASES)
+    assert url is not None
+    return mysql_params(url)
 
 
 def test_orm_writes_and_binlog_rows_render_identical_keys(

@@ -408,31 +408,44 @@ def _senders(tables: Mapping[Any, DjangoTable]) -> dict[Any, tuple[DjangoTable, 
 
 
 def connect(tables: Mapping[Any, DjangoTable]) -> None:
-    """(Re)connect the receivers for exactly the senders that *tables* make relevant."""
+    """(Re)connect the receivers for exactly the senders that *tables* make relevant.
+
+    The new sender maps are built aside and swapped in, so a signal arriving
+    meanwhile sees the old or the new mapping, never an empty one.
+    """
+    global _targets, _through
+    receivers = _receivers()
+    targets = _senders(tables)
+    through = {m: t for m, t in tables.items() if m._meta.auto_created or _is_through(m)}
+    wanted = {
+        (sender, name)
+        for sender in targets
+        if not sender._meta.auto_created  # Django sends no save/delete signals for these
+        for name in ("pre_save", "post_save", "pre_delete", "post_delete")
+    }
+    wanted |= {(model, "m2m_changed") for model in through}
+    with _lock:
+        for sender, name in wanted - _connected:
+            signal, receiver = receivers[name]
+            signal.connect(receiver, sender=sender, weak=False, dispatch_uid=_uid(name))
+        _targets, _through = targets, through
+        for sender, name in _connected - wanted:
+            receivers[name][0].disconnect(sender=sender, dispatch_uid=_uid(name))
+        _connected.clear()
+        _connected.update(wanted)
+        _m2m_cache.clear()
+
+
+def _receivers() -> dict[str, tuple[Any, Any]]:
     from django.db.models import signals
 
-    receivers = {
+    return {
         "pre_save": (signals.pre_save, _pre_save),
         "post_save": (signals.post_save, _post_save),
         "pre_delete": (signals.pre_delete, _pre_delete),
         "post_delete": (signals.post_delete, _post_delete),
+        "m2m_changed": (signals.m2m_changed, _m2m_changed),
     }
-    with _lock:
-        disconnect()
-        _targets.update(_senders(tables))
-        for sender in _targets:
-            if sender._meta.auto_created:
-                continue  # Django sends no save/delete signals for auto-created through rows
-            for name, (signal, receiver) in receivers.items():
-                signal.connect(receiver, sender=sender, weak=False, dispatch_uid=_uid(name))
-                _connected.add((sender, name))
-        for model, table in tables.items():
-            if model._meta.auto_created or _is_through(model):
-                _through[model] = table
-                signals.m2m_changed.connect(
-                    _m2m_changed, sender=model, weak=False, dispatch_uid=_uid("m2m_changed")
-                )
-                _connected.add((model, "m2m_changed"))
 
 
 def _uid(name: str) -> str:
@@ -451,19 +464,11 @@ def _is_through(model: Any) -> bool:
 
 def disconnect() -> None:
     """Disconnect every receiver this module connected."""
-    from django.db.models import signals
-
-    by_name = {
-        "pre_save": signals.pre_save,
-        "post_save": signals.post_save,
-        "pre_delete": signals.pre_delete,
-        "post_delete": signals.post_delete,
-        "m2m_changed": signals.m2m_changed,
-    }
+    global _targets, _through
+    receivers = _receivers()
     with _lock:
         for sender, name in _connected:
-            by_name[name].disconnect(sender=sender, dispatch_uid=_uid(name))
+            receivers[name][0].disconnect(sender=sender, dispatch_uid=_uid(name))
         _connected.clear()
-        _targets.clear()
-        _through.clear()
+        _targets, _through = {}, {}
         _m2m_cache.clear()
