@@ -166,3 +166,16 @@ def test_invalid_settings_stop_the_command_before_it_starts() -> None:
     result = run_django("cachesync_status", settings_module="tests.contrib.django.settings_bad")
     assert result.returncode != 0
     assert "cachesync.E001" in result.stderr and "cachesync.E002" in result.stderr
+
+
+def test_relay_once_applies_the_outbox_intents(clean: Any) -> None:
+    author = User.objects.create(username="ada")
+    Article.objects.create(title="T", slug="t", author=author)  # writes one intent row
+    clean.set(f"author:{author.pk}:articles", "cached again after the fast path")
+    result = run_django("cachesync_relay", "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "relayed 1 outbox row(s); pending: 0" in result.stdout
+    assert not clean.exists(f"author:{author.pk}:articles")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT state FROM cachesync_outbox")
+        assert cursor.fetchall() == (("done",),)

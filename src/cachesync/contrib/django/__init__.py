@@ -18,7 +18,7 @@ discovered at start-up)::
 Settings live in ``settings.CACHESYNC`` under the names of
 :class:`cachesync.Settings` in upper case (:mod:`.conf`); ``manage.py check``
 validates declarations and settings (:mod:`.checks`); the after-commit fast
-path is in :mod:`.hooks`; ``manage.py cachesync_listen|retry|reindex|status|dlq``
+path is in :mod:`.hooks`; ``manage.py cachesync_listen|retry|relay|reindex|status|dlq``
 run the standalone CLI with Django's settings and models.
 
 Importing this package does not need configured settings or a ready app

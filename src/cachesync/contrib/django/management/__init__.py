@@ -1,1 +1,1 @@
-"""Management commands: cachesync_listen, cachesync_retry, cachesync_reindex, cachesync_status, cachesync_dlq."""
+"""Management commands: cachesync_listen, cachesync_retry, cachesync_relay, cachesync_reindex, cachesync_status, cachesync_dlq."""
