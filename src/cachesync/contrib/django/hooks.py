@@ -170,9 +170,13 @@ def _write_outbox(connection: Any, row_id: int | None, keys: Iterable[str]) -> i
     table = connection.ops.quote_name(OUTBOX_TABLE)
     with connection.cursor() as cursor:
         if row_id is None:
-            cursor.execute(
-                f"INSERT INTO {table} (kind, payload) VALUES (%s, %s)", [KIND_INTENT, payload]
-            )
+            sql = f"INSERT INTO {table} (kind, payload) VALUES (%s, %s)"
+            if connection.features.can_return_columns_from_insert:
+                # PostgreSQL has no lastrowid; MariaDB >= 10.5 and SQLite >= 3.35 speak it too.
+                cursor.execute(f"{sql} RETURNING {connection.ops.quote_name('id')}",
+                               [KIND_INTENT, payload])  # fmt: skip
+                return int(cursor.fetchone()[0])
+            cursor.execute(sql, [KIND_INTENT, payload])
             return int(connection.ops.last_insert_id(cursor, OUTBOX_TABLE, "id"))
         cursor.execute(f"UPDATE {table} SET payload = %s WHERE id = %s", [payload, row_id])
         return row_id
