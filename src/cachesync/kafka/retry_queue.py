@@ -121,7 +121,14 @@ class RetryQueue(FailureHandler):
         timeout: float = 5.0,
     ) -> RetryQueue:
         """The queue for *settings*: ``kafka_bootstrap``/``retry_topic``, outbox at ``outbox_url``
-        (else ``mysql_url``). Without Kafka the outbox alone is the hand-off."""
+        (else ``mysql_url``). Without Kafka the outbox alone is the hand-off.
+
+        The sidecar's own ``mysql_url`` user needs only ``SELECT`` and replication
+        grants; for the outbox fallback either grant it ``INSERT`` on the outbox
+        table or point ``outbox_url`` at a user that has it. Without either, a
+        hand-off while Kafka is down raises :class:`HandOffError` and the sidecar
+        holds its checkpoint until Kafka is back (backpressure, nothing lost).
+        """
         from ..outbox.relay import OutboxStore
 
         database = settings.outbox_database if outbox else None
