@@ -193,8 +193,9 @@ def test_many_failing_updates_of_one_document_end_at_the_newest_version(
     doc = es.get(index=items.index, id="7")
     assert doc["_source"] == {"name": "seven", "score": 39}
     assert doc["_version"] == max(versions)
-    # the queue for one key is applied as one coalesced write per attempt, never out of order
-    assert search.seen["7"] == 3
+    # the queue for one key is applied as one coalesced write per attempt (3 when all 40
+    # records arrive in the first poll), never one write per record
+    assert search.seen["7"] <= 5
     assert consumer.stats.dead_lettered == 0
 
 
