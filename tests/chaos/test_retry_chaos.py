@@ -142,6 +142,7 @@ class Writer:
         self.cache = cache
         self.conn = pymysql.connect(**env.root, autocommit=True, connect_timeout=5)
         self.touched: set[str] = set()
+        self.last_touch: dict[str, float] = {}
         self.changes = 0
         self.statements = 0
         self.kinds: Counter[str] = Counter()
@@ -166,6 +167,8 @@ class Writer:
                         keys += self.env.keys(pk, image[1])
             if keys:
                 self.touched.update(keys)
+                now = time.monotonic()
+                self.last_touch.update(dict.fromkeys(keys, now))
                 with contextlib.suppress(redis_lib.RedisError, OSError):  # Redis may be down
                     self.cache.mset(dict.fromkeys(keys, "cached"))
             cur.execute("COMMIT")
@@ -245,6 +248,68 @@ def converge(p: Pipeline, writer: Writer, timeout: float = 90.0) -> float:
         )
 
     return wait_until("convergence", done, timeout, 0.2, explain)
+
+
+def test_redis_down_30s_while_5000_changes_stream_through_the_sidecar(
+    binlog_env: BinlogEnv,
+) -> None:
+    env = binlog_env
+    rng = random.Random(30)
+    with pipeline(env) as p:
+        writer = Writer(env, p.client)
+        outage = {"down": 0.0, "up": 0.0, "converged": 0.0}
+
+        def watch() -> None:
+            """From Redis's return: when are the keys changed during the outage all gone?"""
+            cache = _client(p.cache)
+            while not outage["converged"]:
+                waiting = [
+                    k
+                    for k, t in list(writer.last_touch.items())
+                    if outage["down"] <= t < outage["up"]
+                ]
+                exists = any(
+                    cache.exists(*waiting[i : i + 1000]) for i in range(0, len(waiting), 1000)
+                )
+                if not exists and p.consumer.pending() == 0:
+                    outage["converged"] = time.monotonic()
+                time.sleep(0.02)
+
+        start = time.monotonic()
+        while writer.changes < 5000:
+            elapsed = time.monotonic() - start
+            if not outage["down"] and elapsed >= 4.0:
+                p.cache.stop()  # SIGTERM: Redis writes its AOF and exits
+                outage["down"] = time.monotonic()
+            if outage["down"] and not outage["up"] and time.monotonic() - outage["down"] >= 30:
+                p.cache.start()  # same port and AOF: keys cached before the outage are back
+                outage["up"] = time.monotonic()
+                threading.Thread(target=watch, daemon=True).start()
+            ahead = writer.changes / 5000 * 38.0 - elapsed
+            if ahead > 0:
+                time.sleep(min(ahead, 0.05))
+            writer.random(rng, 800)
+        streamed = time.monotonic() - start
+        while not outage["up"]:  # a fast stream: keep the outage at 30 s anyway
+            if time.monotonic() - outage["down"] >= 30:
+                p.cache.start()
+                outage["up"] = time.monotonic()
+                threading.Thread(target=watch, daemon=True).start()
+            time.sleep(0.05)
+        converge(p, writer, 60)
+        wait_until("the watcher", lambda: bool(outage["converged"]), 10)
+        stats = p.consumer.stats
+        assert stats.received > 0, "the outage did not reach the retry path"
+        assert stats.dead_lettered == 0
+        assert list_dead_letters(p.broker.bootstrap, p.dead, timeout=5) == []
+        assert p.store.rows() == []  # Kafka was up: nothing went to the outbox
+    print(
+        f"\nredis down 30s through the sidecar: {writer.changes} row changes in "
+        f"{writer.statements} statements over {streamed:.1f}s; {len(writer.touched)} keys "
+        f"touched; retry consumer {stats.received} records, {stats.attempts} attempts, "
+        f"{stats.applied} applied, {stats.dead_lettered} dead letters; converged "
+        f"{outage['converged'] - outage['up']:.2f}s after Redis returned"
+    )
 
 
 def test_sidecar_killed_between_failed_apply_and_hand_off_rereads_the_change(
