@@ -161,7 +161,12 @@ class Refresher:
                     result[i] = error
                 continue
             refs = [_source(actions[i]) for i in indexes]
-            rows = self.reader.fetch(spec, refs)
+            try:
+                rows = self.reader.fetch(spec, refs)
+            except PermanentError as exc:  # this table is gone or changed: its actions fail
+                for i in indexes:
+                    result[i] = exc
+                continue
             for i, ref in zip(indexes, refs, strict=True):
                 try:
                     result[i] = current_action(spec, _document(actions[i]), rows.get(ref))

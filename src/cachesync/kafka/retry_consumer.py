@@ -428,7 +428,7 @@ class RetryConsumer:
             documents = [k for k, a in actions.items() if not isinstance(a, DeleteKeys)]
             try:
                 fresh = self.refresher.refresh([actions[k] for k in documents])
-            except TransientError as exc:
+            except CacheSyncError as exc:  # the database is unreachable
                 fresh = [exc] * len(documents)
             for key, result in zip(documents, fresh, strict=True):
                 if isinstance(result, CacheSyncError):
