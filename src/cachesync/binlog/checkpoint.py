@@ -202,7 +202,7 @@ class TableCheckpointStore(CheckpointStore):
             if cur.fetchone() is None:
                 try:
                     cur.execute(CHECKPOINT_TABLE_SQL.replace(CHECKPOINT_TABLE, self._table, 1))
-                except pymysql.err.OperationalError as exc:
+                except pymysql.OperationalError as exc:
                     if exc.args and exc.args[0] in (1142, 1044):  # no CREATE privilege
                         raise ConfigurationError(
                             f"cannot create the checkpoint table ({self.describe()}): {exc}. "
@@ -222,7 +222,7 @@ class TableCheckpointStore(CheckpointStore):
         try:
             with self._connection().cursor() as cur:
                 yield cur
-        except pymysql.err.OperationalError as exc:
+        except pymysql.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
             self.close()
             if code in (1142, 1143, 1044, 1045):  # privileges: retrying will not help
@@ -232,7 +232,7 @@ class TableCheckpointStore(CheckpointStore):
                     setting="checkpoint_url",
                 ) from None
             raise TransientError(f"checkpoint store ({self.describe()}): {exc}") from exc
-        except (pymysql.err.InterfaceError, OSError) as exc:
+        except (pymysql.InterfaceError, OSError) as exc:
             self.close()
             raise TransientError(f"checkpoint store ({self.describe()}): {exc}") from exc
 

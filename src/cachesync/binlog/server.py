@@ -35,12 +35,12 @@ def translate_errors(what: str) -> Iterator[None]:
 
     try:
         yield
-    except pymysql.err.OperationalError as exc:
+    except pymysql.OperationalError as exc:
         code = exc.args[0] if exc.args else 0
         if code in PRIVILEGE_ERRORS:
             raise SourceConfigurationError(f"{what}: {exc.args[-1]} (error {code})") from None
         raise TransientError(f"{what}: {exc.args[-1]} (error {code})") from exc
-    except (pymysql.err.InterfaceError, OSError) as exc:
+    except (pymysql.InterfaceError, OSError) as exc:
         raise TransientError(f"{what}: {exc}") from exc
 
 
@@ -68,7 +68,7 @@ def master_status(conn: Any) -> tuple[str, int]:
     with translate_errors("SHOW MASTER STATUS"), conn.cursor() as cur:
         try:
             cur.execute("SHOW BINARY LOG STATUS")  # MySQL >= 8.2 renamed it
-        except pymysql.err.ProgrammingError:
+        except pymysql.ProgrammingError:
             cur.execute("SHOW MASTER STATUS")
         row = cur.fetchone()
     if row is None:

@@ -676,7 +676,7 @@ class BinlogSource:
 
     def _raise(self, exc: BaseException) -> None:
         """Translate a library/PyMySQL error: fatal ones raise, others become ``_Transient``."""
-        if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
             code, message = exc.args[0], str(exc.args[-1])
             if code in _FATAL_ERRORS:
                 hint = _FATAL_ERRORS[code]
@@ -689,7 +689,7 @@ class BinlogSource:
                 raise SourceConfigurationError(
                     f"binlog stream: {message} (error {code}): {hint}"
                 ) from None
-            if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+            if isinstance(exc, pymysql.OperationalError | pymysql.InterfaceError):
                 raise _Transient(f"{message} (error {code})") from exc
             raise SourceError(f"binlog stream: {message} (error {code})") from None
         raise _Transient(f"{type(exc).__name__}: {exc}") from exc
