@@ -1,0 +1,319 @@
+"""The narrated cachesync demo; ``scripts/demo`` runs it after setting up the machine.
+
+It uses the example blog (Django) on a fresh database of the private MariaDB,
+a Redis of its own (so stopping it disturbs nobody, and it saves to disk on
+shutdown: it comes back with the OLD cached values, which is exactly what
+loses invalidations in a plain cache-aside setup), the shared Kafka and
+Elasticsearch-API servers, and the real ``manage.py cachesync_listen`` and
+``cachesync_retry`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "example_project"
+sys.path[:0] = [str(ROOT), str(EXAMPLE)]
+
+from tests.support import services  # noqa: E402  (the project's own service manager)
+
+RUN = time.strftime("%H%M%S")
+DATABASE = "cachesync_demo"
+LOGS = services.SERVICES_DIR / "demo"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def chapter(title: str) -> None:
+    say(f"\n\033[1m== {title}\033[0m")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> float:
+    """Poll *check* until true; the seconds it took. Fails the demo on timeout."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+class Demo:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.changes = 0
+        self.env: dict[str, str] = {}
+
+    # --- set-up ---------------------------------------------------------------------------
+    def start(self) -> None:
+        chapter("Setting up")
+        urls = services.start_all()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.redis = services.start_redis(
+            dir=LOGS / f"redis-{RUN}", extra_args=["--save", "3600 1"]
+        )
+        services.mariadb_sql(f"DROP DATABASE IF EXISTS {DATABASE}; CREATE DATABASE {DATABASE}")
+        self.env = {
+            **os.environ,
+            **urls,
+            "CACHESYNC_MYSQL_URL": urls["CACHESYNC_MYSQL_URL"].rsplit("/", 1)[0] + "/" + DATABASE,
+            "CACHESYNC_REDIS_URL": self.redis.url,
+            "CACHESYNC_NAME": f"demo-{RUN}",
+            "CACHESYNC_SERVER_ID": str(20_000 + int(RUN) % 10_000),
+            "CACHESYNC_RETRY_TOPIC": f"cachesync-demo-{RUN}.retry",
+            "CACHESYNC_DEAD_LETTER_TOPIC": f"cachesync-demo-{RUN}.dead-letter",
+            "DJANGO_SETTINGS_MODULE": "blogsite.settings",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(EXAMPLE), str(ROOT)]),
+        }
+        os.environ.update(self.env)
+        say(f"  database {DATABASE}, cache Redis {self.redis.url} (its own, saves on shutdown)")
+        self.manage("migrate", "-v0")
+        self.manage("blog_seed", "--articles", "30")
+        import django
+
+        django.setup()
+        # The narration says what the fast path's warnings would (Redis is stopped on purpose).
+        logging.getLogger("cachesync").setLevel(logging.CRITICAL)
+        from elasticsearch import Elasticsearch
+
+        self.es = Elasticsearch(urls["CACHESYNC_ES_URL"], request_timeout=10)
+        for index in ("blog-articles", "blog-users"):
+            self.es.indices.delete(index=index, ignore_unavailable=True)
+        self.cache = __import__("redis").Redis.from_url(self.redis.url, socket_timeout=1)
+
+        listen = self.spawn("listen", "cachesync_listen")
+        wait_for("the sidecar to start", lambda: b"leading pipeline" in listen.read_bytes(), 30)
+        self.spawn("retry", "cachesync_retry", "--retry-policy", "fast")
+        say("  sidecar (manage.py cachesync_listen) and retry consumer (cachesync_retry) running")
+        for model in ("blog.Article", "auth.User"):
+            self.manage("cachesync_reindex", model, "--quiet")
+        say("  initial search index built (manage.py cachesync_reindex)")
+
+    def manage(self, *args: str) -> None:
+        """Run a management command; its output goes to the demo's log folder."""
+        with (LOGS / f"manage-{RUN}.log").open("ab") as out:
+            subprocess.run(
+                [sys.executable, str(EXAMPLE / "manage.py"), *args],
+                env=self.env,
+                check=True,
+                cwd=EXAMPLE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def spawn(self, name: str, *args: str) -> Path:
+        log = LOGS / f"{name}-{RUN}.log"
+        out = log.open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLE / "manage.py"), *args],
+            env=self.env,
+            cwd=EXAMPLE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return log
+
+    def stop(self) -> bool:
+        """SIGTERM the sidecar and the retry consumer; True when both exited cleanly."""
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        clean = True
+        for proc in self.procs:
+            try:
+                clean &= proc.wait(30) == 0
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                clean = False
+        self.redis.stop()
+        return clean
+
+    # --- helpers --------------------------------------------------------------------------
+    def articles(self) -> list[Any]:
+        from blog.models import Article
+
+        return list(Article.objects.order_by("id"))
+
+    def cache_all(self) -> list[str]:
+        """Read every article through the cache (a miss loads and fills it)."""
+        from blog import reads
+
+        keys = []
+        for a in self.articles():
+            reads.article(a.pk)
+            keys.append(f"article:{a.pk}")
+        return keys
+
+    def stale_keys(self) -> list[str]:
+        """Cached articles whose value differs from what the database says now."""
+        from blog import reads
+
+        stale = []
+        for a in self.articles():
+            raw = self.cache.get(f"article:{a.pk}")
+            if raw is not None and json.loads(raw) != json.loads(
+                json.dumps(reads._article_dict(a))
+            ):
+                stale.append(f"article:{a.pk}")
+        return stale
+
+    # --- the scenario ---------------------------------------------------------------------
+    def run(self) -> None:
+        from blog import reads
+        from blog.models import Article
+        from django.db import connection, transaction
+
+        chapter("1. Cached reads")
+        first = self.articles()[0]
+        t = time.perf_counter()
+        reads.article(first.pk)
+        miss = time.perf_counter() - t
+        t = time.perf_counter()
+        reads.article(first.pk)
+        hit = time.perf_counter() - t
+        say(
+            f"  article:{first.pk} miss (database + fill) {miss * 1000:.1f} ms, hit {hit * 1000:.2f} ms"
+        )
+
+        chapter("2. A write through the ORM: the after-commit fast path")
+        with transaction.atomic():
+            first.title = "Caches that never lie"
+            first.save()
+        deleted = not self.cache.exists(f"article:{first.pk}")
+        self.changes += 1
+        say(f"  article:{first.pk} deleted right after COMMIT: {deleted} (no sidecar involved)")
+
+        chapter("3. Raw SQL bulk UPDATE: only the binlog sees it")
+        keys = self.cache_all()
+        with connection.cursor() as cursor:
+            self.changes += cursor.execute(
+                "UPDATE blog_article SET views = views + 1, title = CONCAT(title, ' [bulk]') "
+                "WHERE status = 1"
+            )
+        took = wait_for(
+            "the sidecar to delete the bulk-updated keys",
+            lambda: all(
+                not self.cache.exists(f"article:{a.pk}") for a in Article.objects.filter(status=1)
+            ),
+        )
+        say(
+            f"  {self.changes - 1} rows changed by one statement the ORM never saw; the sidecar "
+            f"deleted their keys within {took * 1000:.0f} ms of the commit"
+        )
+        self.cache_all()
+        self.bulk_keys = keys
+
+        chapter("4. Redis stops; the application keeps writing")
+        self.redis.stop()  # SIGTERM: Redis saves its data, the cached articles included
+        say("  Redis stopped (it saved its data: it will come back with these cached articles)")
+        slowest = 0.0
+        drafts = self.articles()[1:4]
+        for a in drafts:
+            t = time.perf_counter()
+            with transaction.atomic():
+                a.status = 0  # back to draft: must leave the search index
+                a.save()
+            slowest = max(slowest, time.perf_counter() - t)
+        with connection.cursor() as cursor:
+            touched = cursor.execute("UPDATE blog_article SET title = CONCAT('Outage: ', title)")
+        self.changes += len(drafts) + touched
+        say(
+            f"  {len(drafts)} ORM commits (slowest {slowest * 1000:.0f} ms: the fast path gives up "
+            f"quickly) and a raw UPDATE of {touched} rows, all committed while Redis was down"
+        )
+        time.sleep(3)  # the sidecar retries briefly, then hands the deletes to Kafka
+
+        chapter("5. Redis is back: the retry consumer converges")
+        self.redis.start()
+        stale_on_return = len(self.stale_keys())
+        say(
+            f"  Redis restarted with {stale_on_return} stale cached articles from before the outage"
+        )
+        self.converge = wait_for(
+            "the retry consumer to delete every stale key", lambda: not self.stale_keys(), 90
+        )
+        say(f"  converged {self.converge:.2f} s after Redis returned: 0 stale keys")
+        self.stale_on_return = stale_on_return
+
+        chapter("6. Search reflects the database")
+        from cachesync.registry import default_registry
+        from cachesync.verify import verify_index
+
+        spec = default_registry.for_model("Article")
+
+        def index_matches() -> bool:
+            report = verify_index(connection.connection, self.es, spec, spec.projections[0])
+            return report.ok
+
+        wait_for("Elasticsearch to match the table", index_matches, 60)
+        hits = self.es.search(index="blog-articles", query={"match": {"title": "outage"}}, size=100)
+        found = {int(h["_id"]) for h in hits["hits"]["hits"]}
+        published = set(Article.objects.filter(status=1).values_list("id", flat=True))
+        say(
+            f"  search 'outage' finds {len(found)} articles = the {len(published)} published ones: "
+            f"{found == published}; the {len(drafts)} turned into drafts are gone: "
+            f"{not (found & {a.pk for a in drafts})}"
+        )
+
+    def summary(self) -> None:
+        from cachesync.kafka.client import read_topic
+
+        retries = sum(
+            1
+            for _ in read_topic(
+                self.env["CACHESYNC_KAFKA_BOOTSTRAP"], self.env["CACHESYNC_RETRY_TOPIC"], timeout=5
+            )
+        )
+        try:
+            dead = sum(
+                1
+                for _ in read_topic(
+                    self.env["CACHESYNC_KAFKA_BOOTSTRAP"],
+                    self.env["CACHESYNC_DEAD_LETTER_TOPIC"],
+                    timeout=3,
+                )
+            )
+        except Exception:  # no dead letter was ever written, so the topic may not exist
+            dead = 0
+        stale = self.stale_keys()
+        chapter("Summary")
+        say(f"  row changes            {self.changes}")
+        say(f"  stale after Redis came back  {self.stale_on_return}")
+        say(f"  retry records          {retries} (Kafka topic {self.env['CACHESYNC_RETRY_TOPIC']})")
+        say(f"  dead letters           {dead}")
+        say(f"  time to converge       {self.converge:.2f} s")
+        say(f"  stale keys now         {len(stale)}")
+        if stale or dead:
+            raise SystemExit("demo: FAILED: stale keys or dead letters remain")
+
+
+def main() -> int:
+    started = time.monotonic()
+    demo = Demo()
+    try:
+        demo.start()
+        demo.run()
+        demo.summary()
+    finally:
+        clean = demo.stop()
+    say(
+        f"\nsidecar and retry consumer stopped {'cleanly' if clean else 'WITH ERRORS'}; "
+        f"demo finished in {time.monotonic() - started:.0f} s; logs in {LOGS}"
+    )
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
