@@ -54,6 +54,8 @@ class Demo:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.changes = 0
+        #: cached keys seen holding a value, then seen deleted by cachesync
+        self.invalidated = 0
         self.env: dict[str, str] = {}
 
     # --- set-up ---------------------------------------------------------------------------
@@ -192,16 +194,19 @@ class Demo:
             first.title = "Caches that never lie"
             first.save()
         deleted = not self.cache.exists(f"article:{first.pk}")
+        self.invalidated += deleted
         self.changes += 1
         say(f"  article:{first.pk} deleted right after COMMIT: {deleted} (no sidecar involved)")
 
         chapter("3. Raw SQL bulk UPDATE: only the binlog sees it")
-        keys = self.cache_all()
+        self.cache_all()
         with connection.cursor() as cursor:
-            self.changes += cursor.execute(
+            bulk = cursor.execute(
                 "UPDATE blog_article SET views = views + 1, title = CONCAT(title, ' [bulk]') "
                 "WHERE status = 1"
             )
+        self.changes += bulk
+        self.invalidated += bulk
         took = wait_for(
             "the sidecar to delete the bulk-updated keys",
             lambda: all(
@@ -209,11 +214,10 @@ class Demo:
             ),
         )
         say(
-            f"  {self.changes - 1} rows changed by one statement the ORM never saw; the sidecar "
+            f"  {bulk} rows changed by one statement the ORM never saw; the sidecar "
             f"deleted their keys within {took * 1000:.0f} ms of the commit"
         )
         self.cache_all()
-        self.bulk_keys = keys
 
         chapter("4. Redis stops; the application keeps writing")
         self.redis.stop()  # SIGTERM: Redis saves its data, the cached articles included
@@ -246,6 +250,7 @@ class Demo:
         )
         say(f"  converged {self.converge:.2f} s after Redis returned: 0 stale keys")
         self.stale_on_return = stale_on_return
+        self.invalidated += stale_on_return
 
         chapter("6. Search reflects the database")
         from cachesync.registry import default_registry
@@ -290,6 +295,7 @@ class Demo:
         stale = self.stale_keys()
         chapter("Summary")
         say(f"  row changes            {self.changes}")
+        say(f"  cached keys invalidated  {self.invalidated} (seen cached, then seen deleted)")
         say(f"  stale after Redis came back  {self.stale_on_return}")
         say(f"  retry records          {retries} (Kafka topic {self.env['CACHESYNC_RETRY_TOPIC']})")
         say(f"  dead letters           {dead}")
