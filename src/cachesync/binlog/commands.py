@@ -200,8 +200,65 @@ def _status(args: argparse.Namespace) -> int:
         report = collect_status(mysql_params(url), store, settings.name)
     finally:
         store.close()
+    retry_path = _retry_path_status(settings)
     if args.json:
-        print(json.dumps(report.as_dict(), sort_keys=True))
+        print(json.dumps({**report.as_dict(), **retry_path}, sort_keys=True))
     else:
         print("\n".join(report.lines()))
+        print(f"outbox       {retry_path['outbox']}")
+        print(f"dead letters {retry_path['dead_letters']}")
     return 0
+
+
+def _retry_path_status(settings: Settings) -> dict[str, Any]:
+    """Outbox rows per state and unredriven dead letters; a reason string where unknown.
+
+    ``status`` must answer even while Kafka or the outbox database is down, so
+    each part fails on its own into a short explanation.
+    """
+    from ..errors import CacheSyncError, TransientError
+
+    found: dict[str, Any] = {"outbox": "not configured", "dead_letters": "not configured"}
+    if settings.outbox_database is not None:
+        try:
+            from ..connections import sql_engine
+            from ..outbox.relay import OutboxStore
+
+            engine = sql_engine(settings.outbox_database, timeout=3)
+            try:
+                found["outbox"] = OutboxStore(engine).counts()
+            finally:
+                engine.dispose()
+        except (CacheSyncError, ImportError) as exc:
+            found["outbox"] = f"unavailable ({exc})"
+        except Exception as exc:  # a missing table or database: say so, keep answering
+            found["outbox"] = f"unavailable ({type(exc).__name__})"
+    if settings.kafka_bootstrap is not None:
+        try:
+            from ..kafka.dead_letter import list_dead_letters
+
+            # kafka-python's bootstrap ignores short timeouts (30 s per client): ask TCP first.
+            if not _any_reachable(settings.kafka_bootstrap, timeout=2.0):
+                raise TransientError(f"no Kafka broker reachable at {settings.kafka_bootstrap}")
+
+            letters = list_dead_letters(
+                settings.kafka_bootstrap, settings.dead_letter_topic, timeout=3
+            )
+            found["dead_letters"] = sum(1 for d in letters if d.redriven_at is None)
+        except (CacheSyncError, ImportError) as exc:
+            found["dead_letters"] = f"unavailable ({exc})"
+    return found
+
+
+def _any_reachable(bootstrap: str, *, timeout: float) -> bool:
+    """True when a TCP connection to one of the ``host:port`` servers succeeds in *timeout*."""
+    import socket
+
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return True
+        except OSError:
+            continue
+    return False

@@ -457,9 +457,12 @@ class OutboxRelay:
         t = self.store.table
         if done:
             conn.execute(t.update().where(t.c.id.in_(done)).values(state=STATE_DONE))
+        # The backoff counts from the failure, not from the claim: applying may
+        # itself have waited (immediate retries, timeouts) longer than the backoff.
+        failed_at = max(now, self.now()) if deferred else now
         for row_id, text in deferred.items():
             tries = attempts[row_id] + 1
-            later = now + dt.timedelta(seconds=self.policy.backoff(tries))
+            later = failed_at + dt.timedelta(seconds=self.policy.backoff(tries))
             conn.execute(
                 t.update()
                 .where(t.c.id == row_id)
