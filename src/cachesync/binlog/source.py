@@ -48,6 +48,7 @@ import select
 import struct
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -440,6 +441,18 @@ class _Table:
     schema: str
     name: str
     decoder: _RowDecoder
+    #: MariaDB ``UUID`` columns: the binlog carries 16 bytes (trailing zeros cut), the
+    #: ORM and SQL see the hyphenated text; keys must not depend on the path.
+    uuid_columns: tuple[str, ...] = ()
+
+    def fix_uuids(self, image: dict[str, Any] | None) -> None:
+        """Turn the binlog bytes of UUID columns into the text form, in place."""
+        if image is None:
+            return
+        for name in self.uuid_columns:
+            value = image.get(name)
+            if isinstance(value, bytes) and len(value) <= 16:
+                image[name] = str(uuid.UUID(bytes=value.ljust(16, b"\0")))
 
 
 def _read_lenenc(buf: bytes, off: int) -> tuple[int, int]:
@@ -842,7 +855,9 @@ class BinlogSource:
                 f"the binlog has no column names for {event.schema}.{event.table}; "
                 "set binlog_row_metadata=FULL on the server (MySQL >= 8.0.14, MariaDB >= 10.5)"
             )
-        table = _Table(event.schema, event.table, _RowDecoder(columns))
+        table = _Table(
+            event.schema, event.table, _RowDecoder(columns), self._uuid_columns(event, columns)
+        )
         if not table.decoder.supported:
             log.info(
                 "cachesync: %s.%s has column types decoded by python-mysql-replication "
@@ -851,6 +866,37 @@ class BinlogSource:
                 event.table,
             )
         return table, event.get_table()
+
+    def _uuid_columns(self, event: Any, columns: list[Any]) -> tuple[str, ...]:
+        """Names of MariaDB ``UUID`` columns (a table map shows them as BINARY(16)).
+
+        Asked of ``information_schema`` only when a table has a 16-byte binary
+        column, once per distinct table map (the map cache keeps the answer).
+        """
+        candidates = [
+            str(c.name)
+            for c in columns
+            if c.type == FIELD_TYPE.STRING and getattr(c, "max_length", 0) == 16
+        ]
+        if not candidates:
+            return ()
+        try:
+            conn = pymysql.connect(**self._params, connect_timeout=5, read_timeout=10)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND DATA_TYPE = 'uuid'",
+                        (event.schema, event.table),
+                    )
+                    found = {str(row[0]) for row in cur.fetchall()}
+            finally:
+                conn.close()
+        except pymysql.MySQLError as exc:
+            raise _Transient(
+                f"reading the column types of {event.schema}.{event.table}: {exc}"
+            ) from exc
+        return tuple(c for c in candidates if c in found)
 
     def _spec(self, schema: str | None, table: str) -> TableSpec | None:
         spec = self._registry.get(schema, table)
@@ -875,6 +921,9 @@ class BinlogSource:
         schema, name = table.schema, table.name
         pending = self._pending
         for index, (before, after) in enumerate(images):
+            if table.uuid_columns:
+                table.fix_uuids(before)
+                table.fix_uuids(after)
             position = BinlogPosition(position_file, end, index)
             if skip is not None and skip.already_handled(position):
                 continue

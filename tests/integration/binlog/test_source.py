@@ -257,3 +257,36 @@ def test_a_silent_dead_connection_is_noticed_and_replaced(binlog_env: BinlogEnv)
         assert [c.after["id"] for c in got if c.after] == [1, 2, 3]
     finally:
         proxy.close()
+
+
+def test_mariadb_uuid_columns_arrive_as_uuid_text(binlog_env: BinlogEnv) -> None:
+    """MariaDB's UUID type is 16 bytes in the binlog (trailing zeros cut); SQL shows text."""
+    import uuid
+
+    from cachesync import Sync, resolve
+
+    env = binlog_env
+    env.sql("CREATE TABLE tokens (id INT PRIMARY KEY, token UUID, raw BINARY(16))")
+    registry = Registry()
+    registry.add(
+        resolve(
+            "Token",
+            Sync(keys=["token:{token}"]),
+            table="tokens",
+            columns={"id": "id", "token": "token", "raw": "raw"},
+            primary_key=["id"],
+            schema=env.schema,
+        )
+    )
+    values = [
+        uuid.uuid4(),
+        uuid.uuid1(),
+        uuid.UUID("00112233-4455-4677-8899-aabbcc000000"),  # trailing zero bytes
+    ]
+    start = _start(env)
+    for i, value in enumerate(values):
+        env.sql(f"INSERT INTO tokens VALUES ({i}, '{value}', UNHEX('00ff'))")
+    with _source(env, start, registry) as source:
+        changes = _drain(source, len(values))
+    assert [c.after["token"] for c in changes] == [str(v) for v in values]  # type: ignore[index]
+    assert all(isinstance(c.after["raw"], bytes) for c in changes)  # type: ignore[index]
