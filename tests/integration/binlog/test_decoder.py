@@ -19,7 +19,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from cachesync import Registry, Sync, resolve
 from cachesync.binlog import BinlogSource, ResumePoint
-from cachesync.binlog.source import _RowDecoder
+from cachesync.binlog.decoder import RowDecoder
 from tests.integration.binlog.harness import BinlogEnv, next_server_id
 
 pytestmark = [
@@ -197,5 +197,5 @@ def test_decoder_rejects_unknown_types() -> None:
         def __init__(self, kind: int) -> None:
             self.type, self.unsigned, self.name = kind, False, "c"
 
-    assert not _RowDecoder([Column(245)]).supported  # JSON
-    assert not _RowDecoder([Column(16)]).supported  # BIT
+    assert not RowDecoder([Column(245)]).supported  # JSON
+    assert not RowDecoder([Column(16)]).supported  # BIT
