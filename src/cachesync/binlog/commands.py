@@ -79,6 +79,26 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
 
+    verify = subparsers.add_parser(
+        "verify",
+        parents=[parent],
+        help="compare Elasticsearch with the tables: missing, stale and orphan documents",
+        description=(
+            "Render every row's projection with the same code the sidecar uses and compare "
+            "it with the index. Exit status 1 when something differs (0 after --repair). "
+            "Orphans are looked for only without --sample, and only make sense when one "
+            "model writes the index."
+        ),
+    )
+    verify.add_argument("models", nargs="*", metavar="MODEL", help="models (default: all)")
+    verify.add_argument("--sample", type=int, help="check N random rows instead of all")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="write what differs at the current binlog position's version (newer changes win)",
+    )
+    verify.set_defaults(handler=_verify)
+
 
 def _require_mysql(settings: Settings) -> str:
     if settings.mysql_url is None:
@@ -186,6 +206,51 @@ def _reindex(args: argparse.Namespace) -> int:
         conn.close()
     print(report.summary())
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ..changes import BinlogPosition
+    from ..connections import elasticsearch_client, mysql_params
+    from ..verify import verify_index
+    from . import server
+
+    settings = settings_from_args(args)
+    params = mysql_params(_require_mysql(settings))
+    import_models(settings)
+    specs = (
+        [default_registry.for_model(m) for m in args.models]
+        if args.models
+        else [s for s in default_registry.tables() if s.projections]
+    )
+    es = elasticsearch_client(settings)
+    conn = server.connect(params, what="MySQL")
+    clean = True
+    try:
+        # Recorded BEFORE the rows are read, as reindex does: repairs carry this
+        # version, so anything the sidecar streams meanwhile is newer and wins.
+        file, pos = server.master_status(conn)
+        repair_at = BinlogPosition(file, pos, 0) if args.repair else None
+        for spec in specs:
+            for projection in spec.projections:
+                conn.commit()  # a fresh snapshot per index
+                report = verify_index(
+                    conn, es, spec, projection, sample=args.sample, repair_at=repair_at
+                )
+                print(f"{spec.model} -> {report.summary()}")
+                for label, ids in (
+                    ("missing", report.missing),
+                    ("stale", report.stale),
+                    ("orphans", report.orphans),
+                ):
+                    if ids:
+                        print(f"  {label}: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
+                clean &= report.ok or report.repaired == (
+                    len(report.missing) + len(report.stale) + len(report.orphans)
+                )
+    finally:
+        conn.close()
+        es.close()
+    return 0 if clean else 1
 
 
 def _status(args: argparse.Namespace) -> int:

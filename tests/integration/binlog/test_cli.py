@@ -1,4 +1,4 @@
-"""``cachesync listen | reindex | status`` as a user runs them."""
+"""``cachesync listen | reindex | status | verify`` as a user runs them."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 
 def test_help_documents_every_option(binlog_env: BinlogEnv) -> None:
     env = binlog_env.settings_env()
-    for command in ("listen", "reindex", "status"):
+    for command in ("listen", "reindex", "status", "verify"):
         result = _cli(env, command, "--help")
         assert result.returncode == 0, result.stderr
         for flag, variable in (
@@ -103,3 +103,32 @@ def test_listen_refuses_a_user_without_grants(binlog_env: BinlogEnv) -> None:
     assert result.returncode == 2
     assert "lacks REPLICATION SLAVE, REPLICATION CLIENT" in result.stderr
     assert "ro-secret" not in result.stderr + result.stdout
+
+
+def test_verify_finds_drift_and_repair_fixes_it(binlog_env: BinlogEnv) -> None:
+    env = binlog_env
+    settings = env.settings_env()
+    env.sql("INSERT INTO users VALUES (1, 'ann', 'A', NULL, 0), (2, 'bo', 'B', NULL, 0)")
+    assert _cli(settings, "reindex", "User", "--quiet").returncode == 0
+    clean = _cli(settings, "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "0 missing, 0 stale, 0 orphans" in clean.stdout
+
+    env.es.index(
+        index=env.index, id="2", document={"username": "bo", "nickname": "OLD"}, refresh=True
+    )
+    env.es.index(
+        index=env.index, id="77", document={"username": "ghost", "nickname": "g"}, refresh=True
+    )
+    env.sql("INSERT INTO users VALUES (3, 'cy', 'C', NULL, 0)")  # nobody streams it
+    drift = _cli(settings, "verify", "User")
+    assert drift.returncode == 1, drift.stdout + drift.stderr
+    assert "1 missing, 1 stale, 1 orphans" in drift.stdout
+    assert "missing: 3" in drift.stdout and "stale: 2" in drift.stdout
+    assert "orphans: 77" in drift.stdout
+
+    repaired = _cli(settings, "verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "3 repaired" in repaired.stdout
+    assert _cli(settings, "verify").returncode == 0
+    assert env.documents()["2"]["nickname"] == "B"
