@@ -135,6 +135,9 @@ def test_reindex_builds_the_projection_without_models_flag(clean: Any, es_url: s
     es.indices.refresh(index="csdj-articles")
     hits = es.search(index="csdj-articles", query={"match_all": {}})["hits"]["hits"]
     assert [h["_source"] for h in hits] == [{"title": "shown", "author": author.pk}]
+    verified = run_django("cachesync_verify", "csdj.Article", "--es-url", es_url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "2 rows, 1 documents, 0 missing, 0 stale, 0 orphans" in verified.stdout
 
 
 def test_retry_consumer_starts_and_stops_cleanly_on_sigterm(
