@@ -102,6 +102,11 @@ class TableSpec:
         """Translate a row keyed by attribute into one keyed by column."""
         return {self.columns[a]: v for a, v in row.items() if a in self.columns}
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Each mapped column once, in declaration order (aliases share a column)."""
+        return tuple(self.attributes_by_column)
+
     def primary_key_columns(self) -> tuple[str, ...]:
         """The primary key as column names, in declaration order."""
         return tuple(self.columns[a] for a in self.primary_key)

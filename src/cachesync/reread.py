@@ -90,7 +90,7 @@ class SqlRowReader(RowReader):
         import sqlalchemy as sa
 
         pk = spec.primary_key_columns()
-        names = list(dict.fromkeys([*pk, *spec.columns.values()]))
+        names = list(dict.fromkeys([*pk, *spec.column_names]))
         schema = refs[0].schema if refs and refs[0].schema is not None else spec.schema
         if self.engine.dialect.name == "sqlite":
             schema = None  # SQLite has one unnamed schema per database file

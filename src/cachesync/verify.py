@@ -19,6 +19,7 @@ from .actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
 from .changes import Position
 from .registry import ResolvedProjection, TableSpec
 from .sinks.elasticsearch import SearchSink
+from .sqltext import qualified_table, quote
 
 __all__ = ["IndexReport", "expected_documents", "verify_index"]
 
@@ -47,22 +48,16 @@ class IndexReport:
         )
 
 
-def _quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def table_rows(
     connection: Any, spec: TableSpec, *, sample: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Rows of *spec*'s table keyed by column, through a DB-API (PyMySQL) *connection*."""
-    columns = ", ".join(_quote(c) for c in spec.columns.values())
-    table = (
-        _quote(spec.table) if spec.schema is None else f"{_quote(spec.schema)}.{_quote(spec.table)}"
-    )
+    names = spec.column_names
+    columns = ", ".join(quote(c) for c in names)
+    table = qualified_table(spec.schema, spec.table)
     sql = f"SELECT {columns} FROM {table}"
     if sample is not None:
         sql += f" ORDER BY RAND() LIMIT {int(sample)}"
-    names = list(spec.columns.values())
     with connection.cursor() as cursor:
         cursor.execute(sql)
         for values in cursor.fetchall():

@@ -36,6 +36,7 @@ from ..changes import BinlogPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..registry import Registry, ResolvedProjection, TableSpec
 from ..sinks.elasticsearch import SearchSink
+from ..sqltext import qualified_table, quote
 from . import server
 
 __all__ = ["ReindexReport", "reindex"]
@@ -43,10 +44,6 @@ __all__ = ["ReindexReport", "reindex"]
 log = logging.getLogger("cachesync.reindex")
 
 Progress = Callable[[int, int], None]
-
-
-def _quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 @dataclass
@@ -132,11 +129,11 @@ def reindex(
     after = BinlogPosition(file, pos, 1)  # version P + 1, still below any later change
     report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
     schema = spec.schema or database
-    table = _quote(spec.table) if schema is None else f"{_quote(schema)}.{_quote(spec.table)}"
-    columns = list(dict.fromkeys(spec.columns.values()))
+    table = qualified_table(schema, spec.table)
+    columns = list(spec.column_names)
     pk = list(spec.primary_key_columns())
-    select = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {table}"
-    order = " ORDER BY " + ", ".join(_quote(c) for c in pk)
+    select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
+    order = " ORDER BY " + ", ".join(quote(c) for c in pk)
     writer = _Writer(search)
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
 
@@ -152,7 +149,7 @@ def reindex(
     while True:
         sql, args = select, ()
         if cursor_key is not None:
-            keys = ", ".join(_quote(c) for c in pk)
+            keys = ", ".join(quote(c) for c in pk)
             marks = ", ".join(["%s"] * len(pk))
             sql += f" WHERE ({keys}) > ({marks})" if len(pk) > 1 else f" WHERE {keys} > %s"
             args = cursor_key
@@ -220,14 +217,14 @@ def _recheck(
     if not produced:
         return []
     keys = list(dict.fromkeys(key for _doc, key in produced))
-    select = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {table}"
+    select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
     if len(pk) == 1:
-        sql = f"{select} WHERE {_quote(pk[0])} IN %s"
+        sql = f"{select} WHERE {quote(pk[0])} IN %s"
         args: Any = ([k[0] for k in keys],)
     else:
         tuple_sql = "(" + ", ".join(["%s"] * len(pk)) + ")"
         sql = (
-            f"{select} WHERE ({', '.join(_quote(c) for c in pk)}) IN "
+            f"{select} WHERE ({', '.join(quote(c) for c in pk)}) IN "
             f"({', '.join([tuple_sql] * len(keys))})"
         )
         args = [v for k in keys for v in k]
