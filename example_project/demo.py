@@ -148,15 +148,12 @@ class Demo:
 
         return list(Article.objects.order_by("id"))
 
-    def cache_all(self) -> list[str]:
+    def cache_all(self) -> None:
         """Read every article through the cache (a miss loads and fills it)."""
         from blog import reads
 
-        keys = []
         for a in self.articles():
             reads.article(a.pk)
-            keys.append(f"article:{a.pk}")
-        return keys
 
     def stale_keys(self) -> list[str]:
         """Cached articles whose value differs from what the database says now."""
