@@ -45,7 +45,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from tests.support import services  # noqa: E402
 
 from cachesync import Registry, Sync, resolve  # noqa: E402
-from cachesync.apply import Applier, LoggingFailureHandler  # noqa: E402
+from cachesync.apply import Applier  # noqa: E402
 from cachesync.binlog import FileCheckpointStore, ResumePoint, Sidecar, SidecarPolicy  # noqa: E402
 from cachesync.connections import mysql_params  # noqa: E402
 from cachesync.planning import plan_keys  # noqa: E402
@@ -203,7 +203,7 @@ def run_cachesync(work: Workload, client: redis.Redis) -> int:
         sidecar = Sidecar(
             mysql=work.root,
             registry=spec_registry(),
-            applier=Applier(RedisSink(client), None, LoggingFailureHandler()),
+            applier=Applier(RedisSink(client), None),
             store=store,
             name="bench",
             server_id=next(_server_ids),

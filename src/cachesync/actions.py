@@ -7,13 +7,22 @@ at-least-once delivery safe everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .changes import Position
 
-__all__ = ["Action", "DeleteDoc", "DeleteKeys", "DocumentAction", "IndexDoc", "RowRef"]
+__all__ = [
+    "Action",
+    "DeleteDoc",
+    "DeleteKeys",
+    "DocumentAction",
+    "IndexDoc",
+    "RowRef",
+    "latest_per_document",
+    "per_key",
+]
 
 
 @dataclass(frozen=True)
@@ -67,3 +76,29 @@ class DeleteDoc:
 
 DocumentAction = IndexDoc | DeleteDoc
 Action = DeleteKeys | IndexDoc | DeleteDoc
+
+
+def per_key(action: Action) -> list[Action]:
+    """One action per cache key (a document action is already one per document).
+
+    Whatever leaves the applier as a failure is split this way: the retry path is
+    keyed, and ordered, per cache key or document.
+    """
+    if isinstance(action, DeleteKeys) and len(action.keys) != 1:
+        return [DeleteKeys((k,), action.position) for k in dict.fromkeys(action.keys)]
+    return [action]
+
+
+def latest_per_document(actions: Iterable[DocumentAction]) -> list[DocumentAction]:
+    """Keep only the newest action per ``(index, id)``; later wins on equal versions.
+
+    One bulk request must not carry two writes of one document: the older would
+    only produce a 409, and equal (saturated) versions would keep the wrong one.
+    """
+    latest: dict[tuple[str, str], DocumentAction] = {}
+    for action in actions:
+        key = (action.index, action.doc_id)
+        current = latest.get(key)
+        if current is None or action.version >= current.version:
+            latest[key] = action
+    return list(latest.values())

@@ -1,9 +1,10 @@
-"""The :class:`Applier`: apply a batch of actions, retry briefly, hand off the rest.
+"""The :class:`Applier`: apply a batch of actions with a short in-line retry, and report.
 
-``apply()`` returns only when every action is applied or accepted by the
-:class:`FailureHandler`. If the handler cannot take them either, it raises
-:class:`~cachesync.errors.HandOffError` and the caller must not advance its
-checkpoint: nothing is ever dropped on the floor.
+``apply()`` never hands anything off: it returns an :class:`ApplyReport` whose
+``failures`` are what is still unapplied, split one per cache key or document
+(the retry path is keyed that way). What happens to them is the caller's
+decision: the sidecar and the fast path pass them to a :class:`FailureHandler`
+(:func:`hand_off`); the retry consumer and the outbox relay schedule them again.
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from . import metrics
-from .actions import Action, DeleteKeys, DocumentAction
+from .actions import Action, DeleteKeys, DocumentAction, latest_per_document, per_key
+from .changes import Position
 from .errors import CacheSyncError, ConfigurationError, HandOffError, TransientError
 from .policies import ImmediateRetryPolicy
-from .sinks.elasticsearch import DocumentFailure, SearchSink, latest_per_document
-from .sinks.redis import RedisSink
+from .sinks.base import DocumentFailure, DocumentSink, KeySink
 
-__all__ = ["Applier", "ApplyReport", "Failure", "FailureHandler", "LoggingFailureHandler"]
+__all__ = [
+    "Applier",
+    "ApplyReport",
+    "Failure",
+    "FailureHandler",
+    "LoggingFailureHandler",
+    "hand_off",
+]
 
 log = logging.getLogger("cachesync.apply")
 
@@ -48,7 +56,8 @@ class FailureHandler(ABC):
     Contract: ``handle`` returns only when every failure is durably stored (a
     Kafka retry topic acknowledged with ``acks=all``, an outbox row committed...).
     If it cannot, it raises :class:`HandOffError`; it never drops silently. It may
-    block (a broker round trip) but should bound its own wait.
+    block (a broker round trip) but should bound its own wait. Each failure's
+    action carries one cache key or one document (:func:`cachesync.actions.per_key`).
     """
 
     @abstractmethod
@@ -69,27 +78,40 @@ class LoggingFailureHandler(FailureHandler):
 
 @dataclass
 class ApplyReport:
+    """What one :meth:`Applier.apply` did; ``failures`` are what it could not do."""
+
     keys_deleted: int = 0
     documents: int = 0
-    handed_off: int = 0
     failures: list[Failure] = field(default_factory=list)
 
 
+def hand_off(report: ApplyReport, handler: FailureHandler) -> int:
+    """Give *report*'s failures to *handler*; how many. Raises :class:`HandOffError` as it does."""
+    if not report.failures:
+        return 0
+    handler.handle(report.failures)
+    metrics.inc("handed_off_total", len(report.failures))
+    return len(report.failures)
+
+
 class Applier:
-    """Applies batches to Redis and Elasticsearch. Thread-compatible, not thread-safe."""
+    """Applies batches to a :class:`KeySink` and a :class:`DocumentSink`.
+
+    Thread-compatible, not thread-safe. Either sink may be ``None`` when no
+    declaration needs it; an action for a missing sink is a
+    :class:`ConfigurationError`.
+    """
 
     def __init__(
         self,
-        redis: RedisSink | None,
-        search: SearchSink | None,
-        on_failure: FailureHandler,
+        keys: KeySink | None,
+        documents: DocumentSink | None,
         *,
         policy: ImmediateRetryPolicy = ImmediateRetryPolicy.DEFAULT,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.redis = redis
-        self.search = search
-        self.on_failure = on_failure
+        self.keys = keys
+        self.documents = documents
         self.policy = policy
         self.sleep = sleep
 
@@ -99,11 +121,7 @@ class Applier:
 
         return Retrying(
             stop=stop_after_attempt(self.policy.attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self.policy.min_wait,
-                max=self.policy.max_wait,
-                jitter=self.policy.min_wait,
-            ),
+            wait=self.policy.backoff,
             retry=retry_if_exception_type(TransientError),
             sleep=self.sleep,
             before_sleep=count,
@@ -111,61 +129,64 @@ class Applier:
         )
 
     def _delete_keys(self, actions: Sequence[DeleteKeys], report: ApplyReport) -> None:
-        positions: dict[str, DeleteKeys] = {}
+        latest: dict[str, DeleteKeys] = {}
         for action in actions:
             for key in action.keys:
-                positions[key] = action
-        if not positions:
+                latest[key] = action
+        if not latest:
             return
-        if self.redis is None:
+        if self.keys is None:
             raise ConfigurationError(
                 "cache keys are declared but no Redis is configured", setting="redis_url"
             )
-        keys = list(positions)
+        keys = list(latest)
         try:
             for attempt in self._retrying():
                 with attempt:
-                    self.redis.delete(keys)
+                    self.keys.delete(keys)
             report.keys_deleted += len(keys)
             metrics.inc("keys_deleted_total", len(keys))
         except TransientError as exc:
-            # One failure per key: the retry topic is keyed by cache key.
-            report.failures += [Failure(DeleteKeys((k,), positions[k].position), exc) for k in keys]
+            survivors: dict[Position | None, list[str]] = {}
+            for key in keys:
+                survivors.setdefault(latest[key].position, []).append(key)
+            report.failures += [
+                Failure(one, exc)
+                for position, group in survivors.items()
+                for one in per_key(DeleteKeys(tuple(group), position))
+            ]
 
     def _write_documents(self, actions: Sequence[DocumentAction], report: ApplyReport) -> None:
         if not actions:
             return
-        if self.search is None:
+        if self.documents is None:
             raise ConfigurationError(
                 "search projections are declared but no Elasticsearch is configured",
                 setting="es_url",
             )
         pending = latest_per_document(actions)
-        total, failures = len(pending), []
+        total, failed_for_good = len(pending), list[DocumentFailure]()
+        backoff = self.policy.backoff
         for attempt_no in range(1, self.policy.attempts + 1):
             try:
-                failed = self.search.apply(pending)
+                failed = self.documents.apply(pending)
             except TransientError as exc:
                 failed = [DocumentFailure(a, exc) for a in pending]
             retryable = [f for f in failed if isinstance(f.error, TransientError)]
-            failures += [f for f in failed if not isinstance(f.error, TransientError)]
+            failed_for_good += [f for f in failed if not isinstance(f.error, TransientError)]
             if not retryable or attempt_no == self.policy.attempts:
-                failures += retryable
+                failed_for_good += retryable
                 break
             metrics.inc("apply_retries_total")
-            self.sleep(min(self.policy.max_wait, self.policy.min_wait * 2 ** (attempt_no - 1)))
+            self.sleep(backoff.delay(attempt_no))
             pending = [f.action for f in retryable]
-        report.failures += [Failure(f.action, f.error) for f in failures]
-        report.documents += total - len(failures)
-        metrics.inc("documents_written_total", total - len(failures))
+        report.failures += [Failure(f.action, f.error) for f in failed_for_good]
+        report.documents += total - len(failed_for_good)
+        metrics.inc("documents_written_total", total - len(failed_for_good))
 
     def apply(self, actions: Sequence[Action]) -> ApplyReport:
-        """Apply *actions*; hand failures off. Raises :class:`HandOffError` if hand-off fails."""
+        """Apply *actions* and report; raises only :class:`ConfigurationError` (a missing sink)."""
         report = ApplyReport()
         self._delete_keys([a for a in actions if isinstance(a, DeleteKeys)], report)
         self._write_documents([a for a in actions if not isinstance(a, DeleteKeys)], report)
-        if report.failures:
-            self.on_failure.handle(report.failures)
-            report.handed_off = len(report.failures)
-            metrics.inc("handed_off_total", report.handed_off)
         return report

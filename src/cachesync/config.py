@@ -185,6 +185,20 @@ class Settings:
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy.preset(self.batch)
 
+    def require(self, name: str, purpose: str, *, fallback: str | None = None) -> str:
+        """The value of setting *name* (else of *fallback*), or a :class:`ConfigurationError`
+        naming the setting, its flag and its environment variable, and what it is for."""
+        value = getattr(self, name) or (getattr(self, fallback) if fallback else None)
+        if value is None or value == "":
+            also = f" (or {fallback})" if fallback else ""
+            flag = "--" + name.replace("_", "-")
+            hint = _doc_of(name)
+            raise ConfigurationError(
+                f"setting {name}{also} ({flag} / {env_name(name)}) is required {purpose}: {hint}",
+                setting=name,
+            )
+        return str(value)
+
     @property
     def outbox_database(self) -> str | None:
         """Where the outbox table lives: ``outbox_url``, else ``mysql_url``."""
@@ -239,6 +253,10 @@ class Settings:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def _doc_of(name: str) -> str:
+    return next((f.metadata.get("doc", "") for f in fields(Settings) if f.name == name), "")
 
 
 def _coerce(name: str, annotation: Any, value: Any) -> Any:

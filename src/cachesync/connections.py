@@ -39,14 +39,10 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def elasticsearch_client(settings: Settings) -> Any:
     """An ``elasticsearch.Elasticsearch`` 8.x client; retries are left to the applier."""
-    if settings.es_url is None:
-        raise ConfigurationError(
-            "setting es_url (CACHESYNC_ES_URL) is required for search projections",
-            setting="es_url",
-        )
+    es_url = settings.require("es_url", "for search projections")
     from elasticsearch import Elasticsearch
 
-    hosts = [h.strip() for h in settings.es_url.split(",") if h.strip()]
+    hosts = [h.strip() for h in es_url.split(",") if h.strip()]
     return Elasticsearch(
         hosts, request_timeout=settings.es_timeout, max_retries=0, retry_on_timeout=False
     )

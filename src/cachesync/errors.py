@@ -25,10 +25,12 @@ __all__ = [
     "DeclarationError",
     "DecodeError",
     "HandOffError",
+    "LeadershipLost",
     "PermanentError",
     "SchemaError",
     "SourceConfigurationError",
     "SourceError",
+    "TemplateError",
     "TransientError",
     "redact_url",
 ]
@@ -56,12 +58,23 @@ class DeclarationError(CacheSyncError, ValueError):
     """A ``Sync``/``Projection`` declaration is invalid. The message names the model."""
 
 
+class TemplateError(CacheSyncError, ValueError):
+    """A key template's text is malformed; the registry reports it as a :class:`DeclarationError`."""
+
+
 class ConfigurationError(CacheSyncError, ValueError):
     """A setting is missing or malformed. The message names the setting and the expected form."""
 
 
 class TransientError(CacheSyncError):
     """A service was unreachable or too slow; the same operation may succeed later."""
+
+
+class LeadershipLost(TransientError):
+    """The sidecar's leader lock is gone (its connection died or another sidecar holds it).
+
+    The sidecar stops streaming without saving a checkpoint and waits to lead again.
+    """
 
 
 class PermanentError(CacheSyncError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .actions import DeleteKeys
-from .apply import Applier, FailureHandler, LoggingFailureHandler
+from .apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from .config import get_settings
 from .connections import redis_client
 from .errors import HandOffError
@@ -87,9 +87,11 @@ class FastPath:
     One attempt only (no in-line retry): the application is waiting.
     """
 
-    def __init__(self, applier: Applier | None = None) -> None:
+    def __init__(
+        self, applier: Applier | None = None, failure_handler: FailureHandler | None = None
+    ) -> None:
         self._applier = applier
-        self._handler: FailureHandler | None = None
+        self._handler = failure_handler
         self._lock = threading.Lock()
 
     def configure(
@@ -108,10 +110,13 @@ class FastPath:
                 self._applier = Applier(
                     RedisSink(redis_client(settings), cluster=settings.redis_cluster),
                     None,
-                    self._handler or LoggingFailureHandler(),
                     policy=ImmediateRetryPolicy.NONE,
                 )
             return self._applier
+
+    @property
+    def handler(self) -> FailureHandler:
+        return self._handler or _REFUSE
 
     def deliver(self, keys: Iterable[str]) -> None:
         """Delete *keys* now. Never raises: the binlog path is the safety net."""
@@ -120,20 +125,27 @@ class FastPath:
             return
         try:
             report = self.applier.apply([DeleteKeys(batch)])
-            if report.handed_off:
-                metrics.inc("fast_path_failures_total", report.handed_off)
-        except HandOffError as exc:
-            metrics.inc("fast_path_failures_total", len(batch))
-            log.warning(
-                "cachesync fast path: %d key(s) not deleted (%s); the binlog "
-                "sidecar will delete them",
-                len(batch),
-                exc,
-            )
         except Exception:  # a hook must never break the application's commit
             metrics.inc("fast_path_failures_total", len(batch))
             log.exception("cachesync fast path: unexpected error deleting %d key(s)", len(batch))
+            return
+        if not report.failures:
+            return
+        metrics.inc("fast_path_failures_total", len(report.failures))
+        try:
+            hand_off(report, self.handler)
+        except HandOffError as exc:
+            log.warning(
+                "cachesync fast path: %d key(s) not deleted (%s); the binlog "
+                "sidecar will delete them",
+                len(report.failures),
+                exc,
+            )
+        except Exception:
+            log.exception("cachesync fast path: the failure handler raised")
 
+
+_REFUSE = LoggingFailureHandler()
 
 #: The process-wide fast path the ORM hooks use.
 fast_path = FastPath()

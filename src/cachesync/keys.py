@@ -11,15 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import TemplateError
 from .values import key_value
 
-__all__ = ["KeyTemplate", "TemplateError"]
+__all__ = ["KeyTemplate", "TemplateError"]  # TemplateError lives in errors.py
 
 _FORMATTER = string.Formatter()
-
-
-class TemplateError(ValueError):
-    """The template text is not a valid key template (reported as a DeclarationError)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,64 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import ConfigurationError
 
-__all__ = ["BatchPolicy", "ImmediateRetryPolicy", "RetryPolicy"]
+__all__ = ["Backoff", "BatchPolicy", "ImmediateRetryPolicy", "RetryPolicy"]
 
 
 def _positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ConfigurationError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: the one schedule every wait in cachesync uses.
+
+    ``delay(n)`` is the wait after the ``n``-th consecutive failure (counting from
+    1): ``first * factor ** (n - 1)``, capped at ``cap``, spread by ``±jitter``
+    of itself. Any ``n`` is safe (a poison record claiming attempt 5000 must not
+    raise ``OverflowError``). It is also a tenacity wait strategy, so a
+    ``tenacity.Retrying(wait=backoff)`` follows the same schedule. Waiting itself
+    is the caller's: pass the delay to an injected ``sleep`` so tests never sleep.
+    """
+
+    first: float
+    cap: float
+    factor: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.first < 0 or self.cap < self.first:
+            raise ConfigurationError(
+                f"Backoff needs 0 <= first <= cap, got first={self.first!r} cap={self.cap!r}"
+            )
+        if self.factor < 1:
+            raise ConfigurationError(f"Backoff.factor must be >= 1, got {self.factor!r}")
+        if not 0 <= self.jitter < 1:
+            raise ConfigurationError(f"Backoff.jitter must be in [0, 1), got {self.jitter!r}")
+
+    def base(self, attempt: int) -> float:
+        """The delay after failure number *attempt*, without jitter."""
+        if self.first == 0:
+            return 0.0
+        exponent = max(0, attempt - 1)
+        if self.factor > 1 and exponent >= 1075:  # any float first reaches cap long before
+            return self.cap
+        return float(min(self.cap, self.first * self.factor**exponent))
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """:meth:`base` with jitter, never negative."""
+        base = self.base(attempt)
+        spread = base * self.jitter
+        return max(0.0, float(base + (rng or random).uniform(-spread, spread)))
+
+    def __call__(self, retry_state: Any) -> float:
+        """The tenacity ``wait`` protocol: the delay after ``retry_state.attempt_number``."""
+        return self.delay(int(retry_state.attempt_number))
 
 
 @dataclass(frozen=True)
@@ -41,6 +88,10 @@ class ImmediateRetryPolicy:
         _positive("ImmediateRetryPolicy", attempts=self.attempts, max_wait=self.max_wait)
         if self.min_wait < 0 or self.min_wait > self.max_wait:
             raise ConfigurationError("ImmediateRetryPolicy.min_wait must be in [0, max_wait]")
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.min_wait, self.max_wait)
 
 
 ImmediateRetryPolicy.NONE = ImmediateRetryPolicy(attempts=1, min_wait=0, max_wait=0.001)
@@ -115,10 +166,12 @@ class RetryPolicy:
         if not 0 <= self.jitter < 1:
             raise ConfigurationError("RetryPolicy.jitter must be in [0, 1)")
 
+    @property
+    def schedule(self) -> Backoff:
+        return Backoff(self.min_backoff, self.max_backoff, jitter=self.jitter)
+
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
-        base = min(self.max_backoff, self.min_backoff * (2 ** max(0, attempt - 1)))
-        spread = base * self.jitter
-        return float(base + (rng or random).uniform(-spread, spread))
+        return self.schedule.delay(attempt, rng)
 
 
 RetryPolicy.FAST = RetryPolicy(attempts=5, min_backoff=0.2, max_backoff=2.0)

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DeclarationError
-from .keys import KeyTemplate, TemplateError
+from .errors import DeclarationError, TemplateError
+from .keys import KeyTemplate
 from .spec import Invalidates, Projection, Row, Sync
 from .values import json_value
 

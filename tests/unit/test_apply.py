@@ -8,8 +8,6 @@ from cachesync import (
     Applier,
     BinlogPosition,
     DeleteKeys,
-    Failure,
-    FailureHandler,
     ImmediateRetryPolicy,
     IndexDoc,
     PermanentError,
@@ -51,55 +49,42 @@ class FlakySearch:
         return out
 
 
-class Recorder(FailureHandler):
-    def __init__(self) -> None:
-        self.failures: list[Failure] = []
-
-    def handle(self, failures: Sequence[Failure]) -> None:
-        self.failures.extend(failures)
-
-
 def test_transient_redis_errors_are_retried_with_injected_backoff() -> None:
     sleeps: list[float] = []
     redis = FlakyRedis(failures=2)
     applier = Applier(
         redis,
         None,
-        Recorder(),
         sleep=sleeps.append,  # type: ignore[arg-type]
         policy=ImmediateRetryPolicy(attempts=3, min_wait=0.1, max_wait=1),
     )
     report = applier.apply([DeleteKeys(("a", "b")), DeleteKeys(("b", "c"))])
-    assert report.keys_deleted == 3 and report.handed_off == 0
+    assert report.keys_deleted == 3 and not report.failures
     assert redis.calls == [["a", "b", "c"]] * 3  # one multi-key delete per attempt
     assert len(sleeps) == 2 and all(0 < s <= 1 for s in sleeps)
 
 
 def test_exhausted_retries_hand_off_one_failure_per_key() -> None:
-    recorder = Recorder()
     applier = Applier(
         FlakyRedis(failures=99),
         None,
-        recorder,
         sleep=lambda s: None,  # type: ignore[arg-type]
         policy=ImmediateRetryPolicy(attempts=2, min_wait=0, max_wait=0.01),
     )
     report = applier.apply([DeleteKeys(("a", "b"), POS)])
-    assert report.handed_off == 2
-    assert [f.action for f in recorder.failures] == [
+    assert [f.action for f in report.failures] == [
         DeleteKeys(("a",), POS),
         DeleteKeys(("b",), POS),
     ]
 
 
 def test_only_transient_document_failures_are_retried() -> None:
-    recorder = Recorder()
     search = FlakySearch()
-    applier = Applier(None, search, recorder, sleep=lambda s: None)  # type: ignore[arg-type]
+    applier = Applier(None, search, sleep=lambda s: None)  # type: ignore[arg-type]
     docs = [IndexDoc("i", name, {}, POS) for name in ("ok", "slow", "bad")]
     report = applier.apply(docs)
     assert search.calls == [["ok", "slow", "bad"], ["slow"]]
-    assert [(f.action.doc_id, type(f.error)) for f in recorder.failures] == [
+    assert [(f.action.doc_id, type(f.error)) for f in report.failures] == [
         ("bad", PermanentError)
     ]  # type: ignore[union-attr]
     assert report.documents == 2

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachesync.keys import KeyTemplate, TemplateError
+from cachesync.errors import TemplateError
+from cachesync.keys import KeyTemplate
 from cachesync.values import key_value
 
 

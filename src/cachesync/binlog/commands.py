@@ -101,13 +101,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def _require_mysql(settings: Settings) -> str:
-    if settings.mysql_url is None:
-        raise ConfigurationError(
-            "setting mysql_url (--mysql-url / CACHESYNC_MYSQL_URL) is required, "
-            "mysql://user:password@host:port/database",
-            setting="mysql_url",
-        )
-    return settings.mysql_url
+    return settings.require("mysql_url", "for the binlog commands")
 
 
 def _listen(args: argparse.Namespace) -> int:

@@ -35,13 +35,14 @@ from typing import Any
 
 from .. import metrics
 from ..actions import Action
-from ..apply import Applier, FailureHandler, LoggingFailureHandler
+from ..apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from ..changes import RowChange
 from ..config import Settings
 from ..errors import (
     CacheSyncError,
     ConfigurationError,
     HandOffError,
+    LeadershipLost,
     PermanentError,
     SchemaError,
     SourceConfigurationError,
@@ -57,10 +58,6 @@ from .source import BinlogSource, ReconnectPolicy
 __all__ = ["LeaderLock", "LeadershipLost", "Sidecar", "SidecarPolicy", "lock_name"]
 
 log = logging.getLogger("cachesync.sidecar")
-
-
-class LeadershipLost(TransientError):
-    """The leader lock is gone (its connection died or another sidecar holds it)."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +170,7 @@ class LeaderLock:
                 conn.close()
 
 
-def build_applier(
-    settings: Settings, registry: Registry, on_failure: FailureHandler | None = None
-) -> Applier:
+def build_applier(settings: Settings, registry: Registry) -> Applier:
     """An :class:`Applier` with the sinks the declarations need, checked at start-up."""
     from ..connections import elasticsearch_client, redis_client
     from ..sinks import RedisSink, SearchSink
@@ -193,9 +188,7 @@ def build_applier(
         RedisSink(redis_client(settings), cluster=settings.redis_cluster) if needs_redis else None
     )
     search = SearchSink(elasticsearch_client(settings)) if needs_search else None
-    if on_failure is None:
-        on_failure = default_failure_handler(settings)
-    return Applier(redis, search, on_failure)
+    return Applier(redis, search)
 
 
 def default_failure_handler(settings: Settings) -> FailureHandler:
@@ -225,6 +218,7 @@ class Sidecar:
         registry: Registry,
         applier: Applier,
         store: CheckpointStore,
+        on_failure: FailureHandler | None = None,
         name: str = "default",
         server_id: int = 7541,
         policy: SidecarPolicy | None = None,
@@ -235,6 +229,7 @@ class Sidecar:
         self._database: str | None = self._mysql.get("database")
         self.registry = registry
         self.applier = applier
+        self.on_failure = on_failure or LoggingFailureHandler()
         self.store = store
         self.name = name
         self.server_id = server_id
@@ -266,12 +261,7 @@ class Sidecar:
         """A sidecar wired from :class:`Settings` (what ``cachesync listen`` runs)."""
         from ..connections import mysql_params
 
-        if settings.mysql_url is None:
-            raise ConfigurationError(
-                "setting mysql_url (CACHESYNC_MYSQL_URL) is required: the database whose "
-                "binlog to stream, mysql://user:password@host:port/database",
-                setting="mysql_url",
-            )
+        mysql_url = settings.require("mysql_url", "to stream its binlog")
         registry = registry if registry is not None else default_registry
         if not registry.tables():
             raise ConfigurationError(
@@ -280,10 +270,11 @@ class Sidecar:
                 setting="models",
             )
         return cls(
-            mysql=mysql_params(settings.mysql_url),
+            mysql=mysql_params(mysql_url),
             registry=registry,
-            applier=build_applier(settings, registry, on_failure),
-            store=checkpoint_store(settings.checkpoint_url, settings.mysql_url),
+            applier=build_applier(settings, registry),
+            on_failure=on_failure or default_failure_handler(settings),
+            store=checkpoint_store(settings.checkpoint_url, mysql_url),
             name=settings.name,
             server_id=settings.server_id,
             policy=policy or SidecarPolicy(batch=settings.batch_policy),
@@ -483,7 +474,7 @@ class Sidecar:
         attempts = 0
         while True:
             try:
-                self.applier.apply(actions)
+                hand_off(self.applier.apply(actions), self.on_failure)
                 break
             except HandOffError as exc:
                 attempts += 1

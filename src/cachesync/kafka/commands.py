@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import Any
 
-from ..errors import CacheSyncError, ConfigurationError
+from ..errors import CacheSyncError
 from ..policies import RetryPolicy
 
 __all__ = ["RETRY_POLICIES", "register"]
@@ -149,12 +149,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _require_kafka(settings: Any) -> str:
-    if settings.kafka_bootstrap is None:
-        raise ConfigurationError(
-            "setting kafka_bootstrap (--kafka-bootstrap / CACHESYNC_KAFKA_BOOTSTRAP) is required",
-            setting="kafka_bootstrap",
-        )
-    return str(settings.kafka_bootstrap)
+    return str(settings.require("kafka_bootstrap", "for the retry path"))
 
 
 def _stop_on_signals() -> threading.Event:
@@ -241,11 +236,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 
 def _run_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if not settings.outbox_database:
-        raise ConfigurationError(
-            "setting outbox_url (or mysql_url) is required: the database of the outbox table",
-            setting="outbox_url",
-        )
+    settings.require("outbox_url", "for the outbox relay", fallback="mysql_url")
     relay = _build_relay(
         settings,
         RETRY_POLICIES[args.retry_policy],

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..actions import Action, DeleteKeys
-from ..apply import Applier, Failure, FailureHandler
+from ..apply import Applier
 from ..errors import CacheSyncError, DecodeError, TransientError
 from ..policies import ImmediateRetryPolicy, RetryPolicy
 from ..reread import Refresher
@@ -148,14 +148,6 @@ class _Offsets:
         return self.heap[0] if self.heap else self.next
 
 
-class _Collect(FailureHandler):
-    def __init__(self) -> None:
-        self.failures: list[Failure] = []
-
-    def handle(self, failures: Sequence[Failure]) -> None:
-        self.failures.extend(failures)
-
-
 def _sink(action: Action) -> str:
     return SINK_REDIS if isinstance(action, DeleteKeys) else SINK_SEARCH
 
@@ -220,8 +212,7 @@ class RetryConsumer:
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = ConsumerStats()
-        self._collect = _Collect()
-        self._applier = Applier(redis, search, self._collect, policy=ImmediateRetryPolicy.NONE)
+        self._applier = Applier(redis, search, policy=ImmediateRetryPolicy.NONE)
         self._dead = DeadLetterPublisher(
             bootstrap, dead_letter_topic, timeout=timeout, producer_options=producer_options
         )
@@ -249,19 +240,13 @@ class RetryConsumer:
     ) -> RetryConsumer:
         """A consumer for *settings*: Redis, Elasticsearch and the re-read database from it."""
         from ..connections import elasticsearch_client, redis_client, sql_engine
-        from ..errors import ConfigurationError
         from ..registry import default_registry
         from ..reread import SqlRowReader
 
-        if settings.kafka_bootstrap is None:
-            raise ConfigurationError(
-                "setting kafka_bootstrap (CACHESYNC_KAFKA_BOOTSTRAP) is required for the retry "
-                "consumer",
-                setting="kafka_bootstrap",
-            )
+        bootstrap = settings.require("kafka_bootstrap", "for the retry consumer")
         database = settings.mysql_url or settings.outbox_url
         return cls(
-            settings.kafka_bootstrap,
+            bootstrap,
             topic=settings.retry_topic,
             dead_letter_topic=settings.dead_letter_topic,
             group_id=group_id or default_group(settings.name),
@@ -441,14 +426,12 @@ class RetryConsumer:
         attempted = sum(len(self._queues[k]) for k in keys)
         self.stats.attempts += attempted
         metrics.inc("retries_total", attempted)
-        self._collect.failures = []
         try:
-            self._applier.apply(to_apply)
+            for failure in self._applier.apply(to_apply).failures:
+                errors[message_key(failure.action)] = failure.error
         except CacheSyncError as exc:  # a configuration problem (no Redis / ES configured)
             for action in to_apply:
                 errors[message_key(action)] = exc
-        for failure in self._collect.failures:
-            errors[message_key(failure.action)] = failure.error
 
         finished = dt.datetime.now(dt.UTC)
         recovered: set[str] = set()

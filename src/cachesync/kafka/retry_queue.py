@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
-from ..actions import Action, DeleteKeys
+from ..actions import per_key
 from ..apply import Failure, FailureHandler
 from ..errors import CacheSyncError, HandOffError, TransientError
 from ..outbox.schema import KIND_FAILED
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..outbox.relay import OutboxStore
 
-__all__ = ["RetryQueue", "split_action", "to_messages"]
+__all__ = ["RetryQueue", "to_messages"]
 
 log = logging.getLogger("cachesync.kafka")
 
@@ -52,26 +52,22 @@ _COOLDOWN_MIN = 1.0
 _COOLDOWN_MAX = 30.0
 
 
-def split_action(action: Action) -> list[Action]:
-    """One action per cache key: the retry topic is keyed, and ordered, per key."""
-    if isinstance(action, DeleteKeys) and len(action.keys) != 1:
-        return [DeleteKeys((k,), action.position) for k in dict.fromkeys(action.keys)]
-    return [action]
-
-
 def to_messages(
     failures: Sequence[Failure], source: Mapping[str, Any], now: dt.datetime
 ) -> list[RetryMessage]:
-    """Retry messages for *failures*, one per key."""
-    messages = []
-    for failure in failures:
-        first = from_epoch(failure.first_failed_at)
-        error = ErrorInfo.of(failure.error)
-        for action in split_action(failure.action):
-            messages.append(
-                RetryMessage(action, max(1, failure.attempts), first, now, error, dict(source))
-            )
-    return messages
+    """Retry messages for *failures*, one per key (:func:`~cachesync.actions.per_key`)."""
+    return [
+        RetryMessage(
+            action,
+            max(1, failure.attempts),
+            from_epoch(failure.first_failed_at),
+            now,
+            ErrorInfo.of(failure.error),
+            dict(source),
+        )
+        for failure in failures
+        for action in per_key(failure.action)
+    ]
 
 
 class RetryQueue(FailureHandler):
@@ -260,7 +256,7 @@ class RetryQueue(FailureHandler):
                 f"{len(failures)} failed action(s) could not be stored: {kafka_error} "
                 "and no outbox is configured"
             )
-        actions = [a for f in failures for a in split_action(f.action)]
+        actions = [a for f in failures for a in per_key(f.action)]
         summary = "; ".join(dict.fromkeys(str(ErrorInfo.of(f.error)) for f in failures))
         try:
             self.outbox.add(

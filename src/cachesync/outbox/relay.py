@@ -227,16 +227,6 @@ class RelayReport:
     errors: list[str] = field(default_factory=list)
 
 
-class _Collect(FailureHandler):
-    """Keeps the applier's failures; the relay decides where they go."""
-
-    def __init__(self) -> None:
-        self.failures: list[Failure] = []
-
-    def handle(self, failures: Sequence[Failure]) -> None:
-        self.failures.extend(failures)
-
-
 def _action_keys(action: Action) -> list[tuple[str, ...]]:
     if isinstance(action, DeleteKeys):
         return [("key", k) for k in action.keys]
@@ -279,8 +269,7 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.policy = policy
         self.now = now
-        self._collect = _Collect()
-        self.applier = Applier(redis, search, self._collect, policy=immediate, sleep=sleep)
+        self.applier = Applier(redis, search, policy=immediate, sleep=sleep)
         self._skip_locked: bool | None = None
 
     @classmethod
@@ -298,17 +287,10 @@ class OutboxRelay:
         else from the outbox database itself (PostgreSQL/SQLite applications).
         """
         from ..connections import elasticsearch_client, redis_client, sql_engine
-        from ..errors import ConfigurationError
         from ..registry import default_registry
         from ..reread import SqlRowReader
 
-        database = settings.outbox_database
-        if database is None:
-            raise ConfigurationError(
-                "setting outbox_url (CACHESYNC_OUTBOX_URL) or mysql_url is required for the "
-                "outbox relay",
-                setting="outbox_url",
-            )
+        database = settings.require("outbox_url", "for the outbox relay", fallback="mysql_url")
         store = OutboxStore.from_url(database)
         source = settings.mysql_url or database
         engine = store.engine if source == database else sql_engine(source)
@@ -404,9 +386,7 @@ class OutboxRelay:
                         to_apply.append(fresh)
             else:
                 to_apply = batch
-            self._collect.failures = []
-            self.applier.apply(to_apply)
-            failures += self._collect.failures
+            failures += self.applier.apply(to_apply).failures
         except TransientError as exc:  # the re-read's database is down: retry every row later
             failures = [Failure(a, exc) for a in batch]
 

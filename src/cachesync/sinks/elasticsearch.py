@@ -9,37 +9,14 @@ Every other per-item error is reported to the caller, never dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc
 from ..errors import CacheSyncError, PermanentError, TransientError
+from .base import DocumentFailure
 
-__all__ = ["DocumentFailure", "SearchSink", "latest_per_document"]
-
-
-@dataclass(frozen=True)
-class DocumentFailure:
-    """One action the bulk request could not apply, and why."""
-
-    action: DocumentAction
-    error: CacheSyncError
-
-
-def latest_per_document(actions: Iterable[DocumentAction]) -> list[DocumentAction]:
-    """Keep only the newest action per ``(index, id)``; later wins on equal versions.
-
-    One bulk request must not carry two writes of one document: the older would
-    only produce a 409, and equal (saturated) versions would keep the wrong one.
-    """
-    latest: dict[tuple[str, str], DocumentAction] = {}
-    for action in actions:
-        key = (action.index, action.doc_id)
-        current = latest.get(key)
-        if current is None or action.version >= current.version:
-            latest[key] = action
-    return list(latest.values())
+__all__ = ["SearchSink"]
 
 
 def _operation(action: DocumentAction) -> dict[str, Any]:
@@ -58,11 +35,10 @@ def _operation(action: DocumentAction) -> dict[str, Any]:
 
 
 class SearchSink:
-    """Applies :class:`IndexDoc` / :class:`DeleteDoc` through ``elasticsearch.helpers.bulk``.
+    """The :class:`~cachesync.sinks.base.DocumentSink` of Elasticsearch 8: one ``helpers.bulk`` per call.
 
-    ``apply`` raises :class:`TransientError` only when the whole request failed
-    (connection refused, timeout); per-document problems come back as
-    :class:`DocumentFailure` with a transient or permanent error.
+    Per-item 409 (a newer version is stored) and 404 on delete are success;
+    429 and 5xx items are transient, every other item error permanent.
     """
 
     def __init__(self, client: Any, *, chunk_size: int = 1000, refresh: bool = False) -> None:
@@ -75,7 +51,8 @@ class SearchSink:
             return []
         from elasticsearch import ApiError, TransportError, helpers
 
-        unique = latest_per_document(actions)
+        # The contract gives at most one action per document (the applier keeps the latest).
+        unique = actions
         by_id = {(a.index, a.doc_id): a for a in unique}
         try:
             _ok, errors = helpers.bulk(

@@ -18,10 +18,10 @@ __all__ = ["RedisSink"]
 
 
 class RedisSink:
-    """Deletes keys with multi-key ``UNLINK``; redis-py errors become :class:`TransientError`.
+    """The :class:`~cachesync.sinks.base.KeySink` of Redis: multi-key ``UNLINK``, one round trip per batch.
 
-    ``delete`` either deletes every key or raises; deleting is idempotent, so a
-    caller that retries after a partial failure loses nothing.
+    redis-py errors become :class:`TransientError`; ``delete`` either deletes
+    every key or raises.
     """
 
     def __init__(self, client: Any, *, cluster: bool | None = None, chunk: int = 1000) -> None:

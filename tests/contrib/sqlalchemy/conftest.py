@@ -77,8 +77,10 @@ class RecordingHandler(FailureHandler):
 class RecordingFastPath(FastPath):
     """The real fast path (when given an applier), plus a log of every delivered batch."""
 
-    def __init__(self, applier: Applier | None = None) -> None:
-        super().__init__(applier)
+    def __init__(
+        self, applier: Applier | None = None, failure_handler: FailureHandler | None = None
+    ) -> None:
+        super().__init__(applier, failure_handler)
         self.batches: list[list[str]] = []
 
     def deliver(self, keys: Any) -> None:
@@ -286,8 +288,8 @@ def handler() -> RecordingHandler:
 @pytest.fixture
 def fast(redis_conn: redis.Redis, handler: RecordingHandler) -> RecordingFastPath:
     """A fast path deleting from the private Redis, failures to :class:`RecordingHandler`."""
-    applier = Applier(RedisSink(redis_conn), None, handler, policy=ImmediateRetryPolicy.NONE)
-    return RecordingFastPath(applier)
+    applier = Applier(RedisSink(redis_conn), None, policy=ImmediateRetryPolicy.NONE)
+    return RecordingFastPath(applier, handler)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def AppSessions(
         redis_socket_timeout=TIMEOUT,
     )
     sink = RedisSink(redis_client(settings))
-    fast = RecordingFastPath(Applier(sink, None, handler, policy=ImmediateRetryPolicy.NONE))
+    fast = RecordingFastPath(Applier(sink, None, policy=ImmediateRetryPolicy.NONE), handler)
     maker = sessionmaker(mariadb)
     install(maker, fast_path=fast, outbox=world.outbox)
     yield maker, fast

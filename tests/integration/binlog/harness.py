@@ -207,11 +207,10 @@ class BinlogEnv:
 
     # -- sidecars -----------------------------------------------------------------------------
 
-    def applier(self, on_failure: FailureHandler | None = None, *, redis: Any = None) -> Applier:
+    def applier(self, *, redis: Any = None) -> Applier:
         return Applier(
             RedisSink(redis if redis is not None else self.redis),
             SearchSink(self.es),
-            on_failure or LoggingFailureHandler(),
             policy=ImmediateRetryPolicy(attempts=2, min_wait=0.01, max_wait=0.05),
         )
 
@@ -221,6 +220,7 @@ class BinlogEnv:
         registry: Registry | None = None,
         store: CheckpointStore | None = None,
         applier: Applier | None = None,
+        on_failure: FailureHandler | None = None,
         batch: BatchPolicy | None = None,
         server_id: int | None = None,
         **policy: Any,
@@ -237,6 +237,7 @@ class BinlogEnv:
             mysql=self.sidecar_params,
             registry=registry or self.registry(),
             applier=applier or self.applier(),
+            on_failure=on_failure or LoggingFailureHandler(),
             store=store or FileCheckpointStore(self.tmp / "checkpoint.json"),
             name=self.schema,
             server_id=server_id or self.server_id,

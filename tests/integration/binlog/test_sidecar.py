@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 import redis as redis_lib
 
-from cachesync.apply import Applier, LoggingFailureHandler
+from cachesync.apply import Applier
 from cachesync.errors import SchemaError
 from cachesync.policies import ImmediateRetryPolicy
 from cachesync.sinks import RedisSink, SearchSink
@@ -218,7 +218,6 @@ def test_checkpoint_waits_while_redis_is_down(binlog_env: BinlogEnv) -> None:
     applier = Applier(
         Recording(client),
         SearchSink(env.es),
-        LoggingFailureHandler(),
         policy=ImmediateRetryPolicy(attempts=2, min_wait=0.01, max_wait=0.05),
     )
     sidecar = env.sidecar(applier=applier)

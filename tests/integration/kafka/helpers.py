@@ -26,6 +26,7 @@ from kafka.admin import NewTopic
 from cachesync import (
     Action,
     Applier,
+    ApplyReport,
     BinlogPosition,
     Failure,
     FailureHandler,
@@ -38,6 +39,7 @@ from cachesync import (
     plan,
     resolve,
 )
+from cachesync.apply import hand_off
 from cachesync.kafka import RetryConsumer
 from cachesync.registry import TableSpec
 from cachesync.reread import Refresher, SqlRowReader
@@ -379,8 +381,17 @@ def wait_until(
         time.sleep(interval)
 
 
-def applier(redis: RedisSink, search: SearchSink, handler: FailureHandler) -> Applier:
-    return Applier(redis, search, handler)
+@dataclass
+class SidecarStep:
+    """What the sidecar does with a batch's actions: apply them, then hand the failures off."""
+
+    applier: Applier
+    handler: FailureHandler
+
+    def apply(self, actions: Sequence[Action]) -> ApplyReport:
+        report = self.applier.apply(actions)
+        hand_off(report, self.handler)
+        return report
 
 
 @dataclass
@@ -395,7 +406,7 @@ class StreamReport:
 
 def stream(
     items: Items,
-    sidecar: Applier,
+    sidecar: SidecarStep,
     *,
     total: int,
     seconds: float,

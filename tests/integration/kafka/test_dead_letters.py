@@ -13,8 +13,8 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaProducer
 
 from cachesync import Failure, IndexDoc, Registry, TransientError, cli, metrics
+from cachesync.actions import per_key as split_action
 from cachesync.kafka import RetryQueue, list_dead_letters, redrive
-from cachesync.kafka.retry_queue import split_action
 from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.kafka.helpers import Items, running_consumer, wait_until
 

@@ -32,6 +32,7 @@ from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.kafka.helpers import (
     Items,
     Recording,
+    SidecarStep,
     create_topics,
     es_documents,
     running_consumer,
@@ -66,7 +67,7 @@ def test_redis_down_while_changes_stream(
     sidecar_redis, consumer_redis, app = client(cache), client(cache), client(cache)
     items.cache = app
     handoff = Recording(RetryQueue(kafka_bootstrap, retry))
-    sidecar = Applier(RedisSink(sidecar_redis), SearchSink(es), handoff)
+    sidecar = SidecarStep(Applier(RedisSink(sidecar_redis), SearchSink(es)), handoff)
     before = metrics.snapshot()
     outage = {"down": 0.0, "up": 0.0, "converged": 0.0}
     consumers: list[RetryConsumer] = []
@@ -153,7 +154,7 @@ def test_kafka_frozen_while_redis_down_parks_failures_in_the_outbox(
         items.cache = app
         queue = RetryQueue(broker.bootstrap, retry, outbox=store, timeout=2.0)
         handoff = Recording(queue)
-        sidecar = Applier(RedisSink(sidecar_redis), SearchSink(es), handoff)
+        sidecar = SidecarStep(Applier(RedisSink(sidecar_redis), SearchSink(es)), handoff)
         with running_consumer(
             broker.bootstrap,
             topic=retry,
