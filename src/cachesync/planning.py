@@ -8,35 +8,16 @@ tested with generated rows instead of services.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
+from .actions import Action, DeleteKeys
 from .changes import RowChange
-from .errors import SchemaError
-from .registry import TableSpec
 from .spec import Row
+from .tables import TableSpec
 
 __all__ = ["intent_keys", "merge_key_deletes", "plan", "plan_keys", "template_keys"]
 
 log = logging.getLogger("cachesync.planning")
-
-
-def _row_ref(spec: TableSpec, image: Mapping[str, Any]) -> RowRef:
-    pk = {column: image.get(column) for column in spec.primary_key_columns()}
-    return RowRef(schema=spec.schema, table=spec.table, primary_key=pk)
-
-
-def _missing(spec: TableSpec, row: Row, names: Iterable[str], what: str) -> SchemaError:
-    absent = [n for n in names if n not in row]
-    columns = ", ".join(spec.columns[n] for n in absent)
-    return SchemaError(
-        f"{spec.model}: {what} needs column(s) {columns} but the row image of "
-        f"{spec.table!r} has none; was the column dropped or renamed? Fix the declaration "
-        "or the table, then restart",
-        model=spec.model,
-        table=spec.table,
-    )
 
 
 def template_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:
@@ -54,7 +35,7 @@ def template_keys(spec: TableSpec, before: Row | None, after: Row | None) -> lis
             try:
                 key = template.render(image)
             except KeyError:
-                raise _missing(spec, image, template.fields, f"key {template.text!r}") from None
+                raise spec.missing(image, template.fields, f"key {template.text!r}") from None
             if key is None:
                 log.info(
                     "%s: key %r skipped, NULL in %s",
@@ -103,46 +84,14 @@ def plan(change: RowChange, spec: TableSpec) -> list[Action]:
     keys = plan_keys(spec, before, after)
     if keys:
         actions.append(DeleteKeys(tuple(keys), change.position))
-    if change.position is None:
+    if change.position is None or not spec.projections:
         return actions
+    refs = (
+        spec.row_ref(change.before) if change.before is not None else None,
+        spec.row_ref(change.after) if change.after is not None else None,
+    )
     for projection in spec.projections:
-        old_id = new_id = None
-        try:
-            if before is not None and projection.matches(before):
-                old_id = projection.doc_id(before)
-            if after is not None and projection.matches(after):
-                new_id = projection.doc_id(after)
-        except KeyError:
-            image = after if after is not None else before
-            assert image is not None
-            raise _missing(
-                spec, image, projection.id_template.fields, f"projection {projection.index!r} id"
-            ) from None
-        if new_id is not None:
-            assert after is not None and change.after is not None
-            fields = projection.declared.fields
-            try:
-                document = projection.document(after)
-            except KeyError:
-                if fields is None:  # raised inside a to_document callable: the caller reports it
-                    raise
-                raise _missing(
-                    spec, after, fields, f"projection {projection.index!r} fields"
-                ) from None
-            actions.append(
-                IndexDoc(
-                    projection.index,
-                    new_id,
-                    document,
-                    change.position,
-                    _row_ref(spec, change.after),
-                )
-            )
-        if old_id is not None and old_id != new_id:
-            assert change.before is not None
-            actions.append(
-                DeleteDoc(projection.index, old_id, change.position, _row_ref(spec, change.before))
-            )
+        actions.extend(projection.plan(spec, before, after, change.position, refs))
     return actions
 
 

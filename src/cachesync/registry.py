@@ -1,122 +1,25 @@
-"""Declarations resolved against a model into ORM-neutral :class:`TableSpec` objects.
+"""Declarations resolved against a model, and the :class:`Registry` that holds them.
 
 The ORM integrations (SQLAlchemy, Django) read a model's metadata into
-``(schema, table, attribute -> column, primary key)`` and call :func:`resolve`;
-everything downstream (planning, the binlog sidecar, the retry consumer) speaks
-only :class:`TableSpec`, keyed by ``(schema, table)`` in a :class:`Registry`.
+``(schema, table, attribute -> column, primary key)`` and call :func:`resolve`,
+which checks the :class:`~cachesync.spec.Sync` declaration and builds a
+:class:`~cachesync.tables.TableSpec`; the registry keys specs by ``(schema, table)``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DeclarationError, TemplateError
 from .keys import KeyTemplate
-from .spec import Invalidates, Projection, Row, Sync
-from .values import json_value
+from .projection import ResolvedProjection
+from .spec import Projection, Sync
+from .tables import TableSpec
 
+# TableSpec and ResolvedProjection are re-exported: most callers meet them through a registry.
 __all__ = ["Registry", "ResolvedProjection", "TableSpec", "default_registry", "resolve"]
-
-
-@dataclass(frozen=True)
-class ResolvedProjection:
-    """A :class:`~cachesync.spec.Projection` checked against its model."""
-
-    declared: Projection
-    id_template: KeyTemplate
-
-    @property
-    def index(self) -> str:
-        return self.declared.index
-
-    def matches(self, row: Row) -> bool:
-        """True when *row* should have a document (its ``when`` holds, or there is none)."""
-        when = self.declared.when
-        return True if when is None else bool(when(row))
-
-    def doc_id(self, row: Row) -> str | None:
-        """The document id of *row*; ``None`` when an id field is NULL."""
-        return self.id_template.render(row)
-
-    def document(self, row: Row) -> dict[str, Any]:
-        """The JSON-ready document body of *row* (pure; no I/O)."""
-        if self.declared.to_document is not None:
-            body = dict(self.declared.to_document(row))
-        else:
-            body = {name: row[name] for name in self.declared.fields or ()}
-        return {str(k): json_value(v) for k, v in body.items()}
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """Everything cachesync needs to know about one watched table.
-
-    ``columns`` maps attribute name to column name (they differ for
-    ``mapped_column("user_name")`` or Django's ``db_column``); ``primary_key``
-    lists attribute names. Several attributes may name one column (Django's
-    ``pk``, or a foreign key's ``author`` and ``author_id``): the first one listed
-    is the column's canonical attribute, the others are aliases that
-    :meth:`row_from_columns` fills with the same value, so a template may use
-    any of them on every path.
-    """
-
-    model: str
-    schema: str | None
-    table: str
-    columns: Mapping[str, str]
-    primary_key: tuple[str, ...]
-    key_templates: tuple[KeyTemplate, ...]
-    projections: tuple[ResolvedProjection, ...]
-    invalidates: Invalidates | None = None
-    attributes_by_column: Mapping[str, str] = field(init=False, repr=False, compare=False)
-    aliases: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        by_column: dict[str, str] = {}
-        aliases: list[tuple[str, str]] = []
-        for attr, column in self.columns.items():
-            if column in by_column:
-                aliases.append((attr, by_column[column]))
-            else:
-                by_column[column] = attr
-        object.__setattr__(self, "attributes_by_column", by_column)
-        object.__setattr__(self, "aliases", tuple(aliases))
-
-    def row_from_columns(self, image: Mapping[str, Any]) -> dict[str, Any]:
-        """Translate a row image keyed by column (binlog, SQL) into one keyed by attribute.
-
-        Columns the model does not map are dropped; mapped columns missing from the
-        image (a column added by ``ALTER TABLE`` later) are absent, not ``None``.
-        """
-        by_column = self.attributes_by_column
-        row = {by_column[c]: v for c, v in image.items() if c in by_column}
-        for alias, attr in self.aliases:
-            if attr in row:
-                row[alias] = row[attr]
-        return row
-
-    def columns_from_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """Translate a row keyed by attribute into one keyed by column."""
-        return {self.columns[a]: v for a, v in row.items() if a in self.columns}
-
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        """Each mapped column once, in declaration order (aliases share a column)."""
-        return tuple(self.attributes_by_column)
-
-    def primary_key_columns(self) -> tuple[str, ...]:
-        """The primary key as column names, in declaration order."""
-        return tuple(self.columns[a] for a in self.primary_key)
-
-    @property
-    def key_columns(self) -> frozenset[str]:
-        """Columns that key templates and projection ids read (a DROP of one must stop the sidecar)."""
-        names = {f for t in self.key_templates for f in t.fields}
-        names.update(f for p in self.projections for f in p.id_template.fields)
-        return frozenset(self.columns[n] for n in names)
 
 
 def _parse(model: str, text: Any, what: str, attributes: Mapping[str, str]) -> KeyTemplate:
