@@ -137,7 +137,8 @@ class Applier:
             return
         if self.keys is None:
             raise ConfigurationError(
-                "cache keys are declared but no Redis is configured", setting="redis_url"
+                "cache keys are declared but no Redis is configured (set redis_url)",
+                setting="redis_url",
             )
         keys = list(latest)
         try:
@@ -161,7 +162,7 @@ class Applier:
             return
         if self.documents is None:
             raise ConfigurationError(
-                "search projections are declared but no Elasticsearch is configured",
+                "search projections are declared but no Elasticsearch is configured (set es_url)",
                 setting="es_url",
             )
         pending = latest_per_document(actions)

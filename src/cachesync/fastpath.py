@@ -102,6 +102,20 @@ class FastPath:
             self._applier = applier
             self._handler = failure_handler
 
+    @contextlib.contextmanager
+    def replaced(
+        self, applier: Applier, failure_handler: FailureHandler | None = None
+    ) -> Iterator[None]:
+        """Use *applier* (and *failure_handler*) inside the block, the previous ones after it."""
+        with self._lock:
+            saved = self._applier, self._handler
+            self._applier, self._handler = applier, failure_handler
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._applier, self._handler = saved
+
     @property
     def applier(self) -> Applier:
         with self._lock:

@@ -105,16 +105,6 @@ def test_external_versions_and_stale_write_counts_as_success(es: Elasticsearch, 
     assert es.get(index=index, id="1")["_source"] == {"username": "new"}
 
 
-def test_one_bulk_keeps_only_the_newest_write_per_document(es: Elasticsearch, index: str) -> None:
-    SearchSink(es).apply(
-        [
-            IndexDoc(index, "1", {"username": "b"}, pos(2)),
-            IndexDoc(index, "1", {"username": "a"}, pos(1)),
-        ]
-    )
-    assert es.get(index=index, id="1")["_source"] == {"username": "b"}
-
-
 def test_per_item_errors_are_reported_not_dropped(es: Elasticsearch, index: str) -> None:
     failures = SearchSink(es).apply(
         [

@@ -1,0 +1,55 @@
+"""Testing helpers for applications that use cachesync, and for cachesync itself.
+
+Nothing here needs a service. Test what your declarations do::
+
+    from cachesync.testing import capture_invalidations, plan_for, keys_of
+
+    def test_renaming_drops_the_old_key():
+        actions = plan_for(User, before={"id": 1, "username": "ann"},
+                           after={"id": 1, "username": "bob"})
+        assert keys_of(actions) == {"user:1", "user:by-name:ann", "user:by-name:bob"}
+
+    def test_commit_invalidates(session):
+        with capture_invalidations() as seen:
+            session.add(User(id=2, username="cy")); session.commit()
+        assert seen.keys == {"user:2", "user:by-name:cy"}
+
+or wire an :class:`~cachesync.apply.Applier` or a sidecar to the in-memory
+twins (:class:`MemoryKeySink`, :class:`MemoryDocumentSink`,
+:class:`MemoryCheckpointStore`, :class:`RecordingFailureHandler`,
+:class:`MemoryRetryQueue`), which keep the contracts of the real ones.
+"""
+
+from .declarations import (
+    Invalidations,
+    capture_invalidations,
+    documents_of,
+    keys_for,
+    keys_of,
+    plan_for,
+    spec_of,
+)
+from .twins import (
+    MemoryCheckpointStore,
+    MemoryDocumentSink,
+    MemoryKeySink,
+    MemoryRetryQueue,
+    RecordingFailureHandler,
+    StoredDocument,
+)
+
+__all__ = [
+    "Invalidations",
+    "MemoryCheckpointStore",
+    "MemoryDocumentSink",
+    "MemoryKeySink",
+    "MemoryRetryQueue",
+    "RecordingFailureHandler",
+    "StoredDocument",
+    "capture_invalidations",
+    "documents_of",
+    "keys_for",
+    "keys_of",
+    "plan_for",
+    "spec_of",
+]
