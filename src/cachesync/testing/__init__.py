@@ -20,36 +20,8 @@ twins (:class:`MemoryKeySink`, :class:`MemoryDocumentSink`,
 :class:`MemoryRetryQueue`), which keep the contracts of the real ones.
 """
 
-from .declarations import (
-    Invalidations,
-    capture_invalidations,
-    documents_of,
-    keys_for,
-    keys_of,
-    plan_for,
-    spec_of,
-)
-from .twins import (
-    MemoryCheckpointStore,
-    MemoryDocumentSink,
-    MemoryKeySink,
-    MemoryRetryQueue,
-    RecordingFailureHandler,
-    StoredDocument,
-)
+from . import declarations, twins
+from .declarations import *  # noqa: F403 - the public names are listed in each module
+from .twins import *  # noqa: F403
 
-__all__ = [
-    "Invalidations",
-    "MemoryCheckpointStore",
-    "MemoryDocumentSink",
-    "MemoryKeySink",
-    "MemoryRetryQueue",
-    "RecordingFailureHandler",
-    "StoredDocument",
-    "capture_invalidations",
-    "documents_of",
-    "keys_for",
-    "keys_of",
-    "plan_for",
-    "spec_of",
-]
+__all__ = [*declarations.__all__, *twins.__all__]
