@@ -7,16 +7,32 @@ and rendering on the hot path is a plain ``str.format`` call.
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import TemplateError
 from .values import key_value
 
-__all__ = ["KeyTemplate", "TemplateError"]  # TemplateError lives in errors.py
+__all__ = ["KeyTemplate", "TemplateError", "wire_key"]  # TemplateError lives in errors.py
 
 _FORMATTER = string.Formatter()
+
+
+def wire_key(key: str) -> bytes:
+    """The bytes Redis stores for a rendered key.
+
+    Keys are text rendered from column values, but a ``VARBINARY``/``BLOB`` value
+    need not be UTF-8: :func:`~cachesync.values.key_value` keeps its undecodable
+    bytes as lone surrogates (``surrogateescape``), and this restores them, so the
+    key is byte-exact whichever path (binlog, ORM, read path) rendered it. A plain
+    ``str.encode()`` would raise ``UnicodeEncodeError`` on such a key.
+    """
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _escape_separator(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +46,15 @@ class KeyTemplate:
 
     text: str
     fields: tuple[str, ...]
+    #: Escape ``\\`` and ``:`` in every value, so that a ``:``-joined composite id
+    #: stays injective: ``('a', 'b:c')`` and ``('a:b', 'c')`` render differently.
+    escaped: bool = False
+
+    @classmethod
+    def composite(cls, names: Sequence[str]) -> KeyTemplate:
+        """``{a}:{b}:...`` over *names*; escaped when there are several (see ``escaped``)."""
+        template = cls.parse(":".join(f"{{{n}}}" for n in names))
+        return cls(template.text, template.fields, escaped=len(template.fields) > 1)
 
     @classmethod
     def parse(cls, text: str) -> KeyTemplate:
@@ -71,6 +96,8 @@ class KeyTemplate:
             if value is None:
                 return None
             values[name] = key_value(value)
+        if self.escaped:
+            values = {n: _escape_separator(str(v)) for n, v in values.items()}
         return self.text.format_map(values)
 
     def null_fields(self, row: Mapping[str, Any]) -> list[str]:

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .keys import wire_key
+
 __all__ = ["Leases"]
 
 T = TypeVar("T")
@@ -97,7 +99,7 @@ class Leases:
         deadline = time.monotonic() + self.lease_ms / 1000
         try:
             while True:
-                reply = self._acquire(keys=[key], args=[marker, self.lease_ms, _MARKER])
+                reply = self._acquire(keys=[wire_key(key)], args=[marker, self.lease_ms, _MARKER])
                 if reply[0] == 0:
                     return self.loads(reply[1])  # type: ignore[no-any-return]
                 if reply[0] == 1:
@@ -109,7 +111,7 @@ class Leases:
             return loader()
         value = loader()
         try:
-            self._fill(keys=[key], args=[marker, self.dumps(value), self.ttl_ms])
+            self._fill(keys=[wire_key(key)], args=[marker, self.dumps(value), self.ttl_ms])
         except (redis.RedisError, OSError) as exc:
             # The marker expires by itself after lease_ms; the read still succeeds.
             log.warning("cachesync lease: could not fill %r: %s", key, exc)

@@ -61,10 +61,9 @@ def _resolve_projection(
     for label, fn in (("to_document", p.to_document), ("when", p.when)):
         if fn is not None and not callable(fn):
             raise DeclarationError(f"{model}: {where}: {label} must be callable")
-    id_text = p.id if p.id is not None else ":".join(f"{{{a}}}" for a in primary_key)
-    return ResolvedProjection(
-        declared=p, id_template=_parse(model, id_text, f"{where} id", attributes)
-    )
+    if p.id is None:  # the default: the primary key, injective for composite keys too
+        return ResolvedProjection(declared=p, id_template=KeyTemplate.composite(primary_key))
+    return ResolvedProjection(declared=p, id_template=_parse(model, p.id, f"{where} id", attributes))
 
 
 def resolve(

@@ -77,7 +77,7 @@ def test_redis_sink_deletes_thousands_of_keys_in_one_round_trip(r: redis.Redis) 
 def test_redis_sink_groups_by_hash_slot_for_cluster(r: redis.Redis) -> None:
     sink = RedisSink(r, cluster=True, chunk=2)
     groups = sink._groups(["{a}1", "{a}2", "{a}3", "{b}1"])
-    assert sorted(map(sorted, groups)) == [["{a}1", "{a}2"], ["{a}3"], ["{b}1"]]
+    assert sorted(map(sorted, groups)) == [[b"{a}1", b"{a}2"], [b"{a}3"], [b"{b}1"]]
     r.mset({"{a}1": 1, "{b}1": 1})
     assert sink.delete(["{a}1", "{a}2", "{a}3", "{b}1"]) == 2
 
@@ -177,3 +177,17 @@ def test_a_handler_that_cannot_store_stops_the_caller(r: redis.Redis) -> None:
     applier = Applier(RedisSink(dead), None, policy=ImmediateRetryPolicy.NONE)
     with pytest.raises(HandOffError):
         hand_off(applier.apply([DeleteKeys(("a",))]), Refuses())
+
+
+def test_a_key_with_undecodable_bytes_is_deleted_byte_exactly(r: redis.Redis) -> None:
+    """A VARBINARY key value that is not UTF-8 must neither crash the sink nor miss its key."""
+    from cachesync.keys import KeyTemplate
+
+    raw = b"\xff\xfe" + uuid.uuid4().hex.encode()
+    key = KeyTemplate.parse("blob:{v}").render({"v": raw})
+    assert key is not None
+    r.set(b"blob:" + raw, b"cached")
+    r.set("plain:1", b"cached")
+    report = Applier(RedisSink(r), None).apply([DeleteKeys((key, "plain:1"), pos(1))])
+    assert report.failures == [] and report.keys_deleted == 2
+    assert not r.exists(b"blob:" + raw) and not r.exists("plain:1")

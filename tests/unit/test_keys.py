@@ -63,3 +63,31 @@ def test_orm_and_binlog_values_give_the_same_key(orm: object, binlog: object) ->
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=4))
 def test_decimal_trailing_zeros_do_not_change_the_key(d: Decimal) -> None:
     assert key_value(d) == key_value(Decimal(str(d) + "0" if "." in str(d) else str(d)))
+
+
+def test_composite_default_ids_are_injective() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    template = KeyTemplate.composite(("a", "b"))
+    assert template.render({"a": "a", "b": "b:c"}) != template.render({"a": "a:b", "b": "c"})
+    assert KeyTemplate.composite(("id",)).render({"id": "x:y"}) == "x:y"  # one column: unchanged
+
+    text = st.text(alphabet=st.sampled_from("ab:\\"), max_size=6)
+
+    @given(text, text, text, text)
+    def injective(a1: str, b1: str, a2: str, b2: str) -> None:
+        if (a1, b1) != (a2, b2):
+            assert template.render({"a": a1, "b": b1}) != template.render({"a": a2, "b": b2})
+
+    injective()
+
+
+def test_binary_key_values_render_byte_exactly() -> None:
+    from cachesync.keys import wire_key
+
+    template = KeyTemplate.parse("blob:{v}")
+    raw = b"\xff\xfe-ok-\xc3\xa9"
+    key = template.render({"v": raw})
+    assert key is not None and wire_key(key) == b"blob:" + raw
+    assert template.render({"v": bytearray(raw)}) == key == template.render({"v": memoryview(raw)})

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import TransientError
+from ..keys import wire_key
 
 __all__ = ["RedisSink"]
 
@@ -31,14 +32,15 @@ class RedisSink:
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         self.chunk = chunk
 
-    def _groups(self, keys: Sequence[str]) -> list[list[str]]:
+    def _groups(self, keys: Sequence[str]) -> list[list[bytes]]:
+        wire = [wire_key(k) for k in keys]
         if not self.cluster:
-            return [list(keys[i : i + self.chunk]) for i in range(0, len(keys), self.chunk)]
+            return [wire[i : i + self.chunk] for i in range(0, len(wire), self.chunk)]
         from redis.crc import key_slot
 
-        by_slot: dict[int, list[str]] = defaultdict(list)
-        for key in keys:
-            by_slot[key_slot(key.encode())].append(key)
+        by_slot: dict[int, list[bytes]] = defaultdict(list)
+        for key in wire:
+            by_slot[key_slot(key)].append(key)
         return [
             group[i : i + self.chunk]
             for group in by_slot.values()
