@@ -62,7 +62,9 @@ def _sqlite_shape(ddl: str) -> dict[str, Any]:
         ]
         indexes = list(db.execute("PRAGMA index_list(cachesync_outbox)"))
         db.execute("INSERT INTO cachesync_outbox (kind, payload) VALUES ('intent', '[]')")
-        row = db.execute("SELECT id, state, attempts, available_at FROM cachesync_outbox").fetchone()
+        row = db.execute(
+            "SELECT id, state, attempts, available_at FROM cachesync_outbox"
+        ).fetchone()
         # AUTOINCREMENT (ids never reused) is what creates sqlite_sequence
         sequence = list(db.execute("SELECT name, seq FROM sqlite_sequence"))
     finally:
