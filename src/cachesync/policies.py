@@ -177,3 +177,79 @@ class RetryPolicy:
 RetryPolicy.FAST = RetryPolicy(attempts=5, min_backoff=0.2, max_backoff=2.0)
 RetryPolicy.DEFAULT = RetryPolicy()
 RetryPolicy.PATIENT = RetryPolicy(attempts=15, min_backoff=1.0, max_backoff=300.0)
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """How the outbox relay polls, claims and retries rows.
+
+    * ``batch_size`` rows are claimed, applied and settled in one transaction;
+      a full batch is followed by the next one at once, a short one by a pause
+      of ``poll_interval`` seconds.
+    * ``retry`` schedules a row that could neither be applied nor handed off:
+      ``available_at`` moves ``retry.backoff(attempts)`` into the future, and a
+      row whose failures are all permanent is marked dead after
+      ``retry.attempts`` tries (transient ones wait as long as it takes).
+    * ``immediate`` is the applier's short in-line retry before a failure counts.
+    * While the outbox database itself is unreachable the loop waits
+      :attr:`outage` (derived, not a field: it doubles from ``2 * poll_interval``
+      up to ``64 * poll_interval``, never beyond ``retry.max_backoff``).
+    """
+
+    batch_size: int = 200
+    poll_interval: float = 0.5
+    retry: RetryPolicy = RetryPolicy.DEFAULT
+    immediate: ImmediateRetryPolicy = ImmediateRetryPolicy.DEFAULT
+
+    LOW_LATENCY: ClassVar[RelayPolicy]
+    DEFAULT: ClassVar[RelayPolicy]
+    THROUGHPUT: ClassVar[RelayPolicy]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ConfigurationError(
+                f"RelayPolicy.batch_size must be an int, got {self.batch_size!r}"
+            )
+        _positive("RelayPolicy", batch_size=self.batch_size, poll_interval=self.poll_interval)
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigurationError(f"RelayPolicy.retry must be a RetryPolicy, got {self.retry!r}")
+        if not isinstance(self.immediate, ImmediateRetryPolicy):
+            raise ConfigurationError(
+                f"RelayPolicy.immediate must be an ImmediateRetryPolicy, got {self.immediate!r}"
+            )
+
+    @property
+    def outage(self) -> Backoff:
+        """The wait after the ``n``-th consecutive failure to reach the outbox database.
+
+        Without jitter: the schedule the relay has always followed (predictable
+        in logs and tests); it is one :class:`Backoff`, so adding jitter is one edit.
+        """
+        cap = self.retry.max_backoff
+        return Backoff(
+            min(2 * self.poll_interval, cap), min(cap, 64 * self.poll_interval), jitter=0.0
+        )
+
+    def row_delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """How long a row waits after its *attempt*-th failed try (``retry``'s schedule)."""
+        return self.retry.backoff(attempt, rng)
+
+    @classmethod
+    def preset(cls, name: str) -> RelayPolicy:
+        presets = {
+            "low_latency": cls.LOW_LATENCY,
+            "default": cls.DEFAULT,
+            "throughput": cls.THROUGHPUT,
+        }
+        try:
+            return presets[name.lower()]
+        except KeyError:
+            raise ConfigurationError(
+                f"relay preset {name!r} is unknown; use one of {', '.join(presets)}",
+                setting="relay",
+            ) from None
+
+
+RelayPolicy.LOW_LATENCY = RelayPolicy(batch_size=50, poll_interval=0.1)
+RelayPolicy.DEFAULT = RelayPolicy()
+RelayPolicy.THROUGHPUT = RelayPolicy(batch_size=1000, poll_interval=1.0)

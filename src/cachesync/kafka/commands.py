@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from ..errors import CacheSyncError
-from ..policies import RetryPolicy
+from ..policies import RelayPolicy, RetryPolicy
 
 __all__ = ["RETRY_POLICIES", "register"]
 
@@ -164,8 +164,8 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _build_relay(settings: Any, policy: RetryPolicy, **options: Any) -> Any:
-    from ..outbox.relay import OutboxRelay
+def _build_relay(settings: Any, policy: RelayPolicy) -> Any:
+    from ..outbox import OutboxRelay
     from .retry_queue import RetryQueue
 
     handoff = (
@@ -173,7 +173,7 @@ def _build_relay(settings: Any, policy: RetryPolicy, **options: Any) -> Any:
         if settings.kafka_bootstrap
         else None
     )
-    relay = OutboxRelay.from_settings(settings, handoff=handoff, policy=policy, **options)
+    relay = OutboxRelay.from_settings(settings, handoff=handoff, policy=policy)
     try:
         relay.store.create_table()
     except CacheSyncError as exc:  # no CREATE privilege: the table must already exist
@@ -202,7 +202,7 @@ def _run_retry(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     relay_thread: threading.Thread | None = None
     if not args.no_relay and settings.outbox_database:
-        relay = _build_relay(settings, policy)
+        relay = _build_relay(settings, RelayPolicy(retry=policy))
         relay_thread = threading.Thread(
             target=relay.run, args=(stop,), name="cachesync-outbox-relay", daemon=True
         )
@@ -239,9 +239,11 @@ def _run_relay(args: argparse.Namespace) -> int:
     settings.require("outbox_url", "for the outbox relay", fallback="mysql_url")
     relay = _build_relay(
         settings,
-        RETRY_POLICIES[args.retry_policy],
-        batch_size=args.batch_size,
-        poll_interval=args.poll_interval,
+        RelayPolicy(
+            batch_size=args.batch_size,
+            poll_interval=args.poll_interval,
+            retry=RETRY_POLICIES[args.retry_policy],
+        ),
     )
     if args.once:
         total = 0

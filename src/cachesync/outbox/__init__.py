@@ -1,6 +1,12 @@
-"""The transactional outbox: intents written with the business change, failures parked while Kafka is down."""
+"""The transactional outbox: intents written with the business change, failures parked while Kafka is down.
 
-from .relay import OutboxRelay, OutboxStore, RelayReport, decode_row_actions
+* :mod:`.schema`: the names and states (no SQLAlchemy needed), ``create_table_sql()``.
+* :mod:`.table`: the table, described once as a SQLAlchemy ``Table``.
+* :mod:`.store`: :class:`OutboxStore`, parking, claiming (``SKIP LOCKED``) and marking rows.
+* :mod:`.relay`: :class:`OutboxRelay`, the loop that applies claimed rows.
+"""
+
+from .relay import OutboxRelay, RelayReport, decode_row_actions
 from .schema import (
     KIND_FAILED,
     KIND_INTENT,
@@ -10,6 +16,7 @@ from .schema import (
     STATE_PENDING,
     create_table_sql,
 )
+from .store import OutboxStore
 
 __all__ = [
     "KIND_FAILED",

@@ -1,4 +1,4 @@
-"""The outbox table at work: :class:`OutboxStore` writes it, :class:`OutboxRelay` drains it.
+"""The relay loop: :class:`OutboxRelay` drains the outbox table that :class:`OutboxStore` holds.
 
 Two kinds of rows arrive (:mod:`cachesync.outbox.schema`):
 
@@ -8,15 +8,16 @@ Two kinds of rows arrive (:mod:`cachesync.outbox.schema`):
 * ``failed`` rows, written by :class:`~cachesync.kafka.RetryQueue` when Kafka
   was unreachable: actions the sidecar could not apply, parked durably.
 
-The relay claims pending rows in id order (``SELECT ... FOR UPDATE SKIP LOCKED``
-where the database has it, so several relays can run side by side), applies
-their actions with an :class:`~cachesync.apply.Applier`, hands what still fails
-to its hand-off (the Kafka retry queue), and marks the rows ``done`` in the same
-transaction. A row it can neither apply nor hand off stays ``pending`` with
-``attempts + 1`` and ``available_at`` pushed back by the retry policy: nothing
-is dropped while Kafka or Redis are down. Only a row that cannot be decoded, or
-whose failures are all permanent after ``policy.attempts`` tries with no
-hand-off configured, becomes ``dead`` (kept for inspection, never deleted).
+The relay claims pending rows in id order (:meth:`OutboxStore.claim`, which
+skips rows another relay holds, so several relays can run side by side),
+applies their actions with an :class:`~cachesync.apply.Applier`, hands what
+still fails to its hand-off (the Kafka retry queue), and marks the rows
+``done`` in the same transaction. A row it can neither apply nor hand off stays
+``pending`` with ``attempts + 1`` and ``available_at`` pushed back by
+:attr:`RelayPolicy.retry <cachesync.policies.RelayPolicy>`: nothing is dropped
+while Kafka or Redis are down. Only a row that cannot be decoded, or whose
+failures are all permanent after ``retry.attempts`` tries with no hand-off
+configured, becomes ``dead`` (kept for inspection, never deleted).
 
 Document actions are re-read from the database before they are applied
 (:mod:`cachesync.reread`), so a relayed write indexes the row as it is now. An
@@ -25,171 +26,55 @@ writer cannot know it); it gets the outbox row's :class:`OutboxPosition` as its
 version. Writers must insert the outbox row after their business writes (last
 statement of the transaction): then two transactions that change one row hold
 the row lock in the same order as their outbox ids, and versions follow commits.
-
-Everything is SQLAlchemy Core on lightweight table constructs, so the same
-relay runs on MySQL/MariaDB, PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
-import threading
 import time
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
 from ..actions import Action, DeleteKeys
 from ..apply import Applier, Failure, FailureHandler
 from ..changes import OutboxPosition
-from ..codec import decode_action, encode_actions
+from ..codec import decode_action
 from ..errors import CacheSyncError, DecodeError, HandOffError, PermanentError, TransientError
-from ..policies import ImmediateRetryPolicy, RetryPolicy
-from ..reread import Refresher, translate_db_error
+from ..policies import ImmediateRetryPolicy, RelayPolicy, RetryPolicy
+from ..reread import Refresher
 from ..sinks.elasticsearch import SearchSink
 from ..sinks.redis import RedisSink
-from .schema import (
-    KIND_FAILED,
-    KIND_INTENT,
-    OUTBOX_TABLE,
-    STATE_DEAD,
-    STATE_DONE,
-    STATE_PENDING,
-    create_table_sql,
-)
+from .store import MAX_ERROR, OutboxStore, utcnow
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
     from ..config import Settings
     from ..registry import Registry
 
+# OutboxStore is re-exported: code written before the store had its own module
+# imports it from here (cachesync.outbox is the place to import it from).
 __all__ = ["OutboxRelay", "OutboxStore", "RelayReport", "decode_row_actions"]
 
 log = logging.getLogger("cachesync.outbox")
 
-#: ``last_error`` is cut to this many characters.
-_MAX_ERROR = 4000
 
+class Stop(Protocol):
+    """What :meth:`OutboxRelay.run` waits on: a :class:`threading.Event`, or a test's fake.
 
-def _utcnow() -> dt.datetime:
-    """Naive UTC: the outbox's DATETIME columns carry no zone on MySQL or SQLite."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def _ddl_dialect(engine: Engine) -> str:
-    name = engine.dialect.name
-    return "mysql" if name in ("mysql", "mariadb") else name
-
-
-class OutboxStore:
-    """The outbox table on one database: add rows, count them, create the table.
-
-    Every method runs in its own transaction and commits before it returns, so
-    a successful :meth:`add` is durable: that is what lets the retry queue tell
-    the sidecar an action is safely stored.
+    ``wait(timeout)`` is the relay's only sleep, so a fake that records the
+    timeouts tests the loop's schedule without sleeping.
     """
 
-    def __init__(self, engine: Engine, table: str = OUTBOX_TABLE) -> None:
-        import sqlalchemy as sa
+    def is_set(self) -> bool: ...
 
-        self.engine = engine
-        self.name = table
-        self.table: sa.Table = sa.Table(
-            table,
-            sa.MetaData(),
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("created_at", sa.DateTime),
-            sa.Column("kind", sa.String(16)),
-            sa.Column("state", sa.String(16)),
-            sa.Column("payload", sa.Text),
-            sa.Column("attempts", sa.Integer),
-            sa.Column("available_at", sa.DateTime),
-            sa.Column("last_error", sa.Text),
-        )
-
-    @classmethod
-    def from_url(cls, url: str, *, table: str = OUTBOX_TABLE, timeout: float = 5.0) -> OutboxStore:
-        """A store on the database at *url* (``mysql://``, ``postgresql://``, ``sqlite:///``)."""
-        from ..connections import sql_engine
-
-        return cls(sql_engine(url, timeout=timeout), table)
-
-    def _db(self, what: str) -> contextlib.AbstractContextManager[None]:
-        """Context for translating database errors raised while doing *what*."""
-        return _db_errors(f"outbox {self.name}: {what}")
-
-    def create_table(self) -> None:
-        """``CREATE TABLE IF NOT EXISTS`` in this database's dialect (tests, first start)."""
-        import sqlalchemy as sa
-
-        with self._db("create table"), self.engine.begin() as conn:
-            conn.execute(sa.text(create_table_sql(self.name, _ddl_dialect(self.engine))))
-
-    def add(
-        self,
-        kind: str,
-        actions: Sequence[Action],
-        *,
-        attempts: int = 0,
-        last_error: str | None = None,
-    ) -> int:
-        """Insert one pending row holding *actions* and commit; returns its id.
-
-        Raises :class:`TransientError` when the database cannot take it.
-        """
-        if kind not in (KIND_INTENT, KIND_FAILED):
-            raise ValueError(f"outbox kind must be {KIND_INTENT!r} or {KIND_FAILED!r}")
-        values: dict[str, Any] = {
-            "created_at": _utcnow(),
-            "kind": kind,
-            "state": STATE_PENDING,
-            "payload": encode_actions(actions),
-            "attempts": attempts,
-            "available_at": None,
-            "last_error": last_error[:_MAX_ERROR] if last_error else None,
-        }
-        with self._db("insert"), self.engine.begin() as conn:
-            result = conn.execute(self.table.insert().values(**values))
-            key = result.inserted_primary_key
-            return int(key[0]) if key and key[0] is not None else 0
-
-    def counts(self) -> dict[str, int]:
-        """Rows per state, e.g. ``{"pending": 3, "done": 120, "dead": 0}``."""
-        import sqlalchemy as sa
-
-        t = self.table
-        with self._db("count"), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state)).all()
-        found = {str(state): int(n) for state, n in rows}
-        return {state: found.get(state, 0) for state in (STATE_PENDING, STATE_DONE, STATE_DEAD)}
-
-    def rows(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Every row (optionally of one *state*) in id order; for tests and ``status``."""
-        import sqlalchemy as sa
-
-        query = sa.select(self.table).order_by(self.table.c.id)
-        if state is not None:
-            query = query.where(self.table.c.state == state)
-        with self._db("read"), self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-
-@contextlib.contextmanager
-def _db_errors(what: str) -> Iterator[None]:
-    """Translate SQLAlchemy errors raised inside the block into cachesync errors."""
-    from sqlalchemy import exc as sa_exc
-
-    try:
-        yield
-    except sa_exc.SQLAlchemyError as exc:
-        raise translate_db_error(exc, what) from exc
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def decode_row_actions(row_id: int, payload: str | bytes) -> list[Action]:
@@ -233,6 +118,30 @@ def _action_keys(action: Action) -> list[tuple[str, ...]]:
     return [("doc", action.index, action.doc_id)]
 
 
+def _legacy_policy(
+    policy: RelayPolicy | RetryPolicy,
+    batch_size: int | None,
+    poll_interval: float | None,
+    immediate: ImmediateRetryPolicy | None,
+) -> RelayPolicy:
+    """The :class:`RelayPolicy` the pre-policy keywords describe (validated like any other)."""
+    if isinstance(policy, RelayPolicy) and (batch_size, poll_interval, immediate) == (None,) * 3:
+        return policy
+    warnings.warn(
+        "OutboxRelay(batch_size=, poll_interval=, immediate=, policy=RetryPolicy) is "
+        "deprecated: pass policy=RelayPolicy(...)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    base = policy if isinstance(policy, RelayPolicy) else RelayPolicy(retry=policy)
+    return RelayPolicy(
+        batch_size=base.batch_size if batch_size is None else batch_size,
+        poll_interval=base.poll_interval if poll_interval is None else poll_interval,
+        retry=base.retry,
+        immediate=base.immediate if immediate is None else immediate,
+    )
+
+
 class OutboxRelay:
     """Polls the outbox table and applies pending rows (see the module docstring).
 
@@ -241,6 +150,8 @@ class OutboxRelay:
     outbox fallback so a failure never moves from one outbox row to another).
     Without one, failed rows wait in the table with backoff. *refresher*
     re-reads document actions; without one they are applied as stored.
+    *policy* holds every knob (:class:`~cachesync.policies.RelayPolicy`);
+    *now* and *sleep* (the applier's retry waits) are injected for tests.
 
     Not thread-safe: run one relay per thread (several relays may share a table).
     """
@@ -253,24 +164,29 @@ class OutboxRelay:
         search: SearchSink | None,
         handoff: FailureHandler | None = None,
         refresher: Refresher | None = None,
-        batch_size: int = 200,
-        poll_interval: float = 0.5,
-        policy: RetryPolicy = RetryPolicy.DEFAULT,
-        immediate: ImmediateRetryPolicy = ImmediateRetryPolicy.DEFAULT,
-        now: Callable[[], dt.datetime] = _utcnow,
+        policy: RelayPolicy | RetryPolicy = RelayPolicy.DEFAULT,
+        now: Callable[[], dt.datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        immediate: ImmediateRetryPolicy | None = None,
     ) -> None:
-        if batch_size <= 0 or poll_interval <= 0:
-            raise ValueError("batch_size and poll_interval must be > 0")
         self.store = store
         self.handoff = handoff
         self.refresher = refresher
-        self.batch_size = batch_size
-        self.poll_interval = poll_interval
-        self.policy = policy
+        self.policy = _legacy_policy(policy, batch_size, poll_interval, immediate)
         self.now = now
-        self.applier = Applier(redis, search, policy=immediate, sleep=sleep)
-        self._skip_locked: bool | None = None
+        self.applier = Applier(redis, search, policy=self.policy.immediate, sleep=sleep)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows claimed per transaction (``policy.batch_size``)."""
+        return self.policy.batch_size
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between polls when idle (``policy.poll_interval``)."""
+        return self.policy.poll_interval
 
     @classmethod
     def from_settings(
@@ -285,6 +201,7 @@ class OutboxRelay:
 
         Documents are re-read from ``mysql_url`` when set (the watched database),
         else from the outbox database itself (PostgreSQL/SQLite applications).
+        *options* go to the constructor (``policy=``, ``now=``, ``sleep=``).
         """
         from ..connections import elasticsearch_client, redis_client, sql_engine
         from ..registry import default_registry
@@ -303,36 +220,6 @@ class OutboxRelay:
             **options,
         )
 
-    # -- claiming -------------------------------------------------------------------------
-
-    def _supports_skip_locked(self, conn: Connection) -> bool:
-        if self._skip_locked is None:
-            dialect = conn.dialect
-            version = tuple(getattr(dialect, "server_version_info", None) or ())
-            if dialect.name == "postgresql":
-                self._skip_locked = version >= (9, 5)
-            elif dialect.name in ("mysql", "mariadb"):
-                mariadb = bool(getattr(dialect, "is_mariadb", False))
-                self._skip_locked = version >= ((10, 6) if mariadb else (8, 0, 1))
-            else:
-                self._skip_locked = False  # SQLite: one writer at a time anyway
-        return self._skip_locked
-
-    def _claim(self, conn: Connection, now: dt.datetime) -> list[Any]:
-        import sqlalchemy as sa
-
-        t = self.store.table
-        query = (
-            sa.select(t.c.id, t.c.kind, t.c.payload, t.c.attempts)
-            .where(t.c.state == STATE_PENDING)
-            .where(sa.or_(t.c.available_at.is_(None), t.c.available_at <= now))
-            .order_by(t.c.id)
-            .limit(self.batch_size)
-        )
-        if conn.dialect.name != "sqlite":
-            query = query.with_for_update(skip_locked=self._supports_skip_locked(conn))
-        return list(conn.execute(query).all())
-
     # -- one pass -------------------------------------------------------------------------
 
     def run_once(self) -> RelayReport:
@@ -343,14 +230,32 @@ class OutboxRelay:
         """
         report = RelayReport()
         now = self.now()
-        with self.store._db("relay"), self.store.engine.begin() as conn:
-            rows = self._claim(conn, now)
+        with self.store.transaction("relay") as conn:
+            rows = self.store.claim(conn, now, self.policy.batch_size)
             report.claimed = len(rows)
             if not rows:
                 return report
             self._settle(conn, rows, now, report)
         metrics.inc("outbox_relayed_total", report.done)
         return report
+
+    def _apply(self, batch: Sequence[Action]) -> list[Failure]:
+        """Re-read and apply *batch*; every action that did not succeed, with its error."""
+        failures: list[Failure] = []
+        try:
+            to_apply: list[Action] = []
+            if self.refresher is not None:
+                for original, fresh in zip(batch, self.refresher.refresh(batch), strict=True):
+                    if isinstance(fresh, CacheSyncError):
+                        failures.append(Failure(original, fresh))
+                    else:
+                        to_apply.append(fresh)
+            else:
+                to_apply = list(batch)
+            failures += self.applier.apply(to_apply).failures
+        except TransientError as exc:  # the re-read's database is down: retry every row later
+            failures = [Failure(a, exc) for a in batch]
+        return failures
 
     def _settle(
         self, conn: Connection, rows: Sequence[Any], now: dt.datetime, report: RelayReport
@@ -375,21 +280,7 @@ class OutboxRelay:
             done.append(row_id)
         report.actions = len(batch)
 
-        failures: list[Failure] = []
-        try:
-            to_apply: list[Action] = []
-            if self.refresher is not None:
-                for original, fresh in zip(batch, self.refresher.refresh(batch), strict=True):
-                    if isinstance(fresh, CacheSyncError):
-                        failures.append(Failure(original, fresh))
-                    else:
-                        to_apply.append(fresh)
-            else:
-                to_apply = batch
-            failures += self.applier.apply(to_apply).failures
-        except TransientError as exc:  # the re-read's database is down: retry every row later
-            failures = [Failure(a, exc) for a in batch]
-
+        failures = self._apply(batch)
         failed_rows: dict[int, list[Failure]] = defaultdict(list)
         if failures:
             try:
@@ -408,14 +299,14 @@ class OutboxRelay:
         for row_id, row_failures in failed_rows.items():
             if row_id in dead:
                 continue
-            text = "; ".join(dict.fromkeys(str(f.error) for f in row_failures))[:_MAX_ERROR]
+            text = "; ".join(dict.fromkeys(str(f.error) for f in row_failures))[:MAX_ERROR]
             all_permanent = all(isinstance(f.error, PermanentError) for f in row_failures)
-            if all_permanent and attempts[row_id] + 1 >= self.policy.attempts:
+            if all_permanent and attempts[row_id] + 1 >= self.policy.retry.attempts:
                 dead[row_id] = text
             else:
                 deferred[row_id] = text
         done = [i for i in done if i not in deferred and i not in dead]
-        self._update(conn, done, deferred, dead, attempts, now)
+        self._mark(conn, done, deferred, dead, attempts, now)
         report.done, report.deferred, report.dead = len(done), len(deferred), len(dead)
         if deferred or dead:
             log.warning(
@@ -425,7 +316,7 @@ class OutboxRelay:
                 "; ".join(report.errors)[:500] or next(iter({**deferred, **dead}.values())),
             )
 
-    def _update(
+    def _mark(
         self,
         conn: Connection,
         done: Sequence[int],
@@ -434,31 +325,26 @@ class OutboxRelay:
         attempts: Mapping[int, int],
         now: dt.datetime,
     ) -> None:
-        t = self.store.table
-        if done:
-            conn.execute(t.update().where(t.c.id.in_(done)).values(state=STATE_DONE))
+        self.store.mark_done(conn, done)
         # The backoff counts from the failure, not from the claim: applying may
         # itself have waited (immediate retries, timeouts) longer than the backoff.
         failed_at = max(now, self.now()) if deferred else now
         for row_id, text in deferred.items():
             tries = attempts[row_id] + 1
-            later = failed_at + dt.timedelta(seconds=self.policy.backoff(tries))
-            conn.execute(
-                t.update()
-                .where(t.c.id == row_id)
-                .values(attempts=tries, available_at=later, last_error=text)
-            )
+            later = failed_at + dt.timedelta(seconds=self.policy.row_delay(tries))
+            self.store.defer(conn, row_id, attempts=tries, until=later, error=text)
         for row_id, text in dead.items():
-            conn.execute(
-                t.update()
-                .where(t.c.id == row_id)
-                .values(state=STATE_DEAD, attempts=attempts[row_id] + 1, last_error=text)
-            )
+            self.store.bury(conn, row_id, attempts=attempts[row_id] + 1, error=text)
 
     # -- loop -----------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Relay until *stop* is set. Database outages are logged and waited out."""
+    def run(self, stop: Stop) -> None:
+        """Relay until *stop* is set. Database outages are logged and waited out.
+
+        A full batch is followed at once by the next; a short one by
+        ``policy.poll_interval``; an unreachable database by ``policy.outage``.
+        """
+        outage = self.policy.outage
         failures = 0
         while not stop.is_set():
             try:
@@ -466,9 +352,9 @@ class OutboxRelay:
                 failures = 0
             except TransientError as exc:
                 failures += 1
-                delay = min(self.policy.max_backoff, self.poll_interval * 2 ** min(failures, 6))
+                delay = outage.delay(failures)
                 log.warning("cachesync outbox relay: %s; retrying in %.1fs", exc, delay)
                 stop.wait(delay)
                 continue
-            if report.claimed < self.batch_size:
-                stop.wait(self.poll_interval)
+            if report.claimed < self.policy.batch_size:
+                stop.wait(self.policy.poll_interval)

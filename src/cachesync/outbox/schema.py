@@ -1,4 +1,4 @@
-"""The outbox table, in plain SQL so any application (SQLAlchemy, Django, raw) can share it.
+"""The outbox's names and states, importable without SQLAlchemy; the table itself is in :mod:`.table`.
 
 One row holds a JSON array of actions (:mod:`cachesync.codec`):
 
@@ -9,10 +9,16 @@ One row holds a JSON array of actions (:mod:`cachesync.codec`):
   the relay applies or publishes it later.
 
 ``state`` goes ``pending`` -> ``done`` (or ``dead`` after too many attempts).
-The SQLAlchemy ``Table`` and the Django model mirror this definition exactly.
+
+The columns, types, defaults and index are described once, by
+:func:`cachesync.outbox.table.outbox_table`; :func:`create_table_sql` and
+:data:`COLUMNS` are derived from it (they import SQLAlchemy when first used, so
+the Django integration can import the constants here without it).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "COLUMNS",
@@ -32,44 +38,31 @@ STATE_PENDING = "pending"
 STATE_DONE = "done"
 STATE_DEAD = "dead"
 
-#: Column names, in order: id, created_at, kind, state, payload, attempts, available_at, last_error.
-COLUMNS = ("id", "created_at", "kind", "state", "payload", "attempts", "available_at", "last_error")
+COLUMNS: tuple[str, ...]
+"""Column names in table order (``id, created_at, kind, state, payload, attempts,
+available_at, last_error``), read from the table definition on first access."""
 
 
 def create_table_sql(table: str = OUTBOX_TABLE, dialect: str = "mysql") -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for *dialect* (``mysql``, ``postgresql`` or ``sqlite``)."""
-    if dialect == "mysql":
-        return f"""CREATE TABLE IF NOT EXISTS `{table}` (
-  `id` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-  `created_at` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  `kind` VARCHAR(16) NOT NULL,
-  `state` VARCHAR(16) NOT NULL DEFAULT 'pending',
-  `payload` LONGTEXT NOT NULL,
-  `attempts` INT NOT NULL DEFAULT 0,
-  `available_at` DATETIME(6) NULL,
-  `last_error` TEXT NULL,
-  KEY `{table}_state_id` (`state`, `id`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
-    if dialect == "postgresql":
-        return f"""CREATE TABLE IF NOT EXISTS "{table}" (
-  "id" BIGSERIAL PRIMARY KEY,
-  "created_at" TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-  "kind" VARCHAR(16) NOT NULL,
-  "state" VARCHAR(16) NOT NULL DEFAULT 'pending',
-  "payload" TEXT NOT NULL,
-  "attempts" INTEGER NOT NULL DEFAULT 0,
-  "available_at" TIMESTAMP(6) NULL,
-  "last_error" TEXT NULL
-)"""
-    if dialect == "sqlite":
-        return f"""CREATE TABLE IF NOT EXISTS "{table}" (
-  "id" INTEGER PRIMARY KEY AUTOINCREMENT,
-  "created_at" TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-  "kind" VARCHAR(16) NOT NULL,
-  "state" VARCHAR(16) NOT NULL DEFAULT 'pending',
-  "payload" TEXT NOT NULL,
-  "attempts" INTEGER NOT NULL DEFAULT 0,
-  "available_at" TIMESTAMP NULL,
-  "last_error" TEXT NULL
-)"""
-    raise ValueError(f"no outbox DDL for dialect {dialect!r} (mysql, postgresql, sqlite)")
+    """``CREATE TABLE IF NOT EXISTS`` for *dialect* (``mysql``, ``postgresql`` or ``sqlite``).
+
+    Compiled from :func:`cachesync.outbox.table.outbox_table`; see
+    :func:`cachesync.outbox.table.create_table_sql` for what the statement holds.
+    """
+    from .table import create_table_sql as compile_ddl
+
+    return compile_ddl(table, dialect)
+
+
+def __getattr__(name: str) -> Any:
+    # COLUMNS comes from the Table, which needs SQLAlchemy: resolve it lazily so
+    # that importing the constants above never does.
+    if name == "COLUMNS":
+        from sqlalchemy import MetaData
+
+        from .table import outbox_table
+
+        columns = tuple(c.name for c in outbox_table(MetaData()).columns)
+        globals()["COLUMNS"] = columns
+        return columns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,7 @@ from cachesync.outbox import (
     OutboxRelay,
     OutboxStore,
 )
+from cachesync.policies import RelayPolicy
 from cachesync.reread import Refresher, SqlRowReader
 from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.kafka.helpers import create_index, create_topics, unique
@@ -44,6 +45,7 @@ from tests.support.services import start_redis
 pytestmark = pytest.mark.services
 
 QUICK = RetryPolicy(attempts=3, min_backoff=0.2, max_backoff=0.5, jitter=0.0)
+RELAY = RelayPolicy(retry=QUICK)
 
 
 @pytest.fixture
@@ -131,7 +133,7 @@ def test_sqlite_outbox_alone_keeps_cache_and_index_in_sync(
         redis=RedisSink(r),
         search=SearchSink(es, refresh=True),
         refresher=Refresher(SqlRowReader(engine), registry),
-        policy=QUICK,
+        policy=RELAY,
     )
     write(notes.insert().values(id=1, name="first", state=0), 1, "first")
     write(notes.insert().values(id=2, name="second", state=0), 2, "second")
@@ -187,10 +189,13 @@ def test_two_relays_share_a_mariadb_outbox_without_double_work(
         )
     sink = CountingRedis(r)
     relays = [
-        OutboxRelay(mysql_outbox, redis=sink, search=None, batch_size=20, policy=QUICK)
+        OutboxRelay(
+            mysql_outbox, redis=sink, search=None, policy=RelayPolicy(batch_size=20, retry=QUICK)
+        )
         for _ in range(2)
     ]
-    assert relays[0]._supports_skip_locked(mysql_outbox.engine.connect())  # MariaDB 10.6+
+    with mysql_outbox.engine.connect() as conn:
+        assert mysql_outbox.supports_skip_locked(conn)  # MariaDB 10.6+
     done = [0, 0]
 
     def drain(n: int) -> None:
@@ -218,7 +223,7 @@ def test_relay_waits_out_a_redis_outage_without_kafka(
     try:
         client.set("k:1", "cached")
         row = mysql_outbox.add(KIND_FAILED, [DeleteKeys(("k:1",))], attempts=1)
-        relay = OutboxRelay(mysql_outbox, redis=RedisSink(client), search=None, policy=QUICK)
+        relay = OutboxRelay(mysql_outbox, redis=RedisSink(client), search=None, policy=RELAY)
         proc.stop()
         report = relay.run_once()
         assert (report.done, report.deferred, report.dead) == (0, 1, 0)
@@ -254,7 +259,7 @@ def test_relay_hands_failures_to_kafka_and_buries_undecodable_rows(
                 )
             )
         relay = OutboxRelay(
-            mysql_outbox, redis=RedisSink(client), search=None, handoff=handoff, policy=QUICK
+            mysql_outbox, redis=RedisSink(client), search=None, handoff=handoff, policy=RELAY
         )
         report = relay.run_once()
         assert (report.done, report.dead, report.handed_off) == (1, 1, 2)
