@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .errors import ConfigurationError
 
-__all__ = ["Backoff", "BatchPolicy", "ImmediateRetryPolicy", "RetryPolicy"]
+__all__ = ["Backoff", "BatchPolicy", "ImmediateRetryPolicy", "RelayPolicy", "RetryPolicy"]
 
 
 def _positive(owner: str, **values: float) -> None:

@@ -33,6 +33,7 @@ from cachesync import RetryPolicy
 from cachesync.connections import sql_engine
 from cachesync.kafka import RetryConsumer, RetryQueue, list_dead_letters
 from cachesync.outbox import STATE_PENDING, OutboxRelay, OutboxStore
+from cachesync.policies import RelayPolicy
 from cachesync.reread import Refresher, SqlRowReader
 from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.binlog.harness import BinlogEnv, SidecarProcess, binlog_env
@@ -109,8 +110,7 @@ def pipeline(env: BinlogEnv) -> Iterator[Pipeline]:
         search=SearchSink(env.es),
         handoff=RetryQueue(broker.bootstrap, retry, component="relay", timeout=2.0),
         refresher=refresher,
-        policy=RetryPolicy.FAST,
-        poll_interval=0.2,
+        policy=RelayPolicy(poll_interval=0.2, retry=RetryPolicy.FAST),
     )
     p = Pipeline(env, cache, broker, retry, dead, store, sidecar, consumer, _client(cache))
     p.threads = [

@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import logging
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from ..apply import Applier, Failure, FailureHandler
 from ..changes import OutboxPosition
 from ..codec import decode_action
 from ..errors import CacheSyncError, DecodeError, HandOffError, PermanentError, TransientError
-from ..policies import ImmediateRetryPolicy, RelayPolicy, RetryPolicy
+from ..policies import RelayPolicy
 from ..reread import Refresher
 from ..sinks.elasticsearch import SearchSink
 from ..sinks.redis import RedisSink
@@ -118,30 +117,6 @@ def _action_keys(action: Action) -> list[tuple[str, ...]]:
     return [("doc", action.index, action.doc_id)]
 
 
-def _legacy_policy(
-    policy: RelayPolicy | RetryPolicy,
-    batch_size: int | None,
-    poll_interval: float | None,
-    immediate: ImmediateRetryPolicy | None,
-) -> RelayPolicy:
-    """The :class:`RelayPolicy` the pre-policy keywords describe (validated like any other)."""
-    if isinstance(policy, RelayPolicy) and (batch_size, poll_interval, immediate) == (None,) * 3:
-        return policy
-    warnings.warn(
-        "OutboxRelay(batch_size=, poll_interval=, immediate=, policy=RetryPolicy) is "
-        "deprecated: pass policy=RelayPolicy(...)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    base = policy if isinstance(policy, RelayPolicy) else RelayPolicy(retry=policy)
-    return RelayPolicy(
-        batch_size=base.batch_size if batch_size is None else batch_size,
-        poll_interval=base.poll_interval if poll_interval is None else poll_interval,
-        retry=base.retry,
-        immediate=base.immediate if immediate is None else immediate,
-    )
-
-
 class OutboxRelay:
     """Polls the outbox table and applies pending rows (see the module docstring).
 
@@ -164,17 +139,14 @@ class OutboxRelay:
         search: SearchSink | None,
         handoff: FailureHandler | None = None,
         refresher: Refresher | None = None,
-        policy: RelayPolicy | RetryPolicy = RelayPolicy.DEFAULT,
+        policy: RelayPolicy = RelayPolicy.DEFAULT,
         now: Callable[[], dt.datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
-        batch_size: int | None = None,
-        poll_interval: float | None = None,
-        immediate: ImmediateRetryPolicy | None = None,
     ) -> None:
         self.store = store
         self.handoff = handoff
         self.refresher = refresher
-        self.policy = _legacy_policy(policy, batch_size, poll_interval, immediate)
+        self.policy = policy
         self.now = now
         self.applier = Applier(redis, search, policy=self.policy.immediate, sleep=sleep)
 

@@ -27,6 +27,7 @@ from elasticsearch import Elasticsearch
 from cachesync import Applier, RetryPolicy, metrics
 from cachesync.kafka import RetryConsumer, RetryQueue, list_dead_letters
 from cachesync.outbox import STATE_PENDING, OutboxRelay, OutboxStore
+from cachesync.policies import RelayPolicy
 from cachesync.reread import Refresher, SqlRowReader
 from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.kafka.helpers import (
@@ -183,7 +184,7 @@ def test_kafka_frozen_while_redis_down_parks_failures_in_the_outbox(
                 search=SearchSink(es),
                 handoff=RetryQueue(broker.bootstrap, retry, component="relay", timeout=2.0),
                 refresher=Refresher(SqlRowReader(store.engine), items.registry),
-                poll_interval=0.2,
+                policy=RelayPolicy(poll_interval=0.2),
             )
             relay_thread = threading.Thread(target=relay.run, args=(stop_relay,), daemon=True)
             relay_thread.start()

@@ -102,35 +102,6 @@ def test_run_waits_poll_interval_when_idle_and_backs_off_while_the_database_is_d
     assert stop.waits == [0.5, 1.0, 2.0, 3.0, 3.0, 0.5, 1.0]
 
 
-def test_old_keywords_fold_into_a_relay_policy_with_a_warning() -> None:
-    retry = RetryPolicy.FAST
-    with pytest.deprecated_call():
-        relay = OutboxRelay(
-            None,  # type: ignore[arg-type]
-            redis=None,
-            search=None,
-            policy=retry,
-            batch_size=20,
-            poll_interval=0.2,
-        )
-    assert relay.policy == RelayPolicy(batch_size=20, poll_interval=0.2, retry=retry)
-    assert (relay.batch_size, relay.poll_interval) == (20, 0.2)
-    with pytest.deprecated_call(), pytest.raises(ConfigurationError, match="batch_size"):
-        OutboxRelay(None, redis=None, search=None, batch_size=0)  # type: ignore[arg-type]
-
-
-class RecordingRedis:
-    def __init__(self, fail: bool = False) -> None:
-        self.deleted: list[str] = []
-        self.fail = fail
-
-    def delete(self, keys: Sequence[str]) -> int:
-        if self.fail:
-            raise TransientError("Redis down")
-        self.deleted.extend(keys)
-        return len(keys)
-
-
 def test_relay_on_a_sqlite_store_applies_and_defers_with_the_policys_schedule(
     tmp_path: Path,
 ) -> None:
