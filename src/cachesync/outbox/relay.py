@@ -47,6 +47,7 @@ from ..codec import decode_action
 from ..errors import CacheSyncError, DecodeError, HandOffError, PermanentError, TransientError
 from ..policies import RelayPolicy
 from ..reread import Refresher
+from ..sinks.base import DocumentSink, KeySink
 from ..sinks.elasticsearch import SearchSink
 from ..sinks.redis import RedisSink
 from .store import MAX_ERROR, OutboxStore, utcnow
@@ -135,8 +136,8 @@ class OutboxRelay:
         self,
         store: OutboxStore,
         *,
-        redis: RedisSink | None,
-        search: SearchSink | None,
+        redis: KeySink | None,
+        search: DocumentSink | None,
         handoff: FailureHandler | None = None,
         refresher: Refresher | None = None,
         policy: RelayPolicy = RelayPolicy.DEFAULT,

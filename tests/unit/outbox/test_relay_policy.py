@@ -12,6 +12,7 @@ from cachesync import ConfigurationError, DeleteKeys, ImmediateRetryPolicy, Retr
 from cachesync.errors import TransientError
 from cachesync.outbox import KIND_FAILED, STATE_PENDING, OutboxRelay, OutboxStore, RelayReport
 from cachesync.policies import Backoff, RelayPolicy
+from cachesync.testing import MemoryKeySink
 
 
 @pytest.mark.parametrize(
@@ -116,19 +117,20 @@ def test_relay_on_a_sqlite_store_applies_and_defers_with_the_policys_schedule(
     retry = RetryPolicy(attempts=3, min_backoff=2.0, max_backoff=10.0, jitter=0.0)
     policy = RelayPolicy(retry=retry, immediate=ImmediateRetryPolicy.NONE)
     sleeps: list[float] = []
-    down = RecordingRedis(fail=True)
+    down = MemoryKeySink()
+    down.down = True
     relay = OutboxRelay(
         store, redis=down, search=None, policy=policy, now=lambda: clock, sleep=sleeps.append
-    )  # type: ignore[arg-type]
+    )
     report = relay.run_once()
     assert (report.claimed, report.done, report.deferred) == (1, 0, 1)
     (row,) = store.rows(STATE_PENDING)
     assert row["attempts"] == 1 and row["available_at"] == clock + dt.timedelta(seconds=2.0)
-    assert "Redis down" in row["last_error"]
+    assert "UNLINK" in row["last_error"]
     assert relay.run_once().claimed == 0  # not due yet
-    up = RecordingRedis()
+    up = MemoryKeySink()
     later = clock + dt.timedelta(seconds=2.0)
-    relay = OutboxRelay(store, redis=up, search=None, policy=policy, now=lambda: later)  # type: ignore[arg-type]
+    relay = OutboxRelay(store, redis=up, search=None, policy=policy, now=lambda: later)
     assert relay.run_once().done == 1
     assert up.deleted == ["a", "b"] and sleeps == []
     assert store.counts() == {"pending": 0, "done": 1, "dead": 0}
