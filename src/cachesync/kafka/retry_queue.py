@@ -127,14 +127,15 @@ class RetryQueue(FailureHandler):
         *,
         component: str = "sidecar",
         outbox: bool = True,
-        timeout: float = 5.0,
+        timeout: float | None = None,
         policy: RetryQueuePolicy = RetryQueuePolicy.DEFAULT,
     ) -> RetryQueue:
         """The queue for *settings*: ``kafka_bootstrap``/``retry_topic``, outbox at ``outbox_url``
         (else ``mysql_url``). Without Kafka the outbox alone is the hand-off.
 
-        *timeout* bounds the Kafka hand-off (it replaces ``policy.timeout``) and the
-        outbox's database connection.
+        *timeout*, when given, replaces ``policy.timeout``; it bounds the Kafka
+        hand-off and the outbox's database connection.
+
         The sidecar's own ``mysql_url`` user needs only ``SELECT`` and replication
         grants; for the outbox fallback either grant it ``INSERT`` on the outbox
         table or point ``outbox_url`` at a user that has it. Without either, a
@@ -143,13 +144,14 @@ class RetryQueue(FailureHandler):
         """
         from ..outbox.relay import OutboxStore
 
+        if timeout is not None:
+            policy = replace(policy, timeout=timeout)
         database = settings.outbox_database if outbox else None
         return cls(
             settings.kafka_bootstrap,
             settings.retry_topic,
-            outbox=OutboxStore.from_url(database, timeout=timeout) if database else None,
+            outbox=OutboxStore.from_url(database, timeout=policy.timeout) if database else None,
             policy=policy,
-            timeout=timeout,
             component=component,
             pipeline=settings.name,
         )
