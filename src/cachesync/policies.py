@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 
 from .errors import ConfigurationError
 
-__all__ = ["Backoff", "BatchPolicy", "ImmediateRetryPolicy", "RelayPolicy", "RetryPolicy"]
+__all__ = [
+    "Backoff",
+    "BatchPolicy",
+    "ImmediateRetryPolicy",
+    "RelayPolicy",
+    "RetryPolicy",
+    "RetryQueuePolicy",
+]
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -253,3 +260,41 @@ class RelayPolicy:
 RelayPolicy.LOW_LATENCY = RelayPolicy(batch_size=50, poll_interval=0.1)
 RelayPolicy.DEFAULT = RelayPolicy()
 RelayPolicy.THROUGHPUT = RelayPolicy(batch_size=1000, poll_interval=1.0)
+
+
+@dataclass(frozen=True)
+class RetryQueuePolicy:
+    """How long the retry queue waits for Kafka, and how often it checks a broker that failed.
+
+    ``timeout`` bounds one hand-off to Kafka (connect, send, every ``acks=all``
+    acknowledgement); past it the failures go to the outbox. After a failure
+    the circuit stays open for ``cooldown(n)`` seconds after the ``n``-th
+    consecutive failed check (``cooldown_min`` doubling up to ``cooldown_max``,
+    no jitter), then a background probe asks the broker for metadata.
+    """
+
+    timeout: float = 5.0
+    cooldown_min: float = 1.0
+    cooldown_max: float = 30.0
+
+    DEFAULT: ClassVar[RetryQueuePolicy]
+
+    def __post_init__(self) -> None:
+        _positive(
+            "RetryQueuePolicy",
+            timeout=self.timeout,
+            cooldown_min=self.cooldown_min,
+            cooldown_max=self.cooldown_max,
+        )
+        if self.cooldown_min > self.cooldown_max:
+            raise ConfigurationError(
+                f"RetryQueuePolicy.cooldown_min must be <= cooldown_max, got "
+                f"{self.cooldown_min!r} > {self.cooldown_max!r}"
+            )
+
+    @property
+    def cooldown(self) -> Backoff:
+        return Backoff(self.cooldown_min, self.cooldown_max, jitter=0.0)
+
+
+RetryQueuePolicy.DEFAULT = RetryQueuePolicy()

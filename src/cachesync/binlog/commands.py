@@ -281,7 +281,7 @@ def _retry_path_status(settings: Settings) -> dict[str, Any]:
     if settings.outbox_database is not None:
         try:
             from ..connections import sql_engine
-            from ..outbox.relay import OutboxStore
+            from ..outbox.store import OutboxStore
 
             engine = sql_engine(settings.outbox_database, timeout=3)
             try:

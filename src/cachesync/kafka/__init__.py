@@ -6,6 +6,10 @@
   order, re-reads documents, dead-letters what cannot be applied.
 * :func:`list_dead_letters`, :func:`redrive` - ``cachesync dlq list|redrive``.
 
+Inside: :mod:`.scheduler` is the consumer's pure core (per-key queues, backoff,
+offset watermark), :mod:`.client` the only module that talks to kafka-python
+(bounded sends: :func:`~cachesync.kafka.client.send_and_wait`).
+
 The message formats are documented in :mod:`cachesync.kafka.codec`.
 kafka-python is imported lazily and its errors never leave this package.
 """

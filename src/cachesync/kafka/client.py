@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CacheSyncError, ConfigurationError, PermanentError, TransientError
 
 __all__ = [
+    "AckedProducer",
+    "Delivery",
+    "Outgoing",
     "Record",
     "close_producer",
     "ensure_topics",
@@ -33,6 +37,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "read_topic",
+    "send_and_wait",
     "to_record",
 ]
 
@@ -134,6 +139,129 @@ def close_producer(producer: Any, timeout: float) -> None:
             with contextlib.suppress(Exception):
                 sender.force_close()
                 sender.join(max(0.1, timeout))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to produce: topic, key, value (bytes; ``None`` for no key or a tombstone)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where an acknowledged record was stored."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def send_and_wait(
+    producer: Any,
+    records: Sequence[Outgoing],
+    *,
+    timeout: float,
+    what: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Delivery]:
+    """Send *records* with *producer* and wait for every acknowledgement, in order.
+
+    Blocks for at most about *timeout* seconds in all, plus what ``send()`` may
+    block on metadata or buffer space (the producer's ``max_block_ms``;
+    :func:`make_producer` sets it to its own timeout). Raises
+    :class:`~cachesync.errors.TransientError` when the broker is unreachable or
+    does not acknowledge in time, :class:`~cachesync.errors.PermanentError` when
+    waiting will not help (record too large, invalid topic); *what* names the
+    operation in the message. On an error some records may still have been
+    stored (and may yet be, by the producer's own retries): a caller that
+    stores them elsewhere must accept duplicates. Success means every record
+    was acknowledged with the producer's ``acks`` (``all`` from :func:`make_producer`).
+    """
+    if not records:
+        return []
+    deadline = clock() + timeout
+    with kafka_errors(what):
+        futures = [producer.send(r.topic, key=r.key, value=r.value) for r in records]
+        producer.flush(timeout=max(0.0, deadline - clock()))
+        metas = [future.get(timeout=max(0.001, deadline - clock())) for future in futures]
+    return [Delivery(m.topic, m.partition, m.offset) for m in metas]
+
+
+class AckedProducer:
+    """A lazily connected producer whose sends wait for ``acks=all`` (:func:`send_and_wait`).
+
+    Constructing one never touches the network; the first :meth:`send` (or
+    :meth:`check`) connects, which may block up to about *timeout* and raises
+    :class:`~cachesync.errors.TransientError` when the broker cannot be reached.
+    After a failed send the producer is dropped (closed without waiting), so the
+    next send starts from clean metadata and state. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        timeout: float,
+        client_id: str,
+        options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.client_id = client_id
+        self.options = dict(options or {})
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._producer: Any = None
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                self._producer = make_producer(
+                    self.bootstrap, timeout=self.timeout, client_id=self.client_id, **self.options
+                )
+            return self._producer
+
+    def send(
+        self, records: Sequence[Outgoing], *, what: str, deadline: float | None = None
+    ) -> list[Delivery]:
+        """Send and wait for every acknowledgement by *deadline* (on :attr:`clock`), else ``timeout``.
+
+        Raises as :func:`send_and_wait` does, after dropping the producer.
+        """
+        if not records:
+            return []
+        if deadline is None:
+            deadline = self.clock() + self.timeout
+        try:
+            producer = self._get()
+            return send_and_wait(
+                producer,
+                records,
+                timeout=max(0.0, deadline - self.clock()),
+                what=what,
+                clock=self.clock,
+            )
+        except CacheSyncError:
+            self.close(timeout=0.0)
+            raise
+
+    def check(self, topic: str) -> None:
+        """Connect if needed and fetch *topic*'s partitions; raises :class:`TransientError` if absent."""
+        producer = self._get()
+        with kafka_errors(f"fetching metadata of {topic}"):
+            if not producer.partitions_for(topic):
+                raise TransientError(f"Kafka: no partitions for {topic}")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and close within *timeout* (default ``timeout``); see :func:`close_producer`."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            close_producer(producer, self.timeout if timeout is None else timeout)
 
 
 def make_consumer(bootstrap: str, *, client_id: str = "cachesync", **overrides: Any) -> Any:

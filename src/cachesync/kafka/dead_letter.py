@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import metrics
 from ..errors import CacheSyncError, DecodeError
-from .client import close_producer, ensure_topics, kafka_errors, make_producer, read_topic
+from .client import AckedProducer, Outgoing, ensure_topics, read_topic
 from .codec import (
     DeadLetter,
     RecordRef,
@@ -59,7 +59,11 @@ def marker_topic(dead_letter_topic: str) -> str:
 
 
 class DeadLetterPublisher:
-    """Sends dead letters and waits for ``acks=all`` (bounded by *timeout*)."""
+    """Sends dead letters to *topic* and waits for ``acks=all``.
+
+    Construction never touches the network. :meth:`publish` blocks for at most
+    about *timeout* (see :func:`~cachesync.kafka.client.send_and_wait`).
+    """
 
     def __init__(
         self,
@@ -72,42 +76,34 @@ class DeadLetterPublisher:
         self.bootstrap = bootstrap
         self.topic = topic
         self.timeout = timeout
-        self.producer_options = dict(producer_options or {})
-        self._producer: Any = None
+        self._kafka = AckedProducer(
+            bootstrap, timeout=timeout, client_id="cachesync-dead-letter", options=producer_options
+        )
 
     def publish(self, letters: Sequence[DeadLetter]) -> None:
-        """Send *letters*; raises :class:`~cachesync.errors.TransientError` if not all acknowledged."""
+        """Send *letters*; raises :class:`~cachesync.errors.TransientError` if not all acknowledged.
+
+        After an error some letters may be on the topic already; publishing them
+        again duplicates them (the consumer does, after a crash too).
+        """
         if not letters:
             return
-        if self._producer is None:
-            self._producer = make_producer(
-                self.bootstrap,
-                timeout=self.timeout,
-                client_id="cachesync-dead-letter",
-                **self.producer_options,
-            )
-        producer = self._producer
-        try:
-            with kafka_errors(f"publishing {len(letters)} dead letter(s) to {self.topic}"):
-                futures = [
-                    producer.send(
-                        self.topic,
-                        key=letter.key.encode() if letter.key is not None else None,
-                        value=encode_dead_letter(letter),
-                    )
-                    for letter in letters
-                ]
-                for future in futures:
-                    future.get(timeout=self.timeout)
-        except CacheSyncError:
-            self.close(timeout=0)
-            raise
+        self._kafka.send(
+            [
+                Outgoing(
+                    self.topic,
+                    letter.key.encode() if letter.key is not None else None,
+                    encode_dead_letter(letter),
+                )
+                for letter in letters
+            ],
+            what=f"publishing {len(letters)} dead letter(s) to {self.topic}",
+        )
         metrics.inc("dead_letters_total", len(letters))
 
     def close(self, timeout: float | None = None) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            close_producer(producer, self.timeout if timeout is None else timeout)
+        """Flush and close the producer within *timeout* (default: the publisher's)."""
+        self._kafka.close(timeout)
 
 
 @dataclass(frozen=True)
@@ -276,28 +272,32 @@ def redrive(
 
     marks = marker_topic(dead_letter_topic)
     ensure_topics(bootstrap, {marks: {"cleanup.policy": "compact"}}, partitions=1)
-    producer = make_producer(bootstrap, timeout=timeout, client_id="cachesync-redrive")
+    kafka = AckedProducer(bootstrap, timeout=timeout, client_id="cachesync-redrive")
     try:
-        with kafka_errors(f"redriving {len(outgoing)} dead letter(s) to {retry_topic}"):
-            futures = [producer.send(retry_topic, key=k, value=v) for _, k, v in outgoing]
-            results = [f.get(timeout=timeout) for f in futures]
-            marker_futures = [
-                producer.send(
+        # markers only after the retry records are acknowledged: a crash in between
+        # redrives twice (harmless), never marks what was not redriven
+        deliveries = kafka.send(
+            [Outgoing(retry_topic, k, v) for _, k, v in outgoing],
+            what=f"redriving {len(outgoing)} dead letter(s) to {retry_topic}",
+        )
+        kafka.send(
+            [
+                Outgoing(
                     marks,
-                    key=f"{s.ref.partition}:{s.ref.offset}".encode(),
-                    value=json.dumps(
+                    f"{s.ref.partition}:{s.ref.offset}".encode(),
+                    json.dumps(
                         {
                             "redriven_at": format_time(now),
-                            "to": f"{r.topic}[{r.partition}]@{r.offset}",
+                            "to": f"{d.topic}[{d.partition}]@{d.offset}",
                         }
                     ).encode(),
                 )
-                for (s, _, _), r in zip(outgoing, results, strict=True)
-            ]
-            for f in marker_futures:
-                f.get(timeout=timeout)
+                for (s, _, _), d in zip(outgoing, deliveries, strict=True)
+            ],
+            what=f"marking {len(outgoing)} dead letter(s) as redriven in {marks}",
+        )
     finally:
-        close_producer(producer, timeout)
+        kafka.close()
     report.redriven = len(outgoing)
     report.keys = [s.key or "" for s, _, _ in outgoing]
     metrics.inc("redriven_total", report.redriven)

@@ -37,14 +37,16 @@ blocks its partition. When a sink that was failing succeeds again (Redis is
 back), every key waiting on that sink becomes due at once instead of sleeping
 out its backoff: convergence after an outage takes one round trip, not the
 longest backoff.
+
+The scheduling itself (queues, due times, coalescing, the offset watermark,
+flow thresholds) is the pure :class:`~cachesync.kafka.scheduler.Scheduler`;
+this module is its Kafka group glue: polling, the rebalance listener, commits,
+applying turns, and publishing dead letters.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import datetime as dt
-import heapq
 import logging
 import os
 import random
@@ -58,24 +60,16 @@ from typing import TYPE_CHECKING, Any
 from .. import metrics
 from ..actions import Action, DeleteKeys
 from ..apply import Applier
-from ..errors import CacheSyncError, DecodeError, TransientError
-from ..policies import ImmediateRetryPolicy, RetryPolicy
+from ..errors import CacheSyncError, TransientError
+from ..policies import Backoff, ImmediateRetryPolicy, RetryPolicy
 from ..reread import Refresher
+from ..sinks.base import DocumentSink, KeySink
 from ..sinks.elasticsearch import SearchSink
 from ..sinks.redis import RedisSink
-from .client import Record, kafka_errors, make_consumer, to_record
-from .codec import (
-    REASON_EXHAUSTED,
-    REASON_PERMANENT,
-    REASON_UNDECODABLE,
-    DeadLetter,
-    ErrorInfo,
-    RecordRef,
-    RetryMessage,
-    decode_message,
-    message_key,
-)
+from .client import kafka_errors, make_consumer, to_record
+from .codec import message_key
 from .dead_letter import DeadLetterPublisher
+from .scheduler import SINK_DATABASE, Flow, Outcome, Partition, Scheduler, Turn, sink_of
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -85,27 +79,16 @@ __all__ = ["ConsumerStats", "RetryConsumer", "default_group"]
 
 log = logging.getLogger("cachesync.kafka")
 
-_Partition = tuple[str, int]
-SINK_REDIS = "redis"
-SINK_SEARCH = "search"
-SINK_DATABASE = "database"
+# Constant waits, as before the policies existed; a Backoff so the schedule has one form.
+#: After a Kafka error in :meth:`RetryConsumer.run`, before polling again.
+OUTAGE_WAIT = Backoff(1.0, 1.0, jitter=0.0)
+#: After the dead-letter topic failed to acknowledge, before publishing again.
+DEAD_LETTER_WAIT = Backoff(2.0, 2.0, jitter=0.0)
 
 
 def default_group(pipeline: str) -> str:
     """The consumer group of a pipeline's retry consumers."""
     return f"cachesync-retry.{pipeline}"
-
-
-@dataclass
-class _Item:
-    """One retry record held in memory until it is applied or dead-lettered."""
-
-    partition: _Partition
-    offset: int
-    timestamp: int | None
-    message: RetryMessage
-    due: float
-    sink: str | None = None
 
 
 @dataclass
@@ -119,49 +102,6 @@ class ConsumerStats:
     undecodable: int = 0
     commits: int = 0
     pending: int = 0
-
-
-class _Offsets:
-    """Offsets of one partition received but not yet finished; the committable offset.
-
-    The committable offset is the lowest unfinished one (or one past the highest
-    seen): committing more would lose a record that is still waiting.
-    """
-
-    def __init__(self) -> None:
-        self.open: set[int] = set()
-        self.heap: list[int] = []
-        self.next = -1
-        self.committed = -1
-
-    def add(self, offset: int) -> None:
-        self.open.add(offset)
-        heapq.heappush(self.heap, offset)
-        self.next = max(self.next, offset + 1)
-
-    def finish(self, offset: int) -> None:
-        self.open.discard(offset)
-
-    def committable(self) -> int:
-        while self.heap and self.heap[0] not in self.open:
-            heapq.heappop(self.heap)
-        return self.heap[0] if self.heap else self.next
-
-
-def _sink(action: Action) -> str:
-    return SINK_REDIS if isinstance(action, DeleteKeys) else SINK_SEARCH
-
-
-def _newest(items: Sequence[_Item]) -> Action:
-    """The action standing for a key's whole queue: the newest position wins, then the latest."""
-    best = items[0].message.action
-    for item in list(items)[1:]:
-        action = item.message.action
-        if best.position is None or (
-            action.position is not None and action.position.version >= best.position.version
-        ):
-            best = action
-    return best
 
 
 class RetryConsumer:
@@ -183,8 +123,8 @@ class RetryConsumer:
         topic: str,
         dead_letter_topic: str,
         group_id: str,
-        redis: RedisSink | None,
-        search: SearchSink | None,
+        redis: KeySink | None,
+        search: DocumentSink | None,
         refresher: Refresher | None = None,
         policy: RetryPolicy = RetryPolicy.DEFAULT,
         max_batch: int = 500,
@@ -217,14 +157,17 @@ class RetryConsumer:
             bootstrap, dead_letter_topic, timeout=timeout, producer_options=producer_options
         )
         self._identity = {"group": group_id, "host": socket.gethostname(), "pid": os.getpid()}
+        self._scheduler = Scheduler(
+            policy,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            clock=clock,
+            rng=self.rng,
+            identity=self._identity,
+        )
         self._consumer: Any = None
-        self._queues: dict[str, collections.deque[_Item]] = {}
-        self._due: list[tuple[float, int, str]] = []
-        self._seq = 0
-        self._offsets: dict[_Partition, _Offsets] = {}
-        self._letters: list[tuple[DeadLetter, list[tuple[_Partition, int]]]] = []
         self._letters_due = 0.0
-        self._failing: set[str] = set()
+        self._letter_failures = 0
         self._paused = False
         self._last_commit = 0.0
 
@@ -300,35 +243,50 @@ class RetryConsumer:
         self._dead.close()
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Consume until *stop* is set (or forever); Kafka outages are waited out."""
+        """Consume until *stop* is set (or forever); Kafka outages are waited out.
+
+        Blocks; returns only once *stop* is set, after :meth:`close`. Raises what
+        is not a :class:`TransientError` (a configuration problem).
+        """
         stop = stop or threading.Event()
         self.start()
+        outages = 0
         try:
             while not stop.is_set():
                 try:
                     self.poll_once()
+                    outages = 0
                 except TransientError as exc:
+                    outages += 1
                     log.warning("cachesync retry consumer: %s", exc)
-                    stop.wait(1.0)
+                    stop.wait(OUTAGE_WAIT.delay(outages))
         finally:
             self.close()
 
     # -- one iteration --------------------------------------------------------------------
 
     def poll_once(self, max_wait: float = 0.5) -> None:
-        """Poll once, apply what is due, dead-letter what must be, commit what is finished."""
+        """Poll once, apply what is due, dead-letter what must be, commit what is finished.
+
+        Blocks up to *max_wait* in the poll (less when a key is due sooner), then
+        for the sinks' and the dead-letter topic's bounded waits. Raises
+        :class:`TransientError` when Kafka cannot be polled or dead letters cannot
+        be published (their offsets stay uncommitted; they are retried later).
+        """
         if self._consumer is None:
             self.start()
         consumer = self._consumer
-        now = self.clock()
         wait = max_wait
-        if self._due:
-            wait = max(0.0, min(max_wait, self._due[0][0] - now))
+        due = self._scheduler.next_due()
+        if due is not None:
+            wait = max(0.0, min(max_wait, due - self.clock()))
         with kafka_errors("polling the retry topic"):
             batch = consumer.poll(timeout_ms=int(wait * 1000), max_records=self.max_batch)
         for records in batch.values():
             for raw in records:
-                self._accept(to_record(raw))
+                self.stats.received += 1
+                if self._scheduler.receive(to_record(raw)) is not None:
+                    self.stats.undecodable += 1
         self._process_due()
         self._flush_letters()
         self._commit(consumer)
@@ -337,78 +295,27 @@ class RetryConsumer:
 
     def pending(self) -> int:
         """Records held in memory (waiting, or waiting for the dead-letter topic)."""
-        return sum(len(q) for q in self._queues.values()) + sum(
-            len(refs) for _, refs in self._letters
-        )
-
-    # -- intake ---------------------------------------------------------------------------
-
-    def _accept(self, record: Record) -> None:
-        part = (record.topic, record.partition)
-        self._offsets.setdefault(part, _Offsets()).add(record.offset)
-        self.stats.received += 1
-        ref = RecordRef(record.topic, record.partition, record.offset, record.timestamp)
-        try:
-            message = decode_message(record.value)
-        except DecodeError as exc:
-            self.stats.undecodable += 1
-            log.error("cachesync retry consumer: undecodable record %s: %s", ref, exc)
-            letter = DeadLetter(
-                REASON_UNDECODABLE,
-                ErrorInfo.of(exc),
-                dt.datetime.now(dt.UTC),
-                ref,
-                None,
-                record.key,
-                record.value,
-                self._identity,
-            )
-            self._letters.append((letter, [(part, record.offset)]))
-            return
-        if message.attempt == 0:
-            due = self.clock()
-        else:
-            due = message.last_failed_at.timestamp() + self.policy.backoff(
-                message.attempt, self.rng
-            )
-        item = _Item(part, record.offset, record.timestamp, message, due)
-        key = message.key
-        queue = self._queues.get(key)
-        if queue:
-            queue.append(item)  # behind the key's older records: never overtakes them
-            return
-        self._queues[key] = collections.deque([item])
-        self._schedule(key, due)
-
-    def _schedule(self, key: str, due: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._due, (due, self._seq, key))
-
-    def _pop_due(self, now: float) -> list[str]:
-        keys: list[str] = []
-        while self._due and len(keys) < self.max_batch:
-            due, _, key = self._due[0]
-            queue = self._queues.get(key)
-            if not queue or queue[0].due != due:
-                heapq.heappop(self._due)  # stale entry: the key finished or was rescheduled
-                continue
-            if due > now:
-                break
-            heapq.heappop(self._due)
-            keys.append(key)
-        return keys
+        return self._scheduler.pending()
 
     # -- applying -------------------------------------------------------------------------
 
     def _process_due(self) -> None:
-        now = self.clock()
-        keys = self._pop_due(now)
-        if not keys:
+        turns = self._scheduler.take_due()
+        if not turns:
             return
-        actions = {key: _newest(self._queues[key]) for key in keys}
+        outcomes = self._apply(turns)
+        attempted = sum(t.records for t in turns)
+        self.stats.attempts += attempted
+        metrics.inc("retries_total", attempted)
+        applied = self._scheduler.complete(outcomes)
+        self.stats.applied += applied
+        metrics.inc("retry_succeeded_total", applied)
+
+    def _apply(self, turns: Sequence[Turn]) -> list[Outcome]:
+        """Refresh documents from the database, apply everything, and say how each key went."""
+        actions: dict[str, Action] = {t.key: t.action for t in turns}
         errors: dict[str, CacheSyncError] = {}
-        sinks: dict[str, str] = {key: _sink(a) for key, a in actions.items()}
-        to_apply: list[Action] = []
+        sinks: dict[str, str] = {key: sink_of(a) for key, a in actions.items()}
         if self.refresher is not None:
             documents = [k for k, a in actions.items() if not isinstance(a, DeleteKeys)]
             try:
@@ -423,103 +330,25 @@ class RetryConsumer:
                 else:
                     actions[key] = result
         to_apply = [a for k, a in actions.items() if k not in errors]
-        attempted = sum(len(self._queues[k]) for k in keys)
-        self.stats.attempts += attempted
-        metrics.inc("retries_total", attempted)
         try:
             for failure in self._applier.apply(to_apply).failures:
                 errors[message_key(failure.action)] = failure.error
         except CacheSyncError as exc:  # a configuration problem (no Redis / ES configured)
             for action in to_apply:
                 errors[message_key(action)] = exc
-
-        finished = dt.datetime.now(dt.UTC)
-        recovered: set[str] = set()
-        failing: set[str] = set()
-        for key in keys:
-            error = errors.get(key)
-            if error is None:
-                recovered.add(sinks[key])
-                self._succeed(key)
-            elif isinstance(error, TransientError):
-                failing.add(sinks[key])
-                self._fail(key, error, finished, sinks[key])
-            else:
-                self._dead_letter_key(key, error, REASON_PERMANENT, finished)
-        woken = recovered & self._failing
-        self._failing = (self._failing - recovered) | failing
-        if woken:
-            self._wake(woken)
-
-    def _succeed(self, key: str) -> None:
-        queue = self._queues.pop(key)
-        for item in queue:
-            self._offsets[item.partition].finish(item.offset)
-        self.stats.applied += len(queue)
-        metrics.inc("retry_succeeded_total", len(queue))
-
-    def _fail(self, key: str, error: CacheSyncError, at: dt.datetime, sink: str) -> None:
-        queue = self._queues[key]
-        exhausted: list[_Item] = []
-        kept: collections.deque[_Item] = collections.deque()
-        for item in queue:
-            item.message = item.message.failed_again(error, at)
-            item.sink = sink
-            (exhausted if item.message.attempt >= self.policy.attempts else kept).append(item)
-        if exhausted:
-            self._to_dead_letters(exhausted, REASON_EXHAUSTED, ErrorInfo.of(error), at)
-        if not kept:
-            del self._queues[key]
-            return
-        self._queues[key] = kept
-        head = kept[0]
-        head.due = self.clock() + self.policy.backoff(head.message.attempt, self.rng)
-        self._schedule(key, head.due)
-
-    def _dead_letter_key(
-        self, key: str, error: CacheSyncError, reason: str, at: dt.datetime
-    ) -> None:
-        queue = self._queues.pop(key)
-        for item in queue:
-            item.message = item.message.failed_again(error, at)
-        log.error("cachesync retry consumer: %s failed permanently: %s", key, error)
-        self._to_dead_letters(list(queue), reason, ErrorInfo.of(error), at)
-
-    def _to_dead_letters(
-        self, items: Sequence[_Item], reason: str, error: ErrorInfo, at: dt.datetime
-    ) -> None:
-        for item in items:
-            ref = RecordRef(item.partition[0], item.partition[1], item.offset, item.timestamp)
-            letter = DeadLetter(reason, error, at, ref, item.message, consumer=self._identity)
-            self._letters.append((letter, [(item.partition, item.offset)]))
-
-    def _wake(self, sinks: set[str]) -> None:
-        """A sink answers again: everything waiting on it is due now."""
-        now = self.clock()
-        woken = 0
-        for key, queue in self._queues.items():
-            head = queue[0]
-            if head.sink in sinks and head.due > now:
-                head.due = now
-                self._schedule(key, now)
-                woken += 1
-        if woken:
-            log.info(
-                "cachesync retry consumer: %s answering again; %d waiting key(s) retried now",
-                "/".join(sorted(sinks)),
-                woken,
-            )
+        return [Outcome(t.key, sinks[t.key], errors.get(t.key)) for t in turns]
 
     # -- dead letters, offsets, flow ------------------------------------------------------
 
     def _flush_letters(self, force: bool = False) -> None:
-        if not self._letters or (not force and self.clock() < self._letters_due):
+        letters = self._scheduler.letters()
+        if not letters or (not force and self.clock() < self._letters_due):
             return
-        letters = [letter for letter, _ in self._letters]
         try:
             self._dead.publish(letters)
         except CacheSyncError as exc:
-            self._letters_due = self.clock() + 2.0
+            self._letter_failures += 1
+            self._letters_due = self.clock() + DEAD_LETTER_WAIT.delay(self._letter_failures)
             log.warning(
                 "cachesync retry consumer: %d dead letter(s) not yet published (%s); "
                 "their offsets stay uncommitted",
@@ -527,10 +356,8 @@ class RetryConsumer:
                 exc,
             )
             raise TransientError(str(exc)) from exc
-        for letter, refs in self._letters:
-            for part, offset in refs:
-                if part in self._offsets:
-                    self._offsets[part].finish(offset)
+        self._letter_failures = 0
+        for letter in self._scheduler.letters_published(len(letters)):
             log.warning(
                 "cachesync retry consumer: dead-lettered %s (%s): %s",
                 letter.key,
@@ -538,58 +365,50 @@ class RetryConsumer:
                 letter.error,
             )
         self.stats.dead_lettered += len(letters)
-        self._letters = []
 
     def _commit(self, consumer: Any, force: bool = False) -> None:
         now = self.clock()
         if not force and now - self._last_commit < self.commit_interval:
             return
         self._last_commit = now
+        targets = self._scheduler.committable()
+        if not targets:
+            return
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
-        offsets = {}
-        for (topic, partition), tracker in self._offsets.items():
-            target = tracker.committable()
-            if target > tracker.committed:
-                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(target, "", -1)
-        if not offsets:
-            return
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(target, "", -1)
+            for (topic, partition), target in targets.items()
+        }
         try:
             with kafka_errors("committing offsets"):
                 consumer.commit(offsets=offsets)
         except CacheSyncError as exc:
             log.warning("cachesync retry consumer: commit failed (%s); will retry", exc)
             return
-        for tp, meta in offsets.items():
-            done = self._offsets.get((tp.topic, tp.partition))
-            if done is not None:
-                done.committed = meta.offset
+        self._scheduler.committed(targets)
         self.stats.commits += 1
 
-    def _revoked(self, partitions: Sequence[_Partition]) -> None:
+    def _revoked(self, partitions: Sequence[Partition]) -> None:
         """Partitions leave this consumer: commit what is finished, forget what waits."""
         if self._consumer is not None:
             with contextlib.suppress(CacheSyncError):
                 self._flush_letters(force=True)
             self._commit(self._consumer, force=True)
-        gone = set(partitions)
-        for key in [k for k, q in self._queues.items() if q[0].partition in gone]:
-            del self._queues[key]
-        self._letters = [(letter, refs) for letter, refs in self._letters if refs[0][0] not in gone]
-        for part in gone:
-            self._offsets.pop(part, None)
+        self._scheduler.revoke(partitions)
 
     def _flow_control(self, consumer: Any) -> None:
-        pending = self.pending()
+        flow = self._scheduler.flow(self._paused)
         with kafka_errors("pausing/resuming partitions"):
-            if pending >= self.max_pending:
+            if flow is Flow.PAUSE:
                 consumer.pause(*consumer.assignment())  # again after a rebalance
                 if not self._paused:
                     log.warning(
-                        "cachesync retry consumer: %d records waiting; pausing intake", pending
+                        "cachesync retry consumer: %d records waiting; pausing intake",
+                        self.pending(),
                     )
                 self._paused = True
-            elif self._paused and pending < self.max_pending // 2:
+            elif flow is Flow.RESUME:
                 consumer.resume(*consumer.paused())
                 self._paused = False

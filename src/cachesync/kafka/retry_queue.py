@@ -19,8 +19,9 @@ once every failure is durably stored, else raises
 After a Kafka failure the circuit opens: hand-offs go straight to the outbox
 (or raise :class:`HandOffError` when there is none) without waiting on Kafka,
 so a broker outage costs the sidecar one ``timeout``, not one per batch. A
-background probe (after 1 s, doubling to 30 s) checks the broker's metadata and
-closes the circuit when it answers.
+background probe checks the broker's metadata and closes the circuit when it
+answers; between checks it waits :attr:`RetryQueuePolicy.cooldown
+<cachesync.policies.RetryQueuePolicy.cooldown>` (1 s doubling to 30 s by default).
 """
 
 from __future__ import annotations
@@ -30,26 +31,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..actions import per_key
 from ..apply import Failure, FailureHandler
-from ..errors import CacheSyncError, HandOffError, TransientError
+from ..errors import CacheSyncError, ConfigurationError, HandOffError, TransientError
 from ..outbox.schema import KIND_FAILED
-from .client import close_producer, kafka_errors, make_producer
+from ..policies import RetryQueuePolicy
+from .client import AckedProducer, Outgoing
 from .codec import ErrorInfo, RetryMessage, encode_message, from_epoch, origin
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..outbox.relay import OutboxStore
+    from ..outbox.store import OutboxStore
 
 __all__ = ["RetryQueue", "to_messages"]
 
 log = logging.getLogger("cachesync.kafka")
-
-_COOLDOWN_MIN = 1.0
-_COOLDOWN_MAX = 30.0
 
 
 def to_messages(
@@ -83,29 +83,42 @@ class RetryQueue(FailureHandler):
         topic: str,
         *,
         outbox: OutboxStore | None = None,
-        timeout: float = 5.0,
+        policy: RetryQueuePolicy = RetryQueuePolicy.DEFAULT,
+        timeout: float | None = None,
         component: str = "sidecar",
         pipeline: str = "default",
         producer_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """*timeout*, when given, replaces ``policy.timeout`` (and is validated like it).
+
+        Raises :class:`~cachesync.errors.ConfigurationError` without a bootstrap and
+        an outbox, or for an invalid policy. Never touches the network.
+        """
         if bootstrap is None and outbox is None:
-            raise ValueError("RetryQueue needs a Kafka bootstrap, an outbox, or both")
-        if timeout <= 0:
-            raise ValueError("RetryQueue timeout must be > 0 seconds")
+            raise ConfigurationError(
+                "RetryQueue needs a Kafka bootstrap, an outbox, or both", setting="kafka_bootstrap"
+            )
+        if timeout is not None:
+            policy = replace(policy, timeout=timeout)
         self.bootstrap = bootstrap
         self.topic = topic
         self.outbox = outbox
-        self.timeout = timeout
+        self.policy = policy
         self.origin = origin(component, pipeline)
         self.producer_options = dict(producer_options or {})
         self.clock = clock
         self._lock = threading.Lock()
-        self._producer: Any = None
+        self._kafka = self._new_producer()
         self._open = False
         self._next_probe = 0.0
-        self._cooldown = _COOLDOWN_MIN
+        self._failed_checks = 0  # consecutive: the cooldown grows with them
         self._probe: threading.Thread | None = None
+
+    @property
+    def timeout(self) -> float:
+        """The bound of one hand-off to Kafka (``policy.timeout``)."""
+        return self.policy.timeout
 
     @classmethod
     def from_settings(
@@ -114,10 +127,14 @@ class RetryQueue(FailureHandler):
         *,
         component: str = "sidecar",
         outbox: bool = True,
-        timeout: float = 5.0,
+        timeout: float | None = None,
+        policy: RetryQueuePolicy = RetryQueuePolicy.DEFAULT,
     ) -> RetryQueue:
         """The queue for *settings*: ``kafka_bootstrap``/``retry_topic``, outbox at ``outbox_url``
         (else ``mysql_url``). Without Kafka the outbox alone is the hand-off.
+
+        *timeout*, when given, replaces ``policy.timeout``; it bounds the Kafka
+        hand-off and the outbox's database connection.
 
         The sidecar's own ``mysql_url`` user needs only ``SELECT`` and replication
         grants; for the outbox fallback either grant it ``INSERT`` on the outbox
@@ -125,38 +142,32 @@ class RetryQueue(FailureHandler):
         hand-off while Kafka is down raises :class:`HandOffError` and the sidecar
         holds its checkpoint until Kafka is back (backpressure, nothing lost).
         """
-        from ..outbox.relay import OutboxStore
+        from ..outbox.store import OutboxStore
 
+        if timeout is not None:
+            policy = replace(policy, timeout=timeout)
         database = settings.outbox_database if outbox else None
         return cls(
             settings.kafka_bootstrap,
             settings.retry_topic,
-            outbox=OutboxStore.from_url(database, timeout=timeout) if database else None,
-            timeout=timeout,
+            outbox=OutboxStore.from_url(database, timeout=policy.timeout) if database else None,
+            policy=policy,
             component=component,
             pipeline=settings.name,
         )
 
     # -- Kafka ----------------------------------------------------------------------------
 
-    def _get_producer(self) -> Any:
-        with self._lock:
-            if self._producer is None:
-                assert self.bootstrap is not None
-                self._producer = make_producer(
-                    self.bootstrap,
-                    timeout=self.timeout,
-                    client_id=f"cachesync-{self.origin['component']}",
-                    **self.producer_options,
-                )
-            return self._producer
-
-    def _drop_producer(self) -> None:
-        """Forget a producer that failed: a fresh one starts from clean metadata and state."""
-        with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            close_producer(producer, 0.0)
+    def _new_producer(self) -> AckedProducer | None:
+        if self.bootstrap is None:
+            return None
+        return AckedProducer(
+            self.bootstrap,
+            timeout=self.policy.timeout,
+            client_id=f"cachesync-{self.origin['component']}",
+            options=self.producer_options,
+            clock=self.clock,
+        )
 
     def kafka_available(self) -> bool:
         """False while the circuit is open (after a Kafka failure, until a probe succeeds)."""
@@ -165,26 +176,33 @@ class RetryQueue(FailureHandler):
     def publish(self, messages: Sequence[RetryMessage]) -> None:
         """Send *messages* and wait for every ``acks=all`` acknowledgement (``timeout`` bounded).
 
-        Raises :class:`TransientError` (or another :class:`CacheSyncError`) on failure.
+        Raises :class:`TransientError` (or another :class:`CacheSyncError`) on failure;
+        some of the messages may have reached Kafka all the same.
         """
         if not messages:
             return
-        deadline = self.clock() + self.timeout
-        producer = self._get_producer()
-        with kafka_errors(f"publishing {len(messages)} retry message(s) to {self.topic}"):
-            futures = [
-                producer.send(self.topic, key=m.key.encode(), value=encode_message(m))
-                for m in messages
-            ]
-            producer.flush(timeout=max(0.0, deadline - self.clock()))
-            for future in futures:
-                future.get(timeout=max(0.001, deadline - self.clock()))
+        deadline = self.clock() + self.policy.timeout
+        with self._lock:
+            kafka = self._kafka
+        if kafka is None:
+            raise ConfigurationError("RetryQueue has no Kafka bootstrap", setting="kafka_bootstrap")
+        kafka.send(
+            [Outgoing(self.topic, m.key.encode(), encode_message(m)) for m in messages],
+            what=f"publishing {len(messages)} retry message(s) to {self.topic}",
+            deadline=deadline,
+        )
+
+    def _cooldown(self) -> float:
+        return self.policy.cooldown.delay(self._failed_checks)
 
     def _kafka_failed(self, exc: CacheSyncError) -> None:
         with self._lock:
             self._open = True
-            self._next_probe = self.clock() + self._cooldown
-        self._drop_producer()
+            self._failed_checks = 1
+            self._next_probe = self.clock() + self._cooldown()
+            kafka = self._kafka
+        if kafka is not None:  # already dropped by the failed send; cheap either way
+            kafka.close(timeout=0.0)
         log.warning(
             "cachesync retry queue: Kafka unavailable (%s); failures go to %s until it answers",
             exc,
@@ -202,34 +220,25 @@ class RetryQueue(FailureHandler):
             self._probe.start()
 
     def _run_probe(self) -> None:
-        producer: Any = None
+        probe = self._new_producer()
+        assert probe is not None  # probes start only with a bootstrap
         try:
-            assert self.bootstrap is not None
-            producer = make_producer(
-                self.bootstrap,
-                timeout=self.timeout,
-                client_id=f"cachesync-{self.origin['component']}",
-                **self.producer_options,
-            )
-            with kafka_errors(f"fetching metadata of {self.topic}"):
-                if not producer.partitions_for(self.topic):
-                    raise TransientError(f"Kafka: no partitions for {self.topic}")
+            probe.check(self.topic)
         except CacheSyncError as exc:
-            if producer is not None:
-                close_producer(producer, 0.0)
+            probe.close(timeout=0.0)
             with self._lock:
-                self._cooldown = min(_COOLDOWN_MAX, self._cooldown * 2)
-                self._next_probe = self.clock() + self._cooldown
+                self._failed_checks += 1
+                self._next_probe = self.clock() + self._cooldown()
                 self._probe = None
             log.debug("cachesync retry queue: Kafka probe failed: %s", exc)
             return
         with self._lock:
-            old, self._producer = self._producer, producer
+            old, self._kafka = self._kafka, probe  # keep its connection: it just answered
             self._open = False
-            self._cooldown = _COOLDOWN_MIN
+            self._failed_checks = 0
             self._probe = None
         if old is not None:
-            close_producer(old, 0.0)
+            old.close(timeout=0.0)
         log.info("cachesync retry queue: Kafka answers again; failures go to %s", self.topic)
 
     # -- FailureHandler -------------------------------------------------------------------
@@ -276,6 +285,6 @@ class RetryQueue(FailureHandler):
     def close(self) -> None:
         """Flush and close the producer (bounded by ``timeout``)."""
         with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            close_producer(producer, self.timeout)
+            kafka = self._kafka
+        if kafka is not None:
+            kafka.close()

@@ -1,4 +1,7 @@
-"""The retry consumer's scheduling, order and offset bookkeeping, with Kafka and sinks faked."""
+"""The retry consumer's glue (poll, apply, dead-letter, commit, pause) with Kafka and sinks faked.
+
+The scheduling rules themselves are tested on the pure scheduler in test_scheduler.py.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from kafka import TopicPartition
 
 from cachesync import DeleteKeys, RetryPolicy, TransientError
 from cachesync.kafka import RetryConsumer
 from cachesync.kafka.codec import DeadLetter, ErrorInfo, RetryMessage, encode_message
+from cachesync.kafka.retry_consumer import DEAD_LETTER_WAIT
 
 POLICY = RetryPolicy(attempts=3, min_backoff=10.0, max_backoff=40.0, jitter=0.0)
 T0 = 1_800_000_000.0
@@ -76,8 +81,13 @@ class FakeRedis:
 class FakeDead:
     def __init__(self) -> None:
         self.letters: list[DeadLetter] = []
+        self.down = False
+        self.calls = 0
 
     def publish(self, letters: Sequence[DeadLetter]) -> None:
+        self.calls += 1
+        if self.down:
+            raise TransientError("Kafka: publishing dead letters: KafkaTimeoutError")
         self.letters.extend(letters)
 
     def close(self, timeout: float | None = None) -> None:
@@ -182,6 +192,25 @@ def test_undecodable_record_is_dead_lettered_and_the_partition_flows() -> None:
     assert [d.reason for d in dead.letters] == ["undecodable"]
     assert dead.letters[0].raw_value == b"{oops"
     assert redis.calls == [["a"]]
+    assert kafka.commits[-1] == {TopicPartition("retry", 0): 2}
+
+
+def test_unacknowledged_dead_letters_hold_the_commit_and_are_republished_after_a_wait() -> None:
+    redis, clock = FakeRedis(), Clock()
+    consumer, kafka, dead = make(redis, clock)
+    dead.down = True
+    kafka.incoming = [Raw("retry", 0, 0, b"x", b"{oops"), record(1, "a", attempt=0)]
+    with pytest.raises(TransientError):
+        consumer.poll_once(0)
+    assert redis.calls == [["a"]] and consumer.pending() == 1
+    consumer.poll_once(0)  # within the wait: not tried again
+    assert dead.calls == 1
+    assert all(c[TopicPartition("retry", 0)] == 0 for c in kafka.commits)
+    dead.down = False
+    clock.now += DEAD_LETTER_WAIT.delay(1)
+    consumer.poll_once(0)
+    assert [d.reason for d in dead.letters] == ["undecodable"]
+    assert consumer.stats.dead_lettered == 1 and consumer.pending() == 0
     assert kafka.commits[-1] == {TopicPartition("retry", 0): 2}
 
 
