@@ -227,20 +227,27 @@ class MemoryCheckpointStore(CheckpointStore):
 class RecordingFailureHandler(FailureHandler):
     """Keeps every failure handed to it; with ``refuse = True`` it refuses, as a full outage does.
 
+    Given an *inner* handler it records what the inner one accepted and passes
+    its refusals on: a counting wrapper around a real :class:`RetryQueue`.
     Thread-safe (the sidecar and the fast path may share a handler).
     """
 
-    def __init__(self, *, refuse: bool = False) -> None:
+    def __init__(self, inner: FailureHandler | None = None, *, refuse: bool = False) -> None:
+        self.inner = inner
         self.failures: list[Failure] = []
         self.calls = 0
         self.refuse = refuse
         self._lock = threading.Lock()
 
     def handle(self, failures: Sequence[Failure]) -> None:
+        if self.refuse:
+            with self._lock:
+                self.calls += 1
+            raise HandOffError(f"{len(failures)} failed action(s): the handler refuses")
+        if self.inner is not None:
+            self.inner.handle(failures)
         with self._lock:
             self.calls += 1
-            if self.refuse:
-                raise HandOffError(f"{len(failures)} failed action(s): the handler refuses")
             self.failures.extend(failures)
 
     @property

@@ -28,7 +28,6 @@ from cachesync import (
     Applier,
     ApplyReport,
     BinlogPosition,
-    Failure,
     FailureHandler,
     Op,
     Projection,
@@ -292,22 +291,6 @@ def create_index(es: Elasticsearch, index: str) -> None:
             "properties": {"name": {"type": "keyword"}, "score": {"type": "integer"}},
         },
     )
-
-
-class Recording(FailureHandler):
-    """Wraps a failure handler and counts what went through it (for printed figures)."""
-
-    def __init__(self, inner: FailureHandler) -> None:
-        self.inner = inner
-        self.failures = 0
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def handle(self, failures: Sequence[Failure]) -> None:
-        self.inner.handle(failures)
-        with self.lock:
-            self.calls += 1
-            self.failures += len(failures)
 
 
 @contextlib.contextmanager

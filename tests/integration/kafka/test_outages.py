@@ -30,9 +30,9 @@ from cachesync.outbox import STATE_PENDING, OutboxRelay, OutboxStore
 from cachesync.policies import RelayPolicy
 from cachesync.reread import Refresher, SqlRowReader
 from cachesync.sinks import RedisSink, SearchSink
+from cachesync.testing import RecordingFailureHandler
 from tests.integration.kafka.helpers import (
     Items,
-    Recording,
     SidecarStep,
     create_topics,
     es_documents,
@@ -67,7 +67,7 @@ def test_redis_down_while_changes_stream(
     create_topics(kafka_bootstrap, retry, dead, partitions=3)
     sidecar_redis, consumer_redis, app = client(cache), client(cache), client(cache)
     items.cache = app
-    handoff = Recording(RetryQueue(kafka_bootstrap, retry))
+    handoff = RecordingFailureHandler(RetryQueue(kafka_bootstrap, retry))
     sidecar = SidecarStep(Applier(RedisSink(sidecar_redis), SearchSink(es)), handoff)
     before = metrics.snapshot()
     outage = {"down": 0.0, "up": 0.0, "converged": 0.0}
@@ -76,7 +76,7 @@ def test_redis_down_while_changes_stream(
     def watch() -> None:
         """From Redis's return: when is every action handed off so far applied?"""
         while not outage["converged"]:
-            owed = handoff.failures
+            owed = len(handoff.failures)
             consumer = consumers[0]
             if consumer.pending() == 0 and consumer.stats.applied >= owed:
                 outage["converged"] = time.monotonic()
@@ -105,13 +105,13 @@ def test_redis_down_while_changes_stream(
         while not outage["up"]:  # a fast stream: keep the outage as long anyway
             faults(0.0, 0)
             time.sleep(0.05)
-        failures_during_outage = handoff.failures
+        failures_during_outage = len(handoff.failures)
         assert failures_during_outage > 0, "the outage did not hit the stream"
         wait_until(
             "the retry backlog to drain",
             lambda: (
                 consumer.pending() == 0
-                and consumer.stats.applied + consumer.stats.dead_lettered >= handoff.failures
+                and consumer.stats.applied + consumer.stats.dead_lettered >= len(handoff.failures)
             ),
             60,
             interval=0.02,
@@ -127,7 +127,7 @@ def test_redis_down_while_changes_stream(
     assert list_dead_letters(kafka_bootstrap, dead, timeout=5) == []
     print(
         f"\nredis outage {OUTAGE:.0f}s: {report.changes} changes ({report.statements} statements) in "
-        f"{report.seconds:.1f}s; {len(items.touched)} keys touched; {handoff.failures} actions "
+        f"{report.seconds:.1f}s; {len(items.touched)} keys touched; {len(handoff.failures)} actions "
         f"handed to the retry topic; consumer attempts {stats.attempts} "
         f"(retries_total +{after['retries_total'] - before['retries_total']}), applied "
         f"{stats.applied}, dead letters {stats.dead_lettered}; converged {converged:.2f}s after "
@@ -154,7 +154,7 @@ def test_kafka_frozen_while_redis_down_parks_failures_in_the_outbox(
         sidecar_redis, consumer_redis, app = client(cache), client(cache), client(cache)
         items.cache = app
         queue = RetryQueue(broker.bootstrap, retry, outbox=store, timeout=2.0)
-        handoff = Recording(queue)
+        handoff = RecordingFailureHandler(queue)
         sidecar = SidecarStep(Applier(RedisSink(sidecar_redis), SearchSink(es)), handoff)
         with running_consumer(
             broker.bootstrap,
@@ -173,7 +173,7 @@ def test_kafka_frozen_while_redis_down_parks_failures_in_the_outbox(
                 stalled = time.monotonic() - t0
                 parked = store.rows(STATE_PENDING)
                 assert parked, "nothing reached the outbox"
-                assert sum(len(json.loads(r["payload"])) for r in parked) == handoff.failures
+                assert sum(len(json.loads(r["payload"])) for r in parked) == len(handoff.failures)
             finally:
                 broker.thaw()
                 cache.start()
@@ -210,7 +210,7 @@ def test_kafka_frozen_while_redis_down_parks_failures_in_the_outbox(
             assert consumer.stats.dead_lettered == 0
         print(
             f"\nkafka frozen + redis down: {down.changes} changes during the outage, "
-            f"{handoff.failures} actions parked in {len(parked)} outbox rows (stream stalled "
+            f"{len(handoff.failures)} actions parked in {len(parked)} outbox rows (stream stalled "
             f"{stalled:.1f}s in all: one bounded Kafka wait), outbox drained and every key "
             f"deleted {converged:.2f}s after both returned"
         )

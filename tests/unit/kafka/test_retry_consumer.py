@@ -17,6 +17,7 @@ from cachesync import DeleteKeys, RetryPolicy, TransientError
 from cachesync.kafka import RetryConsumer
 from cachesync.kafka.codec import DeadLetter, ErrorInfo, RetryMessage, encode_message
 from cachesync.kafka.retry_consumer import DEAD_LETTER_WAIT
+from cachesync.testing import MemoryKeySink
 
 POLICY = RetryPolicy(attempts=3, min_backoff=10.0, max_backoff=40.0, jitter=0.0)
 T0 = 1_800_000_000.0
@@ -66,18 +67,6 @@ class FakeKafka:
         pass
 
 
-class FakeRedis:
-    def __init__(self) -> None:
-        self.down = False
-        self.calls: list[list[str]] = []
-
-    def delete(self, keys: Sequence[str]) -> int:
-        self.calls.append(list(keys))
-        if self.down:
-            raise TransientError("Redis UNLINK failed: connection refused")
-        return len(keys)
-
-
 class FakeDead:
     def __init__(self) -> None:
         self.letters: list[DeadLetter] = []
@@ -103,7 +92,7 @@ class Clock:
 
 
 def make(
-    redis: FakeRedis, clock: Clock, **options: Any
+    redis: MemoryKeySink, clock: Clock, **options: Any
 ) -> tuple[RetryConsumer, FakeKafka, FakeDead]:
     consumer = RetryConsumer(
         "127.0.0.1:1",
@@ -131,7 +120,7 @@ def record(offset: int, key: str, attempt: int = 1, failed_at: float = T0) -> Ra
 
 
 def test_records_wait_for_their_backoff_then_apply_and_commit() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
     kafka.incoming = [record(0, "a"), record(1, "b")]
     consumer.poll_once(0)
@@ -143,7 +132,7 @@ def test_records_wait_for_their_backoff_then_apply_and_commit() -> None:
 
 
 def test_a_waiting_key_holds_the_commit_but_not_other_keys() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
     kafka.incoming = [record(0, "slow", failed_at=T0 + 100), record(1, "x"), record(2, "y")]
     clock.now += POLICY.backoff(1)
@@ -157,7 +146,7 @@ def test_a_waiting_key_holds_the_commit_but_not_other_keys() -> None:
 
 
 def test_same_key_records_never_overtake_and_are_coalesced() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
     # an old record waiting for a long backoff, then a fresh one (redriven: due now)
     kafka.incoming = [record(0, "k", attempt=2), record(1, "k", attempt=0)]
@@ -170,7 +159,7 @@ def test_same_key_records_never_overtake_and_are_coalesced() -> None:
 
 
 def test_exhausted_records_are_dead_lettered_with_their_attempts() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     redis.down = True
     consumer, kafka, dead = make(redis, clock)
     kafka.incoming = [record(0, "k")]
@@ -185,7 +174,7 @@ def test_exhausted_records_are_dead_lettered_with_their_attempts() -> None:
 
 
 def test_undecodable_record_is_dead_lettered_and_the_partition_flows() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, dead = make(redis, clock)
     kafka.incoming = [Raw("retry", 0, 0, b"x", b"{oops"), record(1, "a", attempt=0)]
     consumer.poll_once(0)
@@ -196,7 +185,7 @@ def test_undecodable_record_is_dead_lettered_and_the_partition_flows() -> None:
 
 
 def test_unacknowledged_dead_letters_hold_the_commit_and_are_republished_after_a_wait() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, dead = make(redis, clock)
     dead.down = True
     kafka.incoming = [Raw("retry", 0, 0, b"x", b"{oops"), record(1, "a", attempt=0)]
@@ -215,7 +204,7 @@ def test_unacknowledged_dead_letters_hold_the_commit_and_are_republished_after_a
 
 
 def test_a_sink_that_answers_again_wakes_every_key_waiting_on_it() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
     redis.down = True
     kafka.incoming = [record(0, "a"), record(1, "b")]
@@ -230,7 +219,7 @@ def test_a_sink_that_answers_again_wakes_every_key_waiting_on_it() -> None:
 
 
 def test_intake_pauses_above_max_pending() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock, max_pending=4)
     kafka.incoming = [record(i, f"k{i}", failed_at=T0 + 100) for i in range(5)]
     consumer.poll_once(0)
@@ -241,7 +230,7 @@ def test_intake_pauses_above_max_pending() -> None:
 
 
 def test_revoked_partitions_forget_their_waiting_records() -> None:
-    redis, clock = FakeRedis(), Clock()
+    redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
     kafka.incoming = [record(0, "a", failed_at=T0 + 100)]
     consumer.poll_once(0)
