@@ -1,9 +1,10 @@
 """The after-commit fast path shared by the SQLAlchemy and Django integrations.
 
 The ORM hooks collect, per transaction level, the keys of every changed row
-(:class:`Collected`); a savepoint that commits merges into its parent, one that
-rolls back is dropped, and after the OUTERMOST commit :meth:`FastPath.deliver`
-deletes the keys. Losing a fast-path delete loses nothing: the binlog sidecar
+(:class:`cachesync.transactions.Collected`, in a
+:class:`~cachesync.transactions.LevelStack`); a savepoint that commits merges
+into its parent, one that rolls back is dropped, and after the OUTERMOST commit
+:meth:`FastPath.deliver` deletes the keys. Losing a fast-path delete loses nothing: the binlog sidecar
 sees the same commit and deletes the same keys. So delivery never raises into
 the application; a failure goes to the failure handler (the retry queue) and is
 logged.
@@ -16,7 +17,6 @@ import contextvars
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 from . import metrics
 from .actions import DeleteKeys
@@ -24,11 +24,9 @@ from .apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from .config import get_settings
 from .connections import redis_client
 from .errors import HandOffError
-from .planning import intent_keys, template_keys
 from .policies import ImmediateRetryPolicy
-from .registry import TableSpec
 from .sinks.redis import RedisSink
-from .spec import Row
+from .transactions import Collected  # re-exported: its home before transactions.py
 
 __all__ = ["Collected", "FastPath", "fast_path", "no_sync", "sync_enabled"]
 
@@ -54,30 +52,6 @@ def no_sync() -> Iterator[None]:
 def sync_enabled() -> bool:
     """False inside :func:`no_sync`."""
     return not _disabled.get()
-
-
-@dataclass
-class Collected:
-    """Keys collected by one transaction level: rendered keys and ``invalidates()`` intents."""
-
-    keys: dict[str, None] = field(default_factory=dict)
-    intents: dict[str, None] = field(default_factory=dict)
-
-    def add_change(self, spec: TableSpec, before: Row | None, after: Row | None) -> None:
-        """Collect the keys of one row change (rows keyed by attribute name)."""
-        self.keys.update(dict.fromkeys(template_keys(spec, before, after)))
-        self.intents.update(dict.fromkeys(intent_keys(spec, before, after)))
-
-    def merge(self, other: Collected) -> None:
-        """Fold a committed savepoint's keys into its parent."""
-        self.keys.update(other.keys)
-        self.intents.update(other.intents)
-
-    def all_keys(self) -> list[str]:
-        return list(dict.fromkeys([*self.keys, *self.intents]))
-
-    def __bool__(self) -> bool:
-        return bool(self.keys or self.intents)
 
 
 class FastPath:

@@ -130,8 +130,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 
 
 def django_env(settings_module: str = "tests.contrib.django.settings") -> dict[str, str]:
-    """Environment for a ``python -m django`` child: our settings, no stray CACHESYNC_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_")}
+    """Environment for a ``python -m django`` child: our settings, no stray CACHESYNC_*.
+
+    The port offset stays: it says which private services this run owns, and
+    without it the child would talk to another run's MariaDB and Redis.
+    """
+    keep = {"CACHESYNC_SERVICES_PORT_OFFSET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_") or k in keep}
     env["DJANGO_SETTINGS_MODULE"] = settings_module
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env

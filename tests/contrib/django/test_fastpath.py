@@ -388,3 +388,78 @@ def test_manual_transaction_management_writes_and_commits(clean: Any, author: Us
     finally:
         transaction.set_autocommit(True)
     assert len(outbox_rows()) == 1  # the intent row was written in that transaction
+
+
+def test_released_savepoints_write_their_intents_into_the_transaction_row(
+    clean: Any, author: User
+) -> None:
+    # One outbox row per outermost transaction, as the SQLAlchemy hooks write it.
+    other, third = User.objects.create(username="bob"), User.objects.create(username="cy")
+    with transaction.atomic():
+        Article.objects.create(title="1", slug="one", author=author)
+        with transaction.atomic():
+            Article.objects.create(title="2", slug="two", author=other)
+        with transaction.atomic(), transaction.atomic():
+            Article.objects.create(title="3", slug="three", author=third)
+    rows = outbox_rows()
+    assert len(rows) == 1
+    (action,) = decode_actions(rows[0][2])
+    assert set(action.keys) == {f"author:{u.pk}:articles" for u in (author, other, third)}
+
+
+def test_an_outbox_row_inserted_in_a_rolled_back_savepoint_is_written_again(
+    clean: Any, author: User
+) -> None:
+    other = User.objects.create(username="bob")
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                Article.objects.create(title="1", slug="one", author=other)  # inserts the row
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        Article.objects.create(title="2", slug="two", author=author)
+    payloads = [decode_actions(p)[0].keys for _, _, p in outbox_rows()]
+    assert payloads == [(f"author:{author.pk}:articles",)]
+
+
+def test_a_rolled_back_transaction_leaves_nothing_for_the_next_one(
+    clean: Any, author: User, deliveries: list[list[str]]
+) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with transaction.atomic():
+            Tag.objects.create(name="gone")
+        raise RuntimeError
+    with transaction.atomic():
+        Tag.objects.create(name="kept")
+    delivered = [k for batch in deliveries for k in batch]
+    assert "tag:by-name:kept" in delivered
+    assert "tag:by-name:gone" not in delivered
+
+
+def test_django_discards_the_on_commit_callbacks_of_a_rolled_back_savepoint_only() -> None:
+    """The contract the level markers stand on (Django has no savepoint events)."""
+    from cachesync.contrib.django.levels import _pending
+
+    ran: list[str] = []
+
+    def callback(name: str) -> Any:
+        def run() -> None:
+            ran.append(name)
+
+        return run
+
+    released, rolled_back, outer = callback("released"), callback("rolled back"), callback("outer")
+    with transaction.atomic():
+        transaction.on_commit(outer)
+        with transaction.atomic():
+            transaction.on_commit(released)
+        try:
+            with transaction.atomic():
+                transaction.on_commit(rolled_back)
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        assert _pending(connection, outer) and _pending(connection, released)
+        assert not _pending(connection, rolled_back)
+    assert ran == ["outer", "released"]

@@ -50,6 +50,7 @@ class CacheSyncConfig(AppConfig):  # type: ignore[misc]
             if found.error:
                 log.error("cachesync: %s (%s)", found.message, found.id)
         hooks.connect(declarations.tables())
+        declarations.on_change(hooks.connect)  # later register()/unregister() calls
 
 
 def _repair_pymysql() -> None:

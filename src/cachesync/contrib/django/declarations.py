@@ -2,18 +2,13 @@
 
 A declaration is resolved against ``Model._meta`` into a
 :class:`~cachesync.registry.TableSpec` (the ORM-neutral form the binlog sidecar
-and the retry consumer use) plus a :class:`DjangoTable` (what the signal hooks
-need to read rows off instances).
+and the retry consumer use) plus a :class:`~.tables.DjangoTable` (what the
+signal hooks need to read rows off instances; built in :mod:`.tables`). A
+change after start-up is announced through :func:`on_change`, which
+``AppConfig.ready()`` points at the hooks, so this module never imports them.
 
-Names in templates are Django field names. The column map is built so that
-every name a Django user would reach for works on every path:
-
-* ``attname`` is the canonical attribute of a column (``title``, ``author_id``);
-* a foreign key's field name is an alias of its ``attname``: ``{author}`` and
-  ``{author_id}`` both render the id, as in ``filter(author=7)`` (the binlog has
-  no related objects to walk, so the id is the only meaning both paths share);
-* ``pk`` is an alias of the primary key;
-* ``db_column`` only changes the column, never the name used in templates.
+Names in templates are Django field names (the column map and its aliases:
+:func:`.tables.column_map`).
 
 Resolution needs the app registry, so it happens in ``AppConfig.ready()`` (or
 at once when :func:`register` is called later). Errors found during ``ready()``
@@ -24,31 +19,28 @@ error in a :func:`register` call made after start-up raises
 
 from __future__ import annotations
 
-import datetime as dt
-import enum
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar
 
 from ...errors import DeclarationError
 from ...planning import template_keys
-from ...registry import Registry, TableSpec, default_registry, resolve
+from ...registry import Registry, TableSpec, default_registry
 from ...spec import Invalidates, Projection, Sync
+from .tables import DjangoTable, build_table, model_label
 
 __all__ = [
     "CacheSyncModel",
     "DeclarationProblem",
     "DjangoTable",
+    "build_table",
+    "on_change",
     "register",
     "table_for",
     "tables",
     "unregister",
 ]
-
-Normaliser = Callable[[Any, Any], Any]
 
 
 class CacheSyncModel:
@@ -97,198 +89,6 @@ class DeclarationProblem:
     hint: str | None = None
 
 
-def _identity(value: Any, connection: Any) -> Any:
-    return value
-
-
-def _plain(value: Any, connection: Any) -> Any:
-    # Enum members (TextChoices/IntegerChoices) are stored as their value.
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def _boolean(value: Any, connection: Any) -> Any:
-    # MySQL has no boolean: the binlog gives TINYINT(1) as 0/1.
-    return int(value) if isinstance(value, bool) else value
-
-
-def _uuid(value: Any, connection: Any) -> Any:
-    # Without a native UUID type Django stores char(32) hex, which is what the binlog gives.
-    if isinstance(value, uuid.UUID):
-        return str(value) if connection.features.has_native_uuid_field else value.hex
-    return value
-
-
-def _datetime(value: Any, connection: Any) -> Any:
-    # MySQL DATETIME has no zone: Django stores aware values as naive wall time in the
-    # connection's zone (UTC unless DATABASES[...]['TIME_ZONE']), and the binlog returns that.
-    if (
-        isinstance(value, dt.datetime)
-        and value.utcoffset() is not None
-        and not connection.features.supports_timezones
-    ):
-        from django.utils import timezone
-
-        return timezone.make_naive(value, connection.timezone)
-    return value
-
-
-def _decimal(places: int | None) -> Normaliser:
-    quantum = Decimal(1).scaleb(-places) if places is not None else None
-
-    def normalise(value: Any, connection: Any) -> Any:
-        # The column keeps decimal_places digits; an instance may hold more until reloaded.
-        # MySQL rounds the excess half away from zero, which is ROUND_HALF_UP.
-        # A stored zero has no sign: -0.00 comes back as 0.00.
-        if quantum is not None and isinstance(value, Decimal) and value.is_finite():
-            stored = value.quantize(quantum, rounding=ROUND_HALF_UP)
-            return stored.copy_abs() if stored.is_zero() else stored
-        return value
-
-    return normalise
-
-
-def _normaliser(model_field: Any) -> Normaliser:
-    """How a Python value of *model_field* becomes the value the database (and binlog) holds."""
-    target = model_field
-    while getattr(target, "is_relation", False) and getattr(target, "target_field", None):
-        if target.target_field is target:
-            break
-        target = target.target_field  # a foreign key holds its target's value
-    kind = target.get_internal_type()
-    if kind in ("BooleanField", "NullBooleanField"):
-        return _boolean
-    if kind == "UUIDField":
-        return _uuid
-    if kind == "DateTimeField":
-        return _datetime
-    if kind == "DecimalField":
-        return _decimal(getattr(target, "decimal_places", None))
-    return _plain
-
-
-@dataclass(frozen=True)
-class DjangoTable:
-    """A resolved model: its :class:`TableSpec` and how to read rows for it.
-
-    ``row_attnames`` are the attributes a fast-path row needs: the template
-    fields, or every column when the declaration has ``invalidates`` (the
-    callable may read any of them, and it must see the same row on every path).
-    Values are normalised to their database form (:func:`_normaliser`) so that
-    keys and rows equal those the binlog sidecar derives from the same change.
-    """
-
-    model: Any
-    spec: TableSpec
-    attnames: tuple[str, ...]
-    row_attnames: tuple[str, ...]
-    key_names: frozenset[str]  # field names AND attnames of the key fields (update_fields test)
-    aliases: tuple[tuple[str, str], ...]
-    normalisers: Mapping[str, Normaliser] = field(repr=False)
-
-    @property
-    def label(self) -> str:
-        return self.spec.model
-
-    @property
-    def needs_full_rows(self) -> bool:
-        return self.spec.invalidates is not None
-
-    def normalise(self, values: Mapping[str, Any], connection: Any) -> dict[str, Any]:
-        """A row keyed by attribute (with aliases) from raw Python *values* keyed by attname."""
-        norms = self.normalisers
-        row = {a: norms.get(a, _identity)(v, connection) for a, v in values.items()}
-        for alias, attname in self.aliases:
-            if attname in row:
-                row[alias] = row[attname]
-        return row
-
-    def instance_row(self, instance: Any, connection: Any) -> dict[str, Any]:
-        """The row of *instance* as it is in memory (deferred fields are loaded on access)."""
-        return self.normalise({a: getattr(instance, a) for a in self.row_attnames}, connection)
-
-    def fetch_rows(self, using: str, **lookup: Any) -> list[dict[str, Any]]:
-        """Rows of the table matching *lookup*, read from the database (one query)."""
-        from django.db import connections
-
-        manager = self.model._base_manager.using(using)
-        rows = manager.filter(**lookup).values(*self.row_attnames)
-        connection = connections[using]
-        return [self.normalise(r, connection) for r in rows]
-
-
-def model_label(model: Any) -> str:
-    return f"{model._meta.app_label}.{model._meta.object_name}"
-
-
-def column_map(model: Any) -> tuple[dict[str, str], list[str]]:
-    """``(attribute -> column, primary key attnames)`` of *model*'s own table.
-
-    Canonical attnames come first, then aliases (field names that differ from
-    their attname, then ``pk``), so the registry takes the attname as canonical.
-    Only local fields count: in multi-table inheritance a parent's fields live in
-    the parent's table, which the binlog reports separately.
-    """
-    meta = model._meta
-    local = [f for f in meta.local_concrete_fields if getattr(f, "column", None)]
-    columns: dict[str, str] = {f.attname: f.column for f in local}
-    for f in local:
-        if f.name != f.attname and f.name not in columns:
-            columns[f.name] = f.column
-    pk = meta.pk
-    pk_fields = list(getattr(pk, "fields", None) or ()) if pk is not None else []
-    if pk_fields:  # Django 5.2 CompositePrimaryKey: no single column, so no {pk} alias
-        primary_key = [f.attname for f in pk_fields]
-    elif pk is not None and getattr(pk, "column", None):
-        primary_key = [pk.attname]
-        columns.setdefault("pk", pk.column)
-    else:
-        primary_key = []
-    return columns, primary_key
-
-
-def build_table(model: Any, sync: Any) -> DjangoTable:
-    """Resolve *sync* against *model* (no registration). Raises :class:`DeclarationError`."""
-    meta = model._meta
-    label = model_label(model)
-    if meta.abstract:
-        raise DeclarationError(f"{label}: an abstract model has no table; declare its subclasses")
-    if meta.proxy:
-        raise DeclarationError(
-            f"{label}: is a proxy of {model_label(meta.concrete_model)}; declare that model "
-            "(saves through the proxy are synced with it)",
-            model=label,
-        )
-    if getattr(meta, "swapped", None):
-        raise DeclarationError(
-            f"{label}: is swapped out for {meta.swapped}; declare that model", model=label
-        )
-    columns, primary_key = column_map(model)
-    spec = resolve(label, sync, table=meta.db_table, columns=columns, primary_key=primary_key)
-    by_column = spec.attributes_by_column
-    local = [f for f in meta.local_concrete_fields if getattr(f, "column", None)]
-    attnames = tuple(f.attname for f in local)
-    key_fields = {by_column[spec.columns[n]] for t in spec.key_templates for n in t.fields}
-    row_attnames = (
-        attnames if spec.invalidates is not None else tuple(a for a in attnames if a in key_fields)
-    )
-    names = {f.attname: f.name for f in local}
-    key_names = frozenset(key_fields | {names[a] for a in key_fields})
-    aliases = tuple(
-        (alias, by_column[column])
-        for alias, column in columns.items()
-        if by_column[column] != alias
-    )
-    return DjangoTable(
-        model=model,
-        spec=spec,
-        attnames=attnames,
-        row_attnames=row_attnames,
-        key_names=key_names,
-        aliases=aliases,
-        normalisers={f.attname: _normaliser(f) for f in local},
-    )
-
-
 # ----------------------------------------------------------------------------------------
 # Process-wide state: what was declared, what resolved, what went wrong
 # ----------------------------------------------------------------------------------------
@@ -304,9 +104,23 @@ class _State:
     discovering: bool = False
     ready: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Called with the resolved tables after each change once ready (the hooks'
+    # connect(), set by AppConfig.ready(): this module does not import the hooks).
+    on_change: Callable[[Mapping[Any, DjangoTable]], None] | None = None
 
 
 state = _State()
+
+
+def on_change(listener: Callable[[Mapping[Any, DjangoTable]], None] | None) -> None:
+    """Call *listener* with the resolved tables whenever a declaration changes after start-up."""
+    with state.lock:
+        state.on_change = listener
+
+
+def _changed() -> None:
+    if state.ready and state.on_change is not None:
+        state.on_change(state.tables)
 
 
 def tables() -> dict[Any, DjangoTable]:
@@ -387,10 +201,7 @@ def register(
                 state.problems.append(DeclarationProblem(str(exc), model=model, where=origin))
                 return None
             raise
-        if state.ready:
-            from . import hooks
-
-            hooks.connect(state.tables)
+        _changed()
         return table.spec
 
 
@@ -401,10 +212,7 @@ def unregister(model: Any) -> None:
         table = state.tables.pop(model, None)
         if table is not None:
             state.registry.remove(table.spec)
-        if state.ready:
-            from . import hooks
-
-            hooks.connect(state.tables)
+        _changed()
 
 
 def _resolve_one(model: Any, sync: Any) -> DjangoTable:

@@ -5,24 +5,10 @@ How a change travels:
 1. ``pre_save`` reads the row's BEFORE image from the database (see below);
    ``post_save``/``post_delete``/``m2m_changed`` hand ``(before, after)`` rows to
    :func:`collect`.
-2. Inside ``transaction.atomic`` the keys go into a :class:`cachesync.fastpath.Collected`
-   for the current transaction level (the innermost savepoint), and that level
-   registers ONE ``transaction.on_commit`` callback. Django keeps callbacks of
-   released savepoints, drops those of rolled-back savepoints and of rolled-back
-   transactions, and runs the survivors after the OUTERMOST commit: exactly the
-   semantics cachesync needs, with no monkey-patching. A transaction without
-   savepoints therefore deletes all of its keys in one Redis call; each savepoint
-   level that changed something adds one more call.
-3. Outside a transaction (autocommit) the keys are deleted right after the write.
-
-Keys that ``invalidates()`` declarations add (intents) are also written to the
-outbox table in the same transaction: one row per transaction level, inserted at
-the first intent and updated when new keys appear, so a rolled-back savepoint
-takes its row with it. (In autocommit mode a ``save()`` has already committed
-when ``post_save`` runs, so that row follows the change instead of sharing its
-transaction; use ``transaction.atomic`` or ``ATOMIC_REQUESTS`` where intents must
-be atomic. Deletes and many-to-many changes always run inside Django's own atomic
-block.)
+2. :func:`~.levels.collect` puts the keys into the current transaction level
+   (:mod:`.levels`: savepoints merge or drop as in the SQLAlchemy hooks, keys go
+   after the outermost commit, ``invalidates()`` intents into ONE outbox row per
+   transaction), or deletes them right away in autocommit.
 
 Before images. An update must delete the keys of the OLD values too (a renamed
 ``username`` drops ``user:by-name:<old>``). ``pre_save`` loads the key columns
@@ -54,18 +40,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ...actions import DeleteKeys
-from ...codec import encode_actions
 from ...config import get_settings
-from ...fastpath import Collected, fast_path, sync_enabled
-from ...outbox.schema import KIND_INTENT, OUTBOX_TABLE
-from ...spec import Row
-from .declarations import DjangoTable
+from ...fastpath import sync_enabled
+from .levels import collect
+from .tables import DjangoTable
 
 __all__ = ["collect", "connect", "disconnect", "set_enabled"]
 
@@ -92,127 +74,6 @@ def set_enabled(enabled: bool) -> None:
 def _active(table: DjangoTable) -> bool:
     # Intents go to the outbox even with the fast path off: they are a separate guarantee.
     return get_settings().fast_path or table.needs_full_rows
-
-
-# ----------------------------------------------------------------------------------------
-# Transaction levels
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Level:
-    """Keys collected at one transaction level of one connection, delivered on commit."""
-
-    alias: str
-    collected: Collected = field(default_factory=Collected)
-    outbox_id: int | None = None
-    hooks: Any = None  # the connection's run_on_commit list when we registered
-    callback: Any = None
-
-    def deliver(self) -> None:
-        _forget(self)
-        fast_path.deliver(self.collected.all_keys())
-
-
-# connection -> {innermost savepoint id (None: no savepoint): level}
-_levels: weakref.WeakKeyDictionary[Any, dict[str | None, _Level]] = weakref.WeakKeyDictionary()
-
-
-def _forget(level: _Level) -> None:
-    from django.db import connections
-
-    levels = _levels.get(connections[level.alias])
-    if levels is not None:
-        for sid, candidate in list(levels.items()):
-            if candidate is level:
-                del levels[sid]
-
-
-def _registered(connection: Any, level: _Level) -> bool:
-    """Is *level*'s on_commit callback still pending on *connection*?
-
-    Django rebuilds ``run_on_commit`` as a new list whenever it drops callbacks
-    (savepoint rollback, rollback, commit), so an unchanged list object means the
-    callback is still there; otherwise look for it.
-    """
-    hooks = connection.run_on_commit
-    if hooks is level.hooks:
-        return True
-    for entry in hooks:
-        if entry[1] is level.callback:
-            level.hooks = hooks
-            return True
-    return False
-
-
-def _level(connection: Any) -> _Level:
-    from django.db import transaction
-
-    sid = next((s for s in reversed(connection.savepoint_ids) if s), None)
-    levels = _levels.setdefault(connection, {})
-    level = levels.get(sid)
-    if level is not None and _registered(connection, level):
-        return level
-    for old_sid, old in list(levels.items()):  # drop levels of rolled-back savepoints
-        if not _registered(connection, old):
-            del levels[old_sid]
-    level = _Level(connection.alias)
-    level.callback = level.deliver
-    transaction.on_commit(level.callback, using=connection.alias, robust=True)
-    level.hooks = connection.run_on_commit
-    levels[sid] = level
-    return level
-
-
-def _write_outbox(connection: Any, row_id: int | None, keys: Iterable[str]) -> int | None:
-    """Insert (or rewrite) this level's intent row, in the current transaction."""
-    payload = encode_actions([DeleteKeys(tuple(keys))])
-    table = connection.ops.quote_name(OUTBOX_TABLE)
-    with connection.cursor() as cursor:
-        if row_id is None:
-            sql = f"INSERT INTO {table} (kind, payload) VALUES (%s, %s)"
-            if connection.features.can_return_columns_from_insert:
-                # PostgreSQL has no lastrowid; MariaDB >= 10.5 and SQLite >= 3.35 speak it too.
-                cursor.execute(f"{sql} RETURNING {connection.ops.quote_name('id')}",
-                               [KIND_INTENT, payload])  # fmt: skip
-                return int(cursor.fetchone()[0])
-            cursor.execute(sql, [KIND_INTENT, payload])
-            return int(connection.ops.last_insert_id(cursor, OUTBOX_TABLE, "id"))
-        cursor.execute(f"UPDATE {table} SET payload = %s WHERE id = %s", [payload, row_id])
-        return row_id
-
-
-def collect(using: str, table: DjangoTable, before: Row | None, after: Row | None) -> None:
-    """Collect the keys of one row change made on database *using*.
-
-    In a transaction: into the current level (delivered after the outermost
-    commit). In autocommit: delivered now. In manual transaction management
-    (``set_autocommit(False)``), where Django has no commit hook, only the intents
-    are written; the binlog sidecar deletes the keys after the commit.
-    """
-    from django.db import connections
-
-    connection = connections[using]
-    if connection.in_atomic_block:
-        level = _level(connection)
-        known = len(level.collected.intents)
-        level.collected.add_change(table.spec, before, after)
-        if len(level.collected.intents) != known:
-            level.outbox_id = _write_outbox(connection, level.outbox_id, level.collected.intents)
-        return
-    collected = Collected()
-    collected.add_change(table.spec, before, after)
-    if collected.intents:
-        _write_outbox(connection, None, collected.intents)
-    if connection.get_autocommit():
-        fast_path.deliver(collected.all_keys())
-    else:
-        log.debug(
-            "%s: manual transaction management, no after-commit hook; the binlog sidecar "
-            "deletes %d key(s)",
-            table.label,
-            len(collected.keys),
-        )
 
 
 # ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.dml import Delete, Update
 
-from ...fastpath import Collected
+from ...transactions import Collected
 from .declare import Declared, declared_for
 from .images import collect_change
 

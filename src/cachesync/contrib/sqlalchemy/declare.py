@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.types import TypeEngine
 
+from ...binding import needed_attributes
 from ...errors import DeclarationError
 from ...registry import Registry, TableSpec, default_registry, resolve
 from ...spec import Invalidates, Projection, Sync
@@ -51,8 +52,8 @@ class Declared:
 
     ``columns`` maps attribute name to the :class:`Column` of the model's own
     table; ``needed`` lists the attributes the fast path reads from an instance
-    (the key template fields, or every column when ``invalidates()`` is declared,
-    because that callable may read any of them). ``stored_types`` are the types
+    (:func:`cachesync.binding.needed_attributes`: the key template fields, or
+    every column when ``invalidates()`` is declared). ``stored_types`` are the types
     among those whose Python value may not be what the database stores (an
     ``Enum`` stores the member's name, a non-native ``Uuid`` 32 hex digits, a
     ``TypeDecorator`` whatever ``process_bind_param`` returns, a ``Numeric`` its
@@ -156,10 +157,7 @@ def _declare(cls: type, sync: Sync, registry: Registry) -> Declared:
         primary_key=primary_key,
         schema=table.schema,
     )
-    if spec.invalidates is not None:
-        needed: tuple[str, ...] = tuple(columns)
-    else:
-        needed = tuple(dict.fromkeys(f for t in spec.key_templates for f in t.fields))
+    needed = needed_attributes(spec, tuple(columns))
     stored_types = {
         attr: columns[attr].type
         for attr in needed

@@ -1,8 +1,10 @@
 """Session hooks: collect keys at flush, delete them after the OUTERMOST commit.
 
 Everything is wired with ``event.listen``; nothing is patched. Per session, the
-hooks keep one :class:`~cachesync.fastpath.Collected` per transaction LEVEL (the
-root transaction and each SAVEPOINT):
+hooks keep a :class:`cachesync.transactions.LevelStack` keyed by
+``SessionTransaction``: one level for the root transaction and one per open
+SAVEPOINT (the merge/drop/deliver rules are the stack's; this module only maps
+session events onto it):
 
 * ``after_insert`` / ``after_update`` / ``after_delete`` (mapper events) note which
   instances of declared models the flush really wrote, including orphans and
@@ -13,9 +15,9 @@ root transaction and each SAVEPOINT):
   as ``after_rollback`` -> ``after_transaction_end`` -> ``after_soft_rollback``, so
   the end event cannot learn about a rollback in time, but a commit always fires
   ``after_commit`` first (tests/contrib/sqlalchemy/test_session_events.py pins this);
-* ``after_transaction_end`` merges a committed savepoint into its parent, drops a
-  level that did not commit, and after the root commit hands the keys to
-  :meth:`FastPath.deliver`, which never raises into the application;
+* ``after_transaction_end`` commits a level that committed (a savepoint merges
+  into its parent; the root hands the keys to :meth:`FastPath.deliver`, which
+  never raises into the application) and rolls back one that did not;
 * ``before_commit`` of the root writes the outbox row, when an outbox table is
   configured, after flushing first: SQLAlchemy runs commit's final autoflush
   AFTER ``before_commit``;
@@ -50,7 +52,8 @@ from sqlalchemy.orm import (
 from ... import fastpath
 from ...changes import Op
 from ...errors import ConfigurationError
-from ...fastpath import Collected, FastPath, sync_enabled
+from ...fastpath import FastPath, sync_enabled
+from ...transactions import Collected, LevelStack
 from .declare import declared_for
 from .images import after_image, before_image, collect_change
 from .outbox import write_intents
@@ -83,7 +86,7 @@ class HookConfig:
 
 @dataclass
 class _SessionState:
-    levels: dict[SessionTransaction, Collected] = field(default_factory=dict)
+    stack: LevelStack[SessionTransaction] = field(default_factory=LevelStack)
     committed: set[SessionTransaction] = field(default_factory=set)
     flushed: list[tuple[Op, InstanceState[Any]]] = field(default_factory=list)
     flushing: bool = False
@@ -92,7 +95,19 @@ class _SessionState:
         """The :class:`Collected` of the innermost open level (savepoint, else root)."""
         current = session.get_nested_transaction() or session.get_transaction()
         assert current is not None, "collecting outside a transaction"
-        return self.levels.setdefault(current, Collected())
+        return self.stack.enter(_path(current)).collected
+
+
+def _path(transaction: SessionTransaction) -> list[SessionTransaction]:
+    """The levels from the root to *transaction*, without flush()'s internal subtransactions."""
+    path: list[SessionTransaction] = []
+    current: SessionTransaction | None = transaction
+    while current is not None:
+        if current.origin is not SessionTransactionOrigin.SUBTRANSACTION:
+            path.append(current)
+        current = current.parent
+    path.reverse()
+    return path
 
 
 def _state(session: Session, *, create: bool = False) -> _SessionState | None:
@@ -270,10 +285,9 @@ def _before_commit(session: Session, config: HookConfig) -> None:
     # transaction's last changes are collected before the outbox row is written.
     session.flush()
     st = _state(session)
-    root = session.get_transaction()
-    level = st.levels.get(root) if st is not None and root is not None else None
-    if level is not None and level.intents:
-        write_intents(session, config.outbox, level.intents)
+    intents = st.stack.pending().intents if st is not None else {}
+    if intents:
+        write_intents(session, config.outbox, intents)
 
 
 def _after_commit(session: Session) -> None:
@@ -296,24 +310,18 @@ def _after_transaction_end(
         return
     committed = transaction in st.committed
     st.committed.discard(transaction)
-    collected = st.levels.pop(transaction, None)
-    if not collected:
-        return
     if not committed:
-        log.debug(
-            "cachesync: %s rolled back; dropped %d key(s)",
-            "savepoint" if transaction.nested else "transaction",
-            len(collected.keys) + len(collected.intents),
-        )
+        dropped = st.stack.rollback(transaction)
+        if dropped:
+            log.debug(
+                "cachesync: %s rolled back; dropped %d key(s)",
+                "savepoint" if transaction.nested else "transaction",
+                len(dropped.keys) + len(dropped.intents),
+            )
         return
-    if transaction.nested:
-        parent = transaction.parent
-        while parent is not None and parent.origin is SessionTransactionOrigin.SUBTRANSACTION:
-            parent = parent.parent
-        if parent is not None:
-            st.levels.setdefault(parent, Collected()).merge(collected)
-        return
-    _deliver(config, collected.all_keys())
+    delivered = st.stack.commit(transaction)
+    if delivered:
+        _deliver(config, delivered.all_keys())
 
 
 def _deliver(config: HookConfig, keys: list[str]) -> None:

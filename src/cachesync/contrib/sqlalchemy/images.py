@@ -22,7 +22,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Enum, Numeric, TypeDecorator, Uuid
@@ -30,9 +30,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import InstanceState
 from sqlalchemy.types import TypeEngine
 
-from ...fastpath import Collected
-from ...planning import template_keys
-from ...registry import TableSpec
+from ... import binding
+from ...binding import stored_decimal, stored_fraction
+from ...transactions import Collected
 from .declare import Declared
 
 __all__ = [
@@ -97,44 +97,29 @@ def _fraction_digits(type_: TypeEngine[Any], dialect: Dialect) -> int:
     return int(fsp) if fsp else 0
 
 
-def _cut_fraction(value: Any, digits: int, *, round_half_up: bool) -> Any:
-    step = 10 ** (6 - digits)
-    micro = value.microsecond
-    kept = micro - micro % step
-    if round_half_up and micro % step >= step // 2:
-        if isinstance(value, dt.datetime):
-            return value.replace(microsecond=kept) + dt.timedelta(microseconds=step)
-        carried = dt.datetime.combine(dt.date(2000, 1, 1), value.replace(microsecond=kept))
-        return (carried + dt.timedelta(microseconds=step)).time()
-    return value.replace(microsecond=kept)
-
-
 def stored_value(type_: TypeEngine[Any], value: Any, dialect: Dialect) -> Any:
     """*value* of a column of *type_* as *dialect*'s database stores it (what the binlog shows).
 
     * ``Enum``, ``Uuid``, ``TypeDecorator``: the type's own bind conversion
       (``Role.ADMIN`` -> ``"ADMIN"``, a UUID on MySQL -> 32 hex digits);
-    * ``Numeric(p, s)``: rounded to ``s`` places, half away from zero, as
-      MySQL/MariaDB/PostgreSQL store it;
+    * ``Numeric(p, s)``: rounded to ``s`` places, half away from zero, a zero
+      without its sign, as MySQL/MariaDB store it (:func:`cachesync.binding.stored_decimal`);
     * MySQL/MariaDB ``DATETIME``/``TIME``: fractional seconds beyond the column's
       precision are cut (MariaDB) or rounded (MySQL's default ``sql_mode``).
     """
     if isinstance(type_, (TypeDecorator, Enum, Uuid)):
         process = _bind_processor(type_, dialect)
         return process(value) if process is not None else value
-    if isinstance(value, Decimal) and isinstance(type_, Numeric) and type_.scale is not None:
-        if not value.is_finite():
-            return value
-        return value.quantize(Decimal(1).scaleb(-type_.scale), rounding=ROUND_HALF_UP)
+    if isinstance(value, Decimal) and isinstance(type_, Numeric):
+        return stored_decimal(value, type_.scale)
     if (
         dialect.name in ("mysql", "mariadb")
         and isinstance(value, (dt.datetime, dt.time))
         and value.microsecond
     ):
+        mariadb = bool(getattr(dialect, "is_mariadb", False))
         digits = _fraction_digits(type_, dialect)
-        if digits < 6:
-            mariadb = bool(getattr(dialect, "is_mariadb", False))
-            return _cut_fraction(value, digits, round_half_up=not mariadb)
+        return stored_fraction(value, digits, round_half_up=not mariadb)
     return value
 
 
@@ -169,10 +154,6 @@ def instance_row(obj: object, declared: Declared) -> dict[str, Any]:
     return after_image(sa_inspect(obj), declared.columns)
 
 
-def _complete(image: Mapping[str, Any] | None, names: Iterable[str]) -> bool:
-    return image is None or all(n in image for n in names)
-
-
 def collect_change(
     level: Collected,
     declared: Declared,
@@ -184,42 +165,10 @@ def collect_change(
 ) -> None:
     """Add the keys of one row change to *level*; keys needing unknown values are skipped.
 
-    Complete images go through :meth:`Collected.add_change`, the same planning
-    functions the binlog path uses. With a value missing, only the templates
-    that do not need it are rendered and ``invalidates()`` is not called (it
-    would see a partial row); both are logged and left to the binlog path.
-    ``intents=False`` renders the templates only: the caller knows just one
-    side of an update and must not present it to ``invalidates()`` as a delete.
-    Values are first put in their stored form (:func:`stored_row`) for *dialect*.
+    Values are first put in their stored form (:func:`stored_row`) for *dialect*;
+    then :func:`cachesync.binding.collect_change` renders them, the rule both
+    ORMs share (a partial image renders only the templates it can and skips
+    ``invalidates()``; ``intents=False`` renders the templates only).
     """
     before, after = stored_row(declared, before, dialect), stored_row(declared, after, dialect)
-    spec: TableSpec = declared.spec
-    needed = declared.needed
-    complete = _complete(before, needed) and _complete(after, needed)
-    if complete and intents:
-        level.add_change(spec, before, after)
-        return
-    if complete:
-        level.keys.update(dict.fromkeys(template_keys(spec, before, after)))
-        return
-    for image in (before, after):
-        if image is None:
-            continue
-        for template in spec.key_templates:
-            if all(f in image for f in template.fields):
-                key = template.render(image)
-                if key is not None:
-                    level.keys[key] = None
-            else:
-                log.debug(
-                    "cachesync: %s: key %r needs a value the session does not know; "
-                    "left to the binlog path",
-                    spec.model,
-                    template.text,
-                )
-    if spec.invalidates is not None:
-        log.debug(
-            "cachesync: %s: invalidates() skipped on the fast path (partial row image); "
-            "left to the binlog path",
-            spec.model,
-        )
+    binding.collect_change(level, declared.spec, declared.needed, before, after, intents=intents)

@@ -1,0 +1,171 @@
+"""How an ORM model binds to its :class:`TableSpec` on the fast path, shared by both ORMs.
+
+The binlog path renders keys from the row the database stored; the fast path
+renders them from an ORM instance. For both to name the same bytes
+(guarantee 9), the rules below are the same for SQLAlchemy and Django:
+
+* :func:`needed_attributes`: which attributes a fast-path row image must hold;
+* the stored-form normalisers (:func:`stored_decimal`, :func:`stored_bool`,
+  :func:`stored_uuid`, :func:`stored_enum`, :func:`stored_fraction`): a Python
+  value as MySQL/MariaDB keeps it, so as the binlog shows it;
+* :func:`collect_change`: the keys of one change, also when an image is partial
+  (a value the ORM cannot tell is left to the binlog path, never guessed).
+
+Each integration maps its column types onto these normalisers; nothing here
+imports an ORM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from .planning import template_keys
+from .registry import TableSpec
+from .transactions import Collected
+
+__all__ = [
+    "collect_change",
+    "needed_attributes",
+    "stored_bool",
+    "stored_decimal",
+    "stored_enum",
+    "stored_fraction",
+    "stored_uuid",
+]
+
+log = logging.getLogger("cachesync.binding")
+
+
+def needed_attributes(spec: TableSpec, attributes: Sequence[str]) -> tuple[str, ...]:
+    """The attributes (of *attributes*, the model's columns, in order) a fast-path row needs.
+
+    Every column when the declaration has ``invalidates()``: the callable may
+    read any of them, and it must see the same row on every path. Otherwise the
+    canonical attributes the key templates name (an alias such as Django's
+    ``pk`` or a foreign key's field name counts as its attribute).
+    """
+    if spec.invalidates is not None:
+        return tuple(attributes)
+    by_column = spec.attributes_by_column
+    fields = {by_column[spec.columns[f]] for t in spec.key_templates for f in t.fields}
+    return tuple(a for a in attributes if a in fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored forms
+# ---------------------------------------------------------------------------------------------
+
+
+def stored_decimal(value: Any, places: int | None) -> Any:
+    """A decimal as a ``DECIMAL(p, places)`` column stores it.
+
+    The column keeps *places* digits, rounding the excess half away from zero
+    (``ROUND_HALF_UP``), and a stored zero has no sign: MariaDB and MySQL give
+    ``-0.00`` (or ``-0.004`` rounded) back as ``0.00``, so ``0.00`` is the one
+    canonical form. Non-decimals, NaN/infinity and unknown scales pass unchanged.
+    """
+    if places is None or not isinstance(value, Decimal) or not value.is_finite():
+        return value
+    stored = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return stored.copy_abs() if stored.is_zero() else stored
+
+
+def stored_bool(value: Any) -> Any:
+    """MySQL has no boolean: ``TINYINT(1)`` holds (and the binlog shows) 0/1."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def stored_uuid(value: Any, *, native: bool) -> Any:
+    """A UUID as a native UUID column shows it (text), else as ``CHAR(32)`` hex digits."""
+    if isinstance(value, uuid.UUID):
+        return str(value) if native else value.hex
+    return value
+
+
+def stored_enum(value: Any, *, by_name: bool = False) -> Any:
+    """An enum member as stored: its value (Django choices), or its NAME (SQLAlchemy ``Enum``)."""
+    if isinstance(value, enum.Enum):
+        return value.name if by_name else value.value
+    return value
+
+
+def stored_fraction(value: Any, digits: int, *, round_half_up: bool) -> Any:
+    """A ``DATETIME``/``TIME`` value with the fractional seconds its column keeps.
+
+    A column of *digits* (``fsp``) fractional digits cuts the rest (MariaDB) or
+    rounds it half up (MySQL's default ``sql_mode``).
+    """
+    if not isinstance(value, (dt.datetime, dt.time)) or not value.microsecond or digits >= 6:
+        return value
+    step = 10 ** (6 - digits)
+    micro = value.microsecond
+    kept = micro - micro % step
+    if round_half_up and micro % step >= step // 2:
+        if isinstance(value, dt.datetime):
+            return value.replace(microsecond=kept) + dt.timedelta(microseconds=step)
+        carried = dt.datetime.combine(dt.date(2000, 1, 1), value.replace(microsecond=kept))
+        return (carried + dt.timedelta(microseconds=step)).time()
+    return value.replace(microsecond=kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys of one change
+# ---------------------------------------------------------------------------------------------
+
+
+def _complete(image: Mapping[str, Any] | None, names: Iterable[str]) -> bool:
+    return image is None or all(n in image for n in names)
+
+
+def collect_change(
+    level: Collected,
+    spec: TableSpec,
+    needed: Sequence[str],
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    *,
+    intents: bool = True,
+) -> None:
+    """Add the keys of one row change (images in stored form) to *level*.
+
+    Complete images go through :meth:`Collected.add_change`, the same planning
+    functions the binlog path uses. With a *needed* value missing, only the
+    templates that do not need it are rendered and ``invalidates()`` is not
+    called (it would see a partial row); both are logged and left to the binlog
+    path. ``intents=False`` renders the templates only: the caller knows just one
+    side of an update and must not present it to ``invalidates()`` as a delete.
+    """
+    complete = _complete(before, needed) and _complete(after, needed)
+    if complete and intents:
+        level.add_change(spec, before, after)
+        return
+    if complete:
+        level.keys.update(dict.fromkeys(template_keys(spec, before, after)))
+        return
+    for image in (before, after):
+        if image is None:
+            continue
+        for template in spec.key_templates:
+            if all(f in image for f in template.fields):
+                key = template.render(image)
+                if key is not None:
+                    level.keys[key] = None
+            else:
+                log.debug(
+                    "cachesync: %s: key %r needs a value the session does not know; "
+                    "left to the binlog path",
+                    spec.model,
+                    template.text,
+                )
+    if spec.invalidates is not None:
+        log.debug(
+            "cachesync: %s: invalidates() skipped on the fast path (partial row image); "
+            "left to the binlog path",
+            spec.model,
+        )
