@@ -26,7 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from .planning import template_keys
-from .registry import TableSpec
+from .tables import TableSpec
 from .transactions import Collected
 
 __all__ = [

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .planning import intent_keys, template_keys
-from .registry import TableSpec
 from .spec import Row
+from .tables import TableSpec
 
 __all__ = ["Collected", "Level", "LevelStack"]
 
