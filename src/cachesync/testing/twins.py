@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..actions import Action, DeleteDoc, DocumentAction, IndexDoc, per_key
+from ..actions import Action, DeleteDoc, DeleteKeys, DocumentAction, IndexDoc, per_key
 from ..apply import Applier, ApplyReport, Failure, FailureHandler
 from ..binlog.checkpoint import CheckpointStore, StoredCheckpoint
 from ..errors import CacheSyncError, HandOffError, PermanentError, TransientError
@@ -253,6 +253,11 @@ class RecordingFailureHandler(FailureHandler):
     @property
     def actions(self) -> list[Action]:
         return [f.action for f in self.failures]
+
+    @property
+    def keys(self) -> list[str]:
+        """The cache keys of the failed key deletes, in the order they failed."""
+        return [k for a in self.actions if isinstance(a, DeleteKeys) for k in a.keys]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.pool import NullPool
 
 from cachesync import Sync
-from cachesync.apply import Applier, Failure, FailureHandler
+from cachesync.apply import Applier, FailureHandler
 from cachesync.config import Settings
 from cachesync.connections import redis_client, sqlalchemy_url
 from cachesync.contrib.sqlalchemy import CacheSyncMixin, install, outbox_table, uninstall
@@ -50,6 +50,7 @@ from cachesync.fastpath import FastPath
 from cachesync.policies import ImmediateRetryPolicy
 from cachesync.registry import Registry
 from cachesync.sinks.redis import RedisSink
+from cachesync.testing import RecordingFailureHandler
 
 RUN = uuid.uuid4().hex[:6]
 _counter = itertools.count(1)
@@ -58,20 +59,6 @@ _counter = itertools.count(1)
 # ------------------------------------------------------------------------------------------
 # Test doubles
 # ------------------------------------------------------------------------------------------
-
-
-class RecordingHandler(FailureHandler):
-    """Accepts every failure (as a retry queue would) and remembers it."""
-
-    def __init__(self) -> None:
-        self.failures: list[Failure] = []
-
-    def handle(self, failures: Sequence[Failure]) -> None:
-        self.failures.extend(failures)
-
-    @property
-    def keys(self) -> list[str]:
-        return [k for f in self.failures for k in getattr(f.action, "keys", ())]
 
 
 class RecordingFastPath(FastPath):
@@ -281,13 +268,13 @@ def world(engine: Engine, redis_conn: redis.Redis) -> Iterator[World]:
 
 
 @pytest.fixture
-def handler() -> RecordingHandler:
-    return RecordingHandler()
+def handler() -> RecordingFailureHandler:
+    return RecordingFailureHandler()
 
 
 @pytest.fixture
-def fast(redis_conn: redis.Redis, handler: RecordingHandler) -> RecordingFastPath:
-    """A fast path deleting from the private Redis, failures to :class:`RecordingHandler`."""
+def fast(redis_conn: redis.Redis, handler: RecordingFailureHandler) -> RecordingFastPath:
+    """A fast path deleting from the private Redis, failures to :class:`RecordingFailureHandler`."""
     applier = Applier(RedisSink(redis_conn), None, policy=ImmediateRetryPolicy.NONE)
     return RecordingFastPath(applier, handler)
 

@@ -26,9 +26,10 @@ from cachesync.contrib.sqlalchemy import install, uninstall
 from cachesync.errors import TransientError
 from cachesync.policies import ImmediateRetryPolicy
 from cachesync.sinks.redis import RedisSink
+from cachesync.testing import RecordingFailureHandler
 from tests.support import services
 
-from .conftest import RecordingFastPath, RecordingHandler, World
+from .conftest import RecordingFastPath, World
 
 pytestmark = pytest.mark.services
 
@@ -47,7 +48,7 @@ def throwaway(tmp_path: Path) -> Iterator[services.RedisProcess]:
 
 @pytest.fixture
 def AppSessions(
-    mariadb: Engine, world: World, throwaway: services.RedisProcess, handler: RecordingHandler
+    mariadb: Engine, world: World, throwaway: services.RedisProcess, handler: RecordingFailureHandler
 ) -> Iterator[tuple[sessionmaker[Session], RecordingFastPath]]:
     settings = Settings(
         redis_url=throwaway.url,
@@ -66,7 +67,7 @@ def AppSessions(
 def test_redis_killed_before_the_commit(
     AppSessions: tuple[sessionmaker[Session], RecordingFastPath],
     throwaway: services.RedisProcess,
-    handler: RecordingHandler,
+    handler: RecordingFailureHandler,
     world: World,
     mariadb_observer: Engine,
 ) -> None:
@@ -102,7 +103,7 @@ def test_redis_killed_before_the_commit(
 def test_redis_frozen_during_the_commit_costs_at_most_the_socket_timeout(
     AppSessions: tuple[sessionmaker[Session], RecordingFastPath],
     throwaway: services.RedisProcess,
-    handler: RecordingHandler,
+    handler: RecordingFailureHandler,
     world: World,
     mariadb_observer: Engine,
 ) -> None:
