@@ -19,8 +19,9 @@ from .checkpoint import (
     checkpoint_store,
 )
 from .guards import check_server
+from .leader import LeaderLock
 from .reindex import ReindexReport, reindex
-from .sidecar import LeaderLock, LeadershipLost, Sidecar, SidecarPolicy, build_applier
+from .sidecar import LeadershipLost, Sidecar, SidecarPolicy, build_applier
 from .source import BinlogSource, ReconnectPolicy
 from .status import StatusReport, collect_status
 
