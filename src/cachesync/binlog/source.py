@@ -14,7 +14,8 @@ How it reads, and why
 * Positions are OURS, not the library's: its ``log_pos`` also moves over
   filtered-out events and its reconnect is a single immediate retry that
   resumes mid-transaction. On any connection error the reader is rebuilt from
-  :attr:`BinlogSource.resume_point` after an exponential backoff.
+  :attr:`BinlogSource.resume_point` after the
+  :class:`~cachesync.policies.ReconnectPolicy`'s backoff.
 * A :class:`~cachesync.binlog.checkpoint.ResumePoint` is the start of the
   current transaction plus the last row handled inside it, so a restart repeats
   nothing and loses nothing even in the middle of a 1000-row transaction.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import random
 import select
 import struct
 import threading
@@ -67,6 +67,7 @@ from pymysqlreplication.row_event import (
 from .. import metrics
 from ..changes import BinlogPosition, Op, RowChange
 from ..errors import SourceConfigurationError, SourceError
+from ..policies import ReconnectPolicy
 from ..registry import Registry, TableSpec
 from .checkpoint import ResumePoint
 from .decoder import RowDecoder, read_lenenc
@@ -129,27 +130,6 @@ if not hasattr(BinLogStreamReader, _CONNECT):  # pragma: no cover - depends on t
         "cachesync.binlog needs mysql-replication 1.0.x (BinLogStreamReader internals changed)"
     )
 _WRAPPER_PARAMS = frozenset(inspect.signature(BinLogPacketWrapper.__init__).parameters)
-
-
-@dataclass(frozen=True)
-class ReconnectPolicy:
-    """Backoff between reconnects: ``initial * 2**n`` seconds, capped, with +-jitter.
-
-    ``heartbeat`` is how often the server sends a heartbeat on an idle stream;
-    ``read_timeout`` (several heartbeats) is how long silence may last before
-    the connection counts as dead.
-    """
-
-    initial: float = 0.2
-    maximum: float = 5.0
-    jitter: float = 0.2
-    heartbeat: float = 1.0
-    read_timeout: float = 5.0
-    connect_timeout: float = 5.0
-
-    def delay(self, failures: int, rng: random.Random | None = None) -> float:
-        base = min(self.maximum, self.initial * 2 ** max(0, failures - 1))
-        return float(base * (1 + (rng or random).uniform(-self.jitter, self.jitter)))
 
 
 class _Transient(Exception):
@@ -246,7 +226,7 @@ class BinlogSource:
         self._registry = registry
         self._server_id = server_id
         self._default_schema = default_schema or connection.get("database")
-        self._policy = policy or ReconnectPolicy()
+        self._policy = policy or ReconnectPolicy.DEFAULT
         self._stop = stop or threading.Event()
         self._sleep = sleep or self._stop.wait
         specs = registry.tables()
@@ -339,7 +319,7 @@ class BinlogSource:
             except _Transient as exc:
                 self._disconnect()
                 self._failures += 1
-                delay = self._policy.delay(self._failures)
+                delay = self._policy.backoff.delay(self._failures)
                 log.warning(
                     "cachesync: binlog stream lost (%s); reconnecting from %s in %.1fs",
                     exc,
