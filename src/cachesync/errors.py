@@ -94,7 +94,13 @@ class HandOffError(CacheSyncError):
 
 
 class SourceError(CacheSyncError):
-    """The change source (binlog, outbox) failed in a way that needs a reconnect."""
+    """The change source (binlog, outbox) met data or a refusal that retrying cannot fix.
+
+    A partial row image, a statement the server rejects: reading the same thing
+    again gives the same answer, so the reader stops and says what to change.
+    Connection trouble is not a ``SourceError``: the source reconnects by itself
+    (a :class:`TransientError`).
+    """
 
 
 class SourceConfigurationError(SourceError, ConfigurationError):

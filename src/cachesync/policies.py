@@ -7,7 +7,7 @@ at start-up with a message naming the field, never in the middle of a stream.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ConfigurationError
@@ -16,9 +16,11 @@ __all__ = [
     "Backoff",
     "BatchPolicy",
     "ImmediateRetryPolicy",
+    "ReconnectPolicy",
     "RelayPolicy",
     "RetryPolicy",
     "RetryQueuePolicy",
+    "SidecarPolicy",
 ]
 
 
@@ -298,3 +300,120 @@ class RetryQueuePolicy:
 
 
 RetryQueuePolicy.DEFAULT = RetryQueuePolicy()
+
+
+# -- the binlog sidecar -------------------------------------------------------------------------
+
+
+def _backoff_field(owner: str, name: str, value: object) -> None:
+    # Before Backoff existed these fields were (first, cap) tuples: say how to spell them now.
+    if not isinstance(value, Backoff):
+        raise ConfigurationError(
+            f"{owner}.{name} must be a Backoff, e.g. Backoff(first=0.5, cap=10.0), got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How the binlog reader notices a dead stream and how long it waits to reconnect.
+
+    * ``backoff``: the wait before reconnect number ``n`` (the reader rebuilds its
+      connection from its own resume point, never from the library's);
+    * ``heartbeat``: how often the server sends a heartbeat on an idle stream;
+    * ``read_timeout``: how long silence may last before the connection counts as
+      dead; it must exceed ``heartbeat`` (several heartbeats), or an idle but healthy
+      stream would be torn down over and over;
+    * ``connect_timeout``: seconds for the TCP connect and handshake, unless the
+      connection settings name their own.
+    """
+
+    backoff: Backoff = Backoff(first=0.2, cap=5.0)
+    heartbeat: float = 1.0
+    read_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+    DEFAULT: ClassVar[ReconnectPolicy]
+
+    def __post_init__(self) -> None:
+        _backoff_field("ReconnectPolicy", "backoff", self.backoff)
+        _positive(
+            "ReconnectPolicy",
+            heartbeat=self.heartbeat,
+            read_timeout=self.read_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+        if self.read_timeout <= self.heartbeat:
+            raise ConfigurationError(
+                f"ReconnectPolicy.read_timeout must be > heartbeat ({self.heartbeat!r}), "
+                f"got {self.read_timeout!r}"
+            )
+
+
+ReconnectPolicy.DEFAULT = ReconnectPolicy()
+
+
+@dataclass(frozen=True)
+class SidecarPolicy:
+    """Timing knobs of the sidecar loop (the batch size itself is the ``batch`` setting).
+
+    * ``idle_wait``: how long one poll of the binlog waits for a first change;
+    * ``handoff_backoff``: the wait before re-applying a batch that could not be
+      handed off (the checkpoint stays put meanwhile);
+    * ``idle_checkpoint_seconds`` / ``idle_checkpoint_bytes``: while no watched
+      row changes, the position still moves over other tables' transactions; it
+      is saved at most every ``idle_checkpoint_seconds``, and only when it moved
+      by at least ``idle_checkpoint_bytes`` or to another file. The threshold keeps
+      the sidecar from chasing its own checkpoint writes when the checkpoint
+      table lives on the watched server, while a file rotation is always saved
+      so the checkpoint never points at a file that may be purged;
+    * ``lock_wait``: seconds per ``GET_LOCK`` attempt of a standby (whole seconds;
+      0 polls without waiting);
+    * ``lock_check_seconds``: how often an idle leader pings its lock connection;
+    * ``lock_session_timeout``: ``wait_timeout`` of the lock connection, so that the
+      server drops the lock of a leader that vanished without closing its socket
+      (host down, network partition) after this many seconds of silence;
+    * ``retry_backoff``: the wait after a transient start-up failure;
+    * ``reconnect``: the binlog reader's :class:`ReconnectPolicy`.
+    """
+
+    batch: BatchPolicy = field(default_factory=lambda: BatchPolicy.DEFAULT)
+    idle_wait: float = 1.0
+    handoff_backoff: Backoff = Backoff(first=0.5, cap=30.0)
+    idle_checkpoint_seconds: float = 1.0
+    idle_checkpoint_bytes: int = 64 * 1024
+    lock_wait: float = 1.0
+    lock_check_seconds: float = 2.0
+    lock_session_timeout: int = 30
+    retry_backoff: Backoff = Backoff(first=0.5, cap=10.0)
+    reconnect: ReconnectPolicy = field(default_factory=lambda: ReconnectPolicy.DEFAULT)
+
+    DEFAULT: ClassVar[SidecarPolicy]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, BatchPolicy):
+            raise ConfigurationError(
+                f"SidecarPolicy.batch must be a BatchPolicy, got {self.batch!r}"
+            )
+        if not isinstance(self.reconnect, ReconnectPolicy):
+            raise ConfigurationError(
+                f"SidecarPolicy.reconnect must be a ReconnectPolicy, got {self.reconnect!r}"
+            )
+        _backoff_field("SidecarPolicy", "handoff_backoff", self.handoff_backoff)
+        _backoff_field("SidecarPolicy", "retry_backoff", self.retry_backoff)
+        # idle_wait 0 would spin on an idle stream; the server's wait_timeout is >= 1.
+        _positive(
+            "SidecarPolicy",
+            idle_wait=self.idle_wait,
+            lock_session_timeout=self.lock_session_timeout,
+        )
+        for name, value in (
+            ("idle_checkpoint_seconds", self.idle_checkpoint_seconds),
+            ("idle_checkpoint_bytes", self.idle_checkpoint_bytes),
+            ("lock_wait", self.lock_wait),
+            ("lock_check_seconds", self.lock_check_seconds),
+        ):
+            if value < 0:
+                raise ConfigurationError(f"SidecarPolicy.{name} must be >= 0, got {value!r}")
+
+
+SidecarPolicy.DEFAULT = SidecarPolicy()

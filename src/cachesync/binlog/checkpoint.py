@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ..changes import BinlogPosition
-from ..errors import ConfigurationError, DecodeError, TransientError, redact_url
+from ..errors import (
+    CacheSyncError,
+    ConfigurationError,
+    DecodeError,
+    TransientError,
+    redact_url,
+)
+from . import server
 
 __all__ = [
     "CHECKPOINT_TABLE",
@@ -186,10 +193,8 @@ class TableCheckpointStore(CheckpointStore):
                     **self._params, autocommit=True, connect_timeout=5, read_timeout=30,
                     write_timeout=30,
                 )  # fmt: skip
-            except pymysql.MySQLError as exc:
-                raise TransientError(
-                    f"checkpoint store ({self.describe()}) unreachable: {exc}"
-                ) from exc
+            except (pymysql.MySQLError, OSError) as exc:
+                raise self._error(exc, "unreachable") from exc
         if not self._ensured:
             self._ensure_table()
         return self._conn
@@ -202,8 +207,8 @@ class TableCheckpointStore(CheckpointStore):
             if cur.fetchone() is None:
                 try:
                     cur.execute(CHECKPOINT_TABLE_SQL.replace(CHECKPOINT_TABLE, self._table, 1))
-                except pymysql.OperationalError as exc:
-                    if exc.args and exc.args[0] in (1142, 1044):  # no CREATE privilege
+                except pymysql.MySQLError as exc:
+                    if isinstance(server.translate(exc, "CREATE TABLE"), ConfigurationError):
                         raise ConfigurationError(
                             f"cannot create the checkpoint table ({self.describe()}): {exc}. "
                             "Create it once as an administrator with:\n"
@@ -215,6 +220,25 @@ class TableCheckpointStore(CheckpointStore):
                     raise
         self._ensured = True
 
+    def _error(self, exc: BaseException, trouble: str = "") -> CacheSyncError:
+        """*exc* as :func:`server.translate` classifies it, worded for this store.
+
+        Grants and passwords are the store's own setting (``checkpoint_url``), not
+        the binlog source's, so a configuration error names that setting.
+        """
+        where = f"checkpoint store ({self.describe()})" + (f" {trouble}" if trouble else "")
+        error = server.translate(exc, where)
+        if isinstance(error, ConfigurationError):
+            return ConfigurationError(
+                f"checkpoint store ({self.describe()}): {exc}; the user needs "
+                f"SELECT, INSERT, UPDATE, DELETE on {self._table}",
+                setting="checkpoint_url",
+                code=error.context.get("code"),
+            )
+        if isinstance(error, TransientError):
+            return TransientError(f"{where}: {exc}", **error.context)
+        return error
+
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:
         import pymysql
@@ -222,19 +246,12 @@ class TableCheckpointStore(CheckpointStore):
         try:
             with self._connection().cursor() as cur:
                 yield cur
-        except pymysql.OperationalError as exc:
-            code = exc.args[0] if exc.args else 0
+        except (pymysql.MySQLError, OSError) as exc:
             self.close()
-            if code in (1142, 1143, 1044, 1045):  # privileges: retrying will not help
-                raise ConfigurationError(
-                    f"checkpoint store ({self.describe()}): {exc}; the user needs "
-                    f"SELECT, INSERT, UPDATE, DELETE on {self._table}",
-                    setting="checkpoint_url",
-                ) from None
-            raise TransientError(f"checkpoint store ({self.describe()}): {exc}") from exc
-        except (pymysql.InterfaceError, OSError) as exc:
-            self.close()
-            raise TransientError(f"checkpoint store ({self.describe()}): {exc}") from exc
+            error = self._error(exc)
+            if isinstance(error, TransientError):
+                raise error from exc
+            raise error from None
 
     def load(self, name: str) -> StoredCheckpoint | None:
         with self._cursor() as cur:

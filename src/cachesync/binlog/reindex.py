@@ -34,12 +34,13 @@ from typing import Any
 from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
 from ..changes import BinlogPosition
 from ..errors import DeclarationError, PermanentError, TransientError
+from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
 from . import server
 
-__all__ = ["ReindexReport", "reindex"]
+__all__ = ["WRITE_BACKOFF", "ReindexReport", "reindex"]
 
 log = logging.getLogger("cachesync.reindex")
 
@@ -73,12 +74,25 @@ class ReindexReport:
         )
 
 
+#: Waits between bulk attempts: 0.4, 0.8, 1.6, 3.2 s (no jitter: one writer, no herd).
+WRITE_BACKOFF = Backoff(first=0.4, cap=3.2, jitter=0.0)
+
+
 class _Writer:
     """Bulk writes with a short retry; anything still failing aborts the reindex."""
 
-    def __init__(self, sink: SearchSink, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        sink: SearchSink,
+        attempts: int = 5,
+        *,
+        backoff: Backoff = WRITE_BACKOFF,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.sink = sink
         self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
 
     def write(self, actions: Sequence[DocumentAction]) -> None:
         pending = list(actions)
@@ -88,7 +102,7 @@ class _Writer:
             except TransientError:
                 if attempt == self.attempts:
                     raise
-                time.sleep(0.2 * 2**attempt)
+                self.sleep(self.backoff.delay(attempt))
                 continue
             if not failures:
                 return
@@ -97,7 +111,7 @@ class _Writer:
                 shown = "; ".join(str(f.error) for f in (permanent or failures)[:3])
                 raise PermanentError(f"reindex: {len(failures)} document(s) failed: {shown}")
             pending = [f.action for f in failures]
-            time.sleep(0.2 * 2**attempt)
+            self.sleep(self.backoff.delay(attempt))
 
 
 def reindex(
@@ -110,6 +124,8 @@ def reindex(
     batch_size: int = 1000,
     prune: bool = True,
     progress: Progress | None = None,
+    backoff: Backoff = WRITE_BACKOFF,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> ReindexReport:
     """Rebuild every projection of *spec*; see the module docstring for why it is safe.
 
@@ -117,7 +133,8 @@ def reindex(
     It is committed before every read: each chunk, and above all each re-check,
     must see the latest committed rows, not a snapshot taken at the first read
     (InnoDB's REPEATABLE READ would otherwise hide every concurrent delete).
-    *database* is the schema of a spec declared without one.
+    *database* is the schema of a spec declared without one. A bulk write that
+    fails transiently is retried after *backoff*'s delays, waited with *sleep*.
     """
     if not spec.projections:
         raise DeclarationError(f"{spec.model} declares no search projection: nothing to reindex")
@@ -134,7 +151,7 @@ def reindex(
     pk = list(spec.primary_key_columns())
     select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
     order = " ORDER BY " + ", ".join(quote(c) for c in pk)
-    writer = _Writer(search)
+    writer = _Writer(search, backoff=backoff, sleep=sleep)
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
 
     with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
@@ -177,7 +194,7 @@ def reindex(
     if prune:
         for projection in spec.projections:
             report.orphans += _prune(
-                search, registry, spec, projection, written[projection.index], after
+                writer, registry, spec, projection, written[projection.index], after
             )
     report.seconds = time.monotonic() - started
     log.info("cachesync: %s", report.summary())
@@ -250,7 +267,7 @@ def _recheck(
 
 
 def _prune(
-    search: SearchSink,
+    writer: _Writer,
     registry: Registry | None,
     spec: TableSpec,
     projection: ResolvedProjection,
@@ -264,7 +281,7 @@ def _prune(
         return 0
     from elasticsearch import ApiError, TransportError, helpers
 
-    client = search.client
+    client = writer.sink.client
     try:
         client.indices.refresh(index=projection.index, ignore_unavailable=True)
         hits = helpers.scan(
@@ -277,5 +294,5 @@ def _prune(
     except (ApiError, TransportError, OSError) as exc:
         raise TransientError(f"reindex: scanning {projection.index} failed: {exc}") from exc
     if orphans:
-        _Writer(search).write([DeleteDoc(projection.index, i, after) for i in orphans])
+        writer.write([DeleteDoc(projection.index, i, after) for i in orphans])
     return len(orphans)

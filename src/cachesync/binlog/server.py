@@ -1,8 +1,9 @@
-"""Plain SQL questions to the watched server: binlog position, binlog files, variables.
+"""Plain SQL questions to the watched server, and the one PyMySQL error translator.
 
-Used by the guards, ``status``, ``reindex`` and the leader lock. PyMySQL errors
-become :mod:`cachesync.errors` here: connection problems are
-:class:`TransientError`, missing privileges :class:`SourceConfigurationError`.
+Used by the guards, ``status``, ``reindex``, the checkpoint table, the leader
+lock and the binlog stream. Every PyMySQL error in :mod:`cachesync.binlog`
+becomes a :mod:`cachesync.errors` error through :func:`translate`, so one list
+says which server errors a retry cannot fix.
 """
 
 from __future__ import annotations
@@ -12,12 +13,36 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SourceConfigurationError, TransientError
+from ..errors import CacheSyncError, SourceConfigurationError, SourceError, TransientError
 
-__all__ = ["BinlogFile", "binary_logs", "connect", "master_status", "translate_errors", "variable"]
+__all__ = [
+    "NOT_TRANSIENT",
+    "BinlogFile",
+    "binary_logs",
+    "connect",
+    "error_code",
+    "master_status",
+    "translate",
+    "translate_errors",
+    "variable",
+]
 
-#: Privilege errors: retrying cannot help, the grants must change.
-PRIVILEGE_ERRORS = frozenset({1044, 1045, 1142, 1143, 1227, 1370})
+_PRIVILEGE = "missing privilege (the sidecar needs REPLICATION SLAVE, REPLICATION CLIENT, SELECT)"
+
+#: Server errors a retry cannot fix: the grants or the server setup must change first.
+#: Everything else a connection-level error class reports (OperationalError,
+#: InterfaceError, socket errors) is transient. The binlog-only codes (1236, 4052)
+#: cannot come from a plain query, so one list serves every caller.
+NOT_TRANSIENT: Mapping[int, str] = {
+    1044: "access denied to the database",
+    1045: "access denied",
+    1142: "missing table privilege",
+    1143: "missing column privilege",
+    1227: _PRIVILEGE,
+    1370: "missing routine privilege",
+    1236: "the server cannot send the binlog from the checkpoint",
+    4052: "another replica or reader uses the same server_id",
+}
 
 
 @dataclass(frozen=True)
@@ -28,20 +53,58 @@ class BinlogFile:
     size: int
 
 
+def error_code(exc: BaseException) -> int | None:
+    """The server (or client, 2xxx) error number of a PyMySQL error, if it carries one."""
+    import pymysql
+
+    if not isinstance(exc, pymysql.MySQLError):
+        return None  # an OSError's first argument is an errno, not a server code
+    args = exc.args
+    return args[0] if args and isinstance(args[0], int) and args[0] else None
+
+
+def translate(exc: BaseException, what: str) -> CacheSyncError:
+    """The cachesync error for *exc*, raised while doing *what* (a PyMySQL error or OSError).
+
+    * a code in :data:`NOT_TRANSIENT`: :class:`SourceConfigurationError` (stop and
+      fix the grants or the server; the message says which);
+    * ``OperationalError``, ``InterfaceError``, any error without a server code,
+      socket errors: :class:`TransientError` (reconnect and retry later);
+    * any other server error (``ProgrammingError``, ``DataError`` ...): the server
+      refused the statement and will refuse it again: :class:`SourceError`.
+
+    The result carries ``code`` in its context (``None`` without one). The caller
+    raises it, ``from exc`` for the transient ones so the cause stays in the log.
+    """
+    import pymysql
+
+    code = error_code(exc)
+    if code is not None:
+        message = f"{what}: {exc.args[-1]} (error {code})"
+        if code in NOT_TRANSIENT:
+            return SourceConfigurationError(f"{message}: {NOT_TRANSIENT[code]}", code=code)
+        if isinstance(exc, pymysql.OperationalError | pymysql.InterfaceError):
+            return TransientError(message, code=code)
+        return SourceError(message, code=code)
+    if isinstance(exc, pymysql.InterfaceError | OSError):
+        return TransientError(f"{what}: {exc}", code=code)
+    # Without a server code the client lost track of the protocol (a garbled or
+    # out-of-sequence packet): that connection is not to be trusted, a new one may work.
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}", code=code)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
-    """Turn PyMySQL errors raised inside the block into cachesync errors naming *what*."""
+    """Raise PyMySQL errors and socket errors of the block as :func:`translate` says."""
     import pymysql
 
     try:
         yield
-    except pymysql.OperationalError as exc:
-        code = exc.args[0] if exc.args else 0
-        if code in PRIVILEGE_ERRORS:
-            raise SourceConfigurationError(f"{what}: {exc.args[-1]} (error {code})") from None
-        raise TransientError(f"{what}: {exc.args[-1]} (error {code})") from exc
-    except (pymysql.InterfaceError, OSError) as exc:
-        raise TransientError(f"{what}: {exc}") from exc
+    except (pymysql.MySQLError, OSError) as exc:
+        error = translate(exc, what)
+        if isinstance(error, TransientError):
+            raise error from exc
+        raise error from None
 
 
 def connect(params: Mapping[str, Any], *, what: str = "MySQL", **options: Any) -> Any:

@@ -9,13 +9,18 @@ last change of the batch. If the applier raises
 parked durably), the same batch is retried with backoff and the checkpoint
 stays where it is: the binlog reader waits instead of dropping anything.
 
-Leadership: a sidecar streams only while it holds ``GET_LOCK`` on a dedicated
-connection to the watched server. A second sidecar with the same pipeline name
-blocks in ``GET_LOCK`` as a standby; the server releases the lock the moment the
-leader's connection dies (SIGKILL, crash, network), and the standby then starts
-from the checkpoint. A leader that loses its lock connection stops streaming and
-goes back to waiting; the lock is re-checked before every checkpoint save so a
-deposed leader never moves the checkpoint.
+Leadership: a sidecar streams only while it holds the
+:class:`~cachesync.binlog.leader.LeaderLock` (``GET_LOCK`` on a dedicated
+connection to the watched server; a standby blocks in ``GET_LOCK`` and takes
+over from the checkpoint when the leader's connection dies). A leader that
+loses its lock connection stops streaming and goes back to waiting; the lock is
+re-checked before every checkpoint save so a deposed leader never moves the
+checkpoint.
+
+Waits (after a transient start-up failure, before re-applying a batch that
+could not be handed off) follow the :class:`~cachesync.policies.Backoff`
+schedules of :class:`~cachesync.policies.SidecarPolicy` and go through the
+injected ``sleep``.
 
 Shutdown: :meth:`Sidecar.stop` (the CLI calls it on SIGTERM/SIGINT) lets the
 current batch finish, saves the checkpoint and returns.
@@ -23,14 +28,10 @@ current batch finish, saves the checkpoint and returns.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
@@ -49,125 +50,16 @@ from ..errors import (
     TransientError,
 )
 from ..planning import plan
-from ..policies import BatchPolicy
+from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
-from .source import BinlogSource, ReconnectPolicy
+from .leader import LeaderLock, lock_name
+from .source import BinlogSource
 
-__all__ = ["LeaderLock", "LeadershipLost", "Sidecar", "SidecarPolicy", "lock_name"]
+__all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
 log = logging.getLogger("cachesync.sidecar")
-
-
-@dataclass(frozen=True)
-class SidecarPolicy:
-    """Timing knobs of the sidecar loop (the batch size itself is the ``batch`` setting).
-
-    * ``handoff_backoff``: first and maximum wait before re-applying a batch that
-      could not be handed off;
-    * ``idle_checkpoint_seconds`` / ``idle_checkpoint_bytes``: while no watched
-      row changes, the position still moves over other tables' transactions; it
-      is saved at most every ``idle_checkpoint_seconds``, and only when it moved
-      by at least ``idle_checkpoint_bytes`` or to another file. The threshold keeps
-      the sidecar from chasing its own checkpoint writes when the checkpoint
-      table lives on the watched server, while a file rotation is always saved
-      so the checkpoint never points at a file that may be purged;
-    * ``lock_wait``: seconds per ``GET_LOCK`` attempt of a standby;
-    * ``lock_check_seconds``: how often an idle leader pings its lock connection;
-    * ``lock_session_timeout``: ``wait_timeout`` of the lock connection, so that the
-      server drops the lock of a leader that vanished without closing its socket
-      (host down, network partition) after this many seconds of silence;
-    * ``retry_backoff``: first and maximum wait after a transient start-up failure.
-    """
-
-    batch: BatchPolicy = field(default_factory=lambda: BatchPolicy.DEFAULT)
-    idle_wait: float = 1.0
-    handoff_backoff: tuple[float, float] = (0.5, 30.0)
-    idle_checkpoint_seconds: float = 1.0
-    idle_checkpoint_bytes: int = 64 * 1024
-    lock_wait: float = 1.0
-    lock_check_seconds: float = 2.0
-    lock_session_timeout: int = 30
-    retry_backoff: tuple[float, float] = (0.5, 10.0)
-    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
-
-
-def lock_name(database: str | None, pipeline: str) -> str:
-    """``cachesync:<database>:<pipeline>``, hashed to fit MySQL's 64-character lock names."""
-    name = f"cachesync:{database or '-'}:{pipeline}"
-    if len(name) <= 64:
-        return name
-    return "cachesync:" + hashlib.sha1(name.encode()).hexdigest()
-
-
-class LeaderLock:
-    """``GET_LOCK`` on a connection of its own; the lock lives exactly as long as it.
-
-    ``GET_LOCK`` needs no privilege, and the server drops the lock when the
-    connection closes for any reason, which is what makes failover fast.
-    """
-
-    def __init__(self, params: Mapping[str, Any], name: str, *, session_timeout: int = 30) -> None:
-        self._params = dict(params)
-        self.name = name
-        self.session_timeout = session_timeout
-        self._conn: Any = None
-
-    def _query(self, sql: str, *args: Any) -> Any:
-        import pymysql
-
-        try:
-            if self._conn is None:
-                conn = server.connect(self._params, what="MySQL (leader lock)")
-                with conn.cursor() as cur:
-                    cur.execute("SET SESSION wait_timeout = %s", (self.session_timeout,))
-                self._conn = conn
-            with self._conn.cursor() as cur:
-                cur.execute(sql, args)
-                row = cur.fetchone()
-            return row[0] if row else None
-        except CacheSyncError:
-            self._drop()
-            raise
-        except pymysql.MySQLError as exc:
-            self._drop()
-            raise TransientError(f"leader lock {self.name!r}: {exc}") from exc
-
-    def try_acquire(self, wait: float) -> bool:
-        """One ``GET_LOCK`` attempt waiting up to *wait* seconds."""
-        return bool(self._query("SELECT GET_LOCK(%s, %s)", self.name, max(0, int(wait))))
-
-    def check(self) -> None:
-        """Raise :class:`LeadershipLost` unless this connection still holds the lock."""
-        try:
-            held = self._query("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", self.name)
-        except TransientError as exc:
-            raise LeadershipLost(f"leader lock {self.name!r} lost: {exc}") from exc
-        if not held:
-            self._drop()
-            raise LeadershipLost(f"leader lock {self.name!r} is no longer held")
-
-    def holder(self) -> int | None:
-        """The connection id holding the lock, or ``None``."""
-        value = self._query("SELECT IS_USED_LOCK(%s)", self.name)
-        return None if value is None else int(value)
-
-    def release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(CacheSyncError):
-                self._query("SELECT RELEASE_LOCK(%s)", self.name)
-            self._drop()
-
-    def close(self) -> None:
-        """Close the connection without releasing explicitly (the server drops the lock)."""
-        self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 def build_applier(settings: Settings, registry: Registry) -> Applier:
@@ -313,7 +205,7 @@ class Sidecar:
                     raise
                 except TransientError as exc:
                     failures += 1
-                    delay = self._backoff(self.policy.retry_backoff, failures)
+                    delay = self.policy.retry_backoff.delay(failures)
                     log.warning("cachesync: %s; retrying in %.1fs", exc, delay)
                     self._sleep(delay)
                 finally:
@@ -478,7 +370,7 @@ class Sidecar:
                 break
             except HandOffError as exc:
                 attempts += 1
-                delay = self._backoff(self.policy.handoff_backoff, attempts)
+                delay = self.policy.handoff_backoff.delay(attempts)
                 log.error(
                     "cachesync: batch of %d change(s) neither applied nor handed off (%s); "
                     "checkpoint kept at %s, retrying in %.1fs",
@@ -510,8 +402,3 @@ class Sidecar:
             return
         self.saved = point
         metrics.inc("checkpoints_total")
-
-    @staticmethod
-    def _backoff(bounds: tuple[float, float], attempt: int) -> float:
-        first, cap = bounds
-        return float(min(cap, first * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2))

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import DecodeError
 from . import server
 from .checkpoint import CheckpointStore, ResumePoint
-from .sidecar import LeaderLock, lock_name
+from .leader import LeaderLock, lock_name
 
 __all__ = ["StatusReport", "collect_status", "lag_bytes"]
 

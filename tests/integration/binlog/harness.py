@@ -35,7 +35,7 @@ from cachesync.apply import Applier, FailureHandler, LoggingFailureHandler
 from cachesync.binlog import FileCheckpointStore, Sidecar, SidecarPolicy
 from cachesync.binlog.checkpoint import CheckpointStore
 from cachesync.connections import mysql_params
-from cachesync.policies import BatchPolicy, ImmediateRetryPolicy
+from cachesync.policies import Backoff, BatchPolicy, ImmediateRetryPolicy
 from cachesync.registry import Registry
 from cachesync.sinks import RedisSink, SearchSink
 from tests.integration.binlog import models
@@ -229,8 +229,8 @@ class BinlogEnv:
             "batch": batch or BatchPolicy(max_rows=500, max_delay_ms=20),
             "idle_checkpoint_bytes": 0,
             "idle_wait": 0.2,
-            "handoff_backoff": (0.1, 0.5),
-            "retry_backoff": (0.2, 1.0),
+            "handoff_backoff": Backoff(0.1, 0.5),
+            "retry_backoff": Backoff(0.2, 1.0),
         }
         defaults.update(policy)
         return Sidecar(

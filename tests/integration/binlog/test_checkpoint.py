@@ -17,7 +17,7 @@ from cachesync.binlog import (
     checkpoint_store,
 )
 from cachesync.changes import BinlogPosition
-from cachesync.errors import ConfigurationError, DecodeError
+from cachesync.errors import ConfigurationError, DecodeError, TransientError
 from tests.integration.binlog.harness import BinlogEnv
 
 pytestmark = pytest.mark.services
@@ -131,3 +131,30 @@ def test_store_factory(tmp_path: Path) -> None:
     assert "secret" not in str(caught.value)
     with pytest.raises(ConfigurationError, match="mysql_url"):
         checkpoint_store(None, None)
+
+
+def test_table_store_with_a_wrong_password_is_a_configuration_error(
+    binlog_env: BinlogEnv,
+) -> None:
+    """Access denied never fixes itself: name the setting instead of retrying forever."""
+    store = TableCheckpointStore({**binlog_env.sidecar_params, "password": "not-the-password"})
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            store.load("p")
+    finally:
+        store.close()
+    assert caught.value.context["setting"] == "checkpoint_url"
+    assert caught.value.context["code"] == 1045
+    assert "not-the-password" not in str(caught.value)
+
+
+def test_table_store_on_a_closed_port_is_transient(binlog_env: BinlogEnv) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = TableCheckpointStore({**binlog_env.root, "port": port})
+    with pytest.raises(TransientError, match="unreachable"):
+        store.save("p", "binlog:mysql-bin.000001:4")
+    store.close()

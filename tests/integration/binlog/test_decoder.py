@@ -174,7 +174,7 @@ def test_fast_decoder_and_library_fallback_agree_with_the_library(binlog_env: Bi
             batch = source.poll(500, 2.0)
             assert batch, f"stream stalled after {len(got)} of {len(expected)} rows"
             got += batch
-        decoders = {t.name: t.decoder.supported for t in source._tables.values()}
+        decoders = {t.name: t.decoder.supported for t in source._maps.current.values()}
     assert decoders == {"fast": True, "slow": False}
     actual = [(c.table, c.op.value, c.before, c.after) for c in got]
     for index, (mine, theirs) in enumerate(zip(actual, expected, strict=True)):

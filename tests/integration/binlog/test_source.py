@@ -10,12 +10,13 @@ import pytest
 
 from cachesync.binlog import BinlogSource, ReconnectPolicy, ResumePoint
 from cachesync.changes import BinlogPosition, Op, RowChange
+from cachesync.policies import Backoff
 from cachesync.registry import Registry
 from tests.integration.binlog.harness import BinlogEnv, FreezableProxy, next_server_id
 
 pytestmark = pytest.mark.services
 
-FAST_RECONNECT = ReconnectPolicy(initial=0.05, maximum=0.5, heartbeat=0.5, read_timeout=3.0)
+FAST_RECONNECT = ReconnectPolicy(backoff=Backoff(0.05, 0.5), heartbeat=0.5, read_timeout=3.0)
 
 
 def _source(env: BinlogEnv, start: ResumePoint, registry: Registry | None = None) -> BinlogSource:
@@ -240,7 +241,7 @@ def test_a_silent_dead_connection_is_noticed_and_replaced(binlog_env: BinlogEnv)
     env = binlog_env
     proxy = FreezableProxy(env.sidecar_params["port"])
     params = {**env.sidecar_params, "port": proxy.port}
-    policy = ReconnectPolicy(initial=0.05, maximum=0.2, heartbeat=0.5, read_timeout=2.0)
+    policy = ReconnectPolicy(backoff=Backoff(0.05, 0.2), heartbeat=0.5, read_timeout=2.0)
     start = _start(env)
     try:
         with BinlogSource(
