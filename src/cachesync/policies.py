@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigurationError
 
@@ -22,6 +22,20 @@ __all__ = [
     "RetryQueuePolicy",
     "SidecarPolicy",
 ]
+
+
+_P = TypeVar("_P")
+
+
+def _preset(presets: dict[str, _P], name: str, setting: str) -> _P:
+    """The preset called *name* (any case), or a :class:`ConfigurationError` naming *setting*."""
+    try:
+        return presets[name.lower()]
+    except KeyError:
+        raise ConfigurationError(
+            f"{setting} preset {name!r} is unknown; use one of {', '.join(presets)}",
+            setting=setting,
+        ) from None
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -128,18 +142,13 @@ class BatchPolicy:
 
     @classmethod
     def preset(cls, name: str) -> BatchPolicy:
+        """``low_latency``, ``default`` or ``throughput``."""
         presets = {
             "low_latency": cls.LOW_LATENCY,
             "default": cls.DEFAULT,
             "throughput": cls.THROUGHPUT,
         }
-        try:
-            return presets[name.lower()]
-        except KeyError:
-            raise ConfigurationError(
-                f"batch preset {name!r} is unknown; use one of {', '.join(presets)}",
-                setting="batch",
-            ) from None
+        return _preset(presets, name, "batch")
 
 
 BatchPolicy.LOW_LATENCY = BatchPolicy(max_rows=200, max_delay_ms=5)
@@ -245,18 +254,13 @@ class RelayPolicy:
 
     @classmethod
     def preset(cls, name: str) -> RelayPolicy:
+        """``low_latency``, ``default`` or ``throughput``."""
         presets = {
             "low_latency": cls.LOW_LATENCY,
             "default": cls.DEFAULT,
             "throughput": cls.THROUGHPUT,
         }
-        try:
-            return presets[name.lower()]
-        except KeyError:
-            raise ConfigurationError(
-                f"relay preset {name!r} is unknown; use one of {', '.join(presets)}",
-                setting="relay",
-            ) from None
+        return _preset(presets, name, "relay")
 
 
 RelayPolicy.LOW_LATENCY = RelayPolicy(batch_size=50, poll_interval=0.1)

@@ -17,14 +17,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from ...outbox.schema import (
-    KIND_FAILED,
-    KIND_INTENT,
-    OUTBOX_TABLE,
-    STATE_DEAD,
-    STATE_DONE,
-    STATE_PENDING,
-)
+from ...outbox import schema
 
 __all__ = ["Checkpoint", "Outbox"]
 
@@ -34,20 +27,24 @@ CHECKPOINT_TABLE = "cachesync_checkpoint"
 class Outbox(models.Model):  # type: ignore[misc]
     """One outbox row: a JSON array of actions (:mod:`cachesync.codec`) and its delivery state."""
 
-    KINDS = ((KIND_INTENT, "intent"), (KIND_FAILED, "failed"))
-    STATES = ((STATE_PENDING, "pending"), (STATE_DONE, "done"), (STATE_DEAD, "dead"))
+    KINDS = ((schema.KIND_INTENT, "intent"), (schema.KIND_FAILED, "failed"))
+    STATES = (
+        (schema.STATE_PENDING, "pending"),
+        (schema.STATE_DONE, "done"),
+        (schema.STATE_DEAD, "dead"),
+    )
 
     id = models.BigAutoField(primary_key=True)
     created_at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=16, choices=KINDS)
-    state = models.CharField(max_length=16, choices=STATES, default=STATE_PENDING)
+    state = models.CharField(max_length=16, choices=STATES, default=schema.STATE_PENDING)
     payload = models.TextField()
     attempts = models.IntegerField(default=0)
     available_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(null=True, blank=True)
 
     class Meta:
-        db_table = OUTBOX_TABLE
+        db_table = schema.OUTBOX_TABLE
         indexes = [models.Index(fields=["state", "id"], name="cachesync_outbox_state_id")]
         verbose_name = "outbox row"
 
