@@ -39,8 +39,15 @@ from ..actions import Action
 from ..apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from ..changes import RowChange
 from ..config import Settings
+from ..deadletters import (
+    DeadLetterStore,
+    LoggingDeadLetterStore,
+    PoisonChange,
+    is_poison,
+    report_poison,
+    salvage_keys,
+)
 from ..errors import (
-    CacheSyncError,
     ConfigurationError,
     HandOffError,
     LeadershipLost,
@@ -84,13 +91,26 @@ def build_applier(settings: Settings, registry: Registry) -> Applier:
 
 
 def default_failure_handler(settings: Settings) -> FailureHandler:
-    """The Kafka retry queue when ``kafka_bootstrap`` is set, else log-and-refuse."""
-    if settings.kafka_bootstrap is None:
+    """The retry queue: Kafka when ``kafka_bootstrap`` is set, with the outbox table
+    (``outbox_url``, else ``mysql_url``) as its fallback or, without Kafka, as the
+    whole retry path (``cachesync relay`` retries it); log-and-refuse with neither."""
+    if settings.kafka_bootstrap is None and settings.outbox_database is None:
         return LoggingFailureHandler()
     from ..kafka import RetryQueue
 
     handler: FailureHandler = RetryQueue.from_settings(settings, component="sidecar")
     return handler
+
+
+def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
+    """Poison changes go to the outbox table (``outbox_url``, else ``mysql_url``), else to the log."""
+    database = settings.outbox_database
+    if database is None:
+        return LoggingDeadLetterStore()
+    from ..outbox.dead_letters import OutboxDeadLetterStore
+    from ..outbox.store import OutboxStore
+
+    return OutboxDeadLetterStore(OutboxStore.from_url(database))
 
 
 class Sidecar:
@@ -111,6 +131,7 @@ class Sidecar:
         applier: Applier,
         store: CheckpointStore,
         on_failure: FailureHandler | None = None,
+        dead_letters: DeadLetterStore | None = None,
         name: str = "default",
         server_id: int = 7541,
         policy: SidecarPolicy | None = None,
@@ -122,6 +143,7 @@ class Sidecar:
         self.registry = registry
         self.applier = applier
         self.on_failure = on_failure or LoggingFailureHandler()
+        self.dead_letters = dead_letters or LoggingDeadLetterStore()
         self.store = store
         self.name = name
         self.server_id = server_id
@@ -166,6 +188,7 @@ class Sidecar:
             registry=registry,
             applier=build_applier(settings, registry),
             on_failure=on_failure or default_failure_handler(settings),
+            dead_letters=default_dead_letter_store(settings),
             store=checkpoint_store(settings.checkpoint_url, mysql_url),
             name=settings.name,
             server_id=settings.server_id,
@@ -333,8 +356,13 @@ class Sidecar:
             and point.pos - saved.pos >= self.policy.idle_checkpoint_bytes
         )
 
-    def _plan(self, batch: Sequence[RowChange]) -> list[Action]:
+    def _plan(self, batch: Sequence[RowChange]) -> list[Action] | None:
+        """The batch's actions, with its poison changes buried (:mod:`cachesync.deadletters`).
+
+        ``None`` when stopped while the dead-letter store refused them.
+        """
         actions: list[Action] = []
+        poison: list[PoisonChange] = []
         registry = self.registry
         for change in batch:
             spec: TableSpec | None = registry.get(change.schema, change.table)
@@ -349,20 +377,44 @@ class Sidecar:
                     "from this change once fixed",
                     **exc.context,
                 ) from None
-            except CacheSyncError:
-                raise
             except Exception as exc:
-                raise PermanentError(
-                    f"{spec.model}: planning the {change.op.value} at {change.position} "
-                    f"failed: {type(exc).__name__}: {exc} (a key template, when=, "
-                    "to_document= or invalidates= callable raised)",
-                    model=spec.model,
-                ) from exc
+                if not is_poison(exc):
+                    raise
+                poison.append(PoisonChange.of(change, spec.model, spec.primary_key_columns(), exc))
+                actions.extend(salvage_keys(change, spec))
+        if poison and not self._bury(poison):
+            return None
         return actions
+
+    def _bury(self, poison: Sequence[PoisonChange]) -> bool:
+        """Store *poison* durably, waiting out a refusing store; False if stopped first."""
+        attempts = 0
+        while True:
+            try:
+                self.dead_letters.bury(poison)
+                report_poison(poison)
+                return True
+            except HandOffError as exc:
+                attempts += 1
+                delay = self.policy.handoff_backoff.delay(attempts)
+                log.error(
+                    "cachesync: %d poison change(s) could not be dead-lettered (%s); "
+                    "checkpoint kept at %s, retrying in %.1fs",
+                    len(poison),
+                    exc,
+                    self.saved,
+                    delay,
+                )
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return False
+                self.lock.check()
 
     def _apply(self, batch: Sequence[RowChange]) -> bool:
         """Apply *batch*; True once applied or handed off, False if stopped before that."""
         actions = self._plan(batch)
+        if actions is None:
+            return False
         attempts = 0
         while True:
             try:

@@ -38,7 +38,7 @@ from .. import metrics
 from ..actions import per_key
 from ..apply import Failure, FailureHandler
 from ..errors import CacheSyncError, ConfigurationError, HandOffError, TransientError
-from ..outbox.schema import KIND_FAILED
+from ..outbox.schema import KIND_FAILED, STATE_DEAD, STATE_PENDING
 from ..policies import RetryQueuePolicy
 from .client import AckedProducer, Outgoing
 from .codec import ErrorInfo, RetryMessage, encode_message, from_epoch, origin
@@ -265,22 +265,42 @@ class RetryQueue(FailureHandler):
                 f"{len(failures)} failed action(s) could not be stored: {kafka_error} "
                 "and no outbox is configured"
             )
-        actions = [a for f in failures for a in per_key(f.action)]
-        summary = "; ".join(dict.fromkeys(str(ErrorInfo.of(f.error)) for f in failures))
-        try:
-            self.outbox.add(
-                KIND_FAILED,
-                actions,
-                attempts=max(f.attempts for f in failures),
-                last_error=summary,
-            )
-        except CacheSyncError as exc:
-            raise HandOffError(
-                f"{len(actions)} failed action(s) could be stored neither in Kafka "
-                f"({kafka_error or 'not configured'}) nor in the outbox ({exc})"
-            ) from exc
-        metrics.inc("outbox_pending_total", len(actions))
-        log.info("cachesync retry queue: %d action(s) parked in the outbox", len(actions))
+        self._park(failures, kafka_error)
+
+    def _park(self, failures: Sequence[Failure], kafka_error: CacheSyncError | None) -> None:
+        """Failures into the outbox: transient ones pending (the relay retries them), permanent
+        ones straight to ``dead`` (the database dead-letter store: retrying cannot help)."""
+        assert self.outbox is not None
+        for transient in (True, False):
+            group = [f for f in failures if f.transient is transient]
+            if not group:
+                continue
+            actions = [a for f in group for a in per_key(f.action)]
+            summary = "; ".join(dict.fromkeys(str(ErrorInfo.of(f.error)) for f in group))
+            try:
+                self.outbox.add(
+                    KIND_FAILED,
+                    actions,
+                    attempts=max(f.attempts for f in group),
+                    last_error=summary,
+                    state=STATE_PENDING if transient else STATE_DEAD,
+                )
+            except CacheSyncError as exc:
+                raise HandOffError(
+                    f"{len(actions)} failed action(s) could be stored neither in Kafka "
+                    f"({kafka_error or 'not configured'}) nor in the outbox ({exc})"
+                ) from exc
+            if transient:
+                metrics.inc("outbox_pending_total", len(actions))
+                log.info("cachesync retry queue: %d action(s) parked in the outbox", len(actions))
+            else:
+                metrics.inc("dead_letters_total", len(actions))
+                log.error(
+                    "cachesync retry queue: %d action(s) failed permanently, e.g. %s; dead "
+                    "letters in the outbox table (cachesync dlq list)",
+                    len(actions),
+                    ErrorInfo.of(group[0].error),
+                )
 
     def close(self) -> None:
         """Flush and close the producer (bounded by ``timeout``)."""

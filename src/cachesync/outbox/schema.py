@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "COLUMNS",
+    "KIND_CHANGE",
     "KIND_FAILED",
     "KIND_INTENT",
     "OUTBOX_TABLE",
@@ -34,6 +35,8 @@ __all__ = [
 OUTBOX_TABLE = "cachesync_outbox"
 KIND_INTENT = "intent"
 KIND_FAILED = "failed"
+#: A poison row change, always ``dead``: its payload is a :class:`~cachesync.deadletters.PoisonChange`.
+KIND_CHANGE = "change"
 STATE_PENDING = "pending"
 STATE_DONE = "done"
 STATE_DEAD = "dead"

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 from ..actions import Action
 from ..codec import encode_actions
 from ..reread import translate_db_error
-from .schema import KIND_FAILED, KIND_INTENT, OUTBOX_TABLE, STATE_DEAD, STATE_DONE, STATE_PENDING
+from .schema import (
+    KIND_CHANGE,
+    KIND_FAILED,
+    KIND_INTENT,
+    OUTBOX_TABLE,
+    STATE_DEAD,
+    STATE_DONE,
+    STATE_PENDING,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -115,26 +123,74 @@ class OutboxStore:
         *,
         attempts: int = 0,
         last_error: str | None = None,
+        state: str = STATE_PENDING,
     ) -> int:
-        """Insert one pending row holding *actions* and commit; returns its id.
+        """Insert one row holding *actions* (pending unless *state* says ``dead``) and commit.
 
-        Raises :class:`TransientError` when the database cannot take it.
+        Returns its id. Raises :class:`TransientError` when the database cannot take it.
         """
+        with self.transaction("insert") as conn:
+            return self.add_in(
+                conn, kind, actions, attempts=attempts, last_error=last_error, state=state
+            )
+
+    def add_in(
+        self,
+        conn: Connection,
+        kind: str,
+        actions: Sequence[Action],
+        *,
+        attempts: int = 0,
+        last_error: str | None = None,
+        state: str = STATE_PENDING,
+    ) -> int:
+        """:meth:`add` on the caller's transaction (it commits with *conn*)."""
         if kind not in (KIND_INTENT, KIND_FAILED):
             raise ValueError(f"outbox kind must be {KIND_INTENT!r} or {KIND_FAILED!r}")
-        values: dict[str, Any] = {
-            "created_at": utcnow(),
+        values = self._values(kind, encode_actions(actions), state, attempts, last_error, utcnow())
+        result = conn.execute(self.table.insert().values(**values))
+        key = result.inserted_primary_key
+        return int(key[0]) if key and key[0] is not None else 0
+
+    def add_dead_changes(self, letters: Sequence[tuple[str, str]]) -> None:
+        """Insert one ``dead`` row of kind ``change`` per ``(payload, error)`` in one transaction."""
+        if not letters:
+            return
+        now = utcnow()
+        rows = [
+            self._values(KIND_CHANGE, payload, STATE_DEAD, 0, error, now)
+            for payload, error in letters
+        ]
+        with self.transaction("insert dead letters") as conn:
+            conn.execute(self.table.insert(), rows)
+
+    def _values(
+        self,
+        kind: str,
+        payload: str,
+        state: str,
+        attempts: int,
+        error: str | None,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        return {
+            "created_at": now,
             "kind": kind,
-            "state": STATE_PENDING,
-            "payload": encode_actions(actions),
+            "state": state,
+            "payload": payload,
             "attempts": attempts,
             "available_at": None,
-            "last_error": last_error[:MAX_ERROR] if last_error else None,
+            "last_error": error[:MAX_ERROR] if error else None,
         }
-        with self.transaction("insert") as conn:
-            result = conn.execute(self.table.insert().values(**values))
-            key = result.inserted_primary_key
-            return int(key[0]) if key and key[0] is not None else 0
+
+    def revive(self, conn: Connection, row_id: int) -> None:
+        """Make dead row *row_id* pending again with no attempts (a redrive)."""
+        t = self.table
+        conn.execute(
+            t.update()
+            .where(t.c.id == row_id)
+            .values(state=STATE_PENDING, attempts=0, available_at=None)
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
