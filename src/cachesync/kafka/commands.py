@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import Any
 
-from ..errors import CacheSyncError
+from ..errors import CacheSyncError, ConfigurationError
 from ..policies import RelayPolicy, RetryPolicy
 
 __all__ = ["RETRY_POLICIES", "register"]
@@ -258,47 +258,92 @@ def _run_relay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dlq_list(args: argparse.Namespace) -> int:
-    from .dead_letter import list_dead_letters
+def _dead_letter_stores(settings: Any) -> tuple[str | None, Any]:
+    """The Kafka dead-letter topic's bootstrap and the outbox store, whichever are configured."""
+    store = None
+    if settings.outbox_database:
+        from ..outbox.store import OutboxStore
 
-    settings = _settings(args)
-    letters = list_dead_letters(
-        _require_kafka(settings), settings.dead_letter_topic, since=args.since, key=args.key
-    )
-    for stored in letters:
-        line = stored.summary()
-        if args.json:
-            print(json.dumps(line, default=str))
-            continue
-        redriven = f"  redriven {line['redriven_at']}" if line["redriven_at"] else ""
-        print(
-            f"{line['dead_at'] or '-':24} {line['key'] or '-'}  {line['reason']}"
-            f"  attempts={line['attempts'] if line['attempts'] is not None else '-'}"
-            f"  action={line['action'] or '-'}  error={line['error']}  [{line['dlq']}]{redriven}"
+        store = OutboxStore.from_url(settings.outbox_database)
+    if settings.kafka_bootstrap is None and store is None:
+        raise ConfigurationError(
+            "dead letters live in the Kafka dead-letter topic (kafka_bootstrap / "
+            "CACHESYNC_KAFKA_BOOTSTRAP) or in the outbox table (outbox_url or mysql_url); "
+            "set one of them",
+            setting="kafka_bootstrap",
         )
+    return settings.kafka_bootstrap, store
+
+
+def _print_letter(line: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(line, default=str))
+        return
+    redriven = f"  redriven {line['redriven_at']}" if line.get("redriven_at") else ""
+    attempts = line["attempts"] if line["attempts"] is not None else "-"
+    print(
+        f"{line['dead_at'] or '-':24} {line['key'] or '-'}  {line['reason']}"
+        f"  attempts={attempts}  action={line['action'] or '-'}  error={line['error']}"
+        f"  [{line['dlq']}]{redriven}"
+    )
+
+
+def _run_dlq_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bootstrap, store = _dead_letter_stores(settings)
+    where = []
+    if bootstrap is not None:
+        from .dead_letter import list_dead_letters
+
+        letters = list_dead_letters(
+            bootstrap, settings.dead_letter_topic, since=args.since, key=args.key
+        )
+        for stored in letters:
+            _print_letter(stored.summary(), args.json)
+        where.append(f"{len(letters)} dead letter(s) in {settings.dead_letter_topic}")
+    if store is not None:
+        from ..outbox.dead_letters import list_outbox_dead_letters
+
+        rows = list_outbox_dead_letters(store, since=args.since, key=args.key)
+        for line in rows:
+            _print_letter(line, args.json)
+        where.append(f"{len(rows)} in the outbox table {store.name}")
     if not args.json:
-        print(f"{len(letters)} dead letter(s) in {settings.dead_letter_topic}")
+        print(", ".join(where))
     return 0
 
 
 def _run_dlq_redrive(args: argparse.Namespace) -> int:
-    from .dead_letter import redrive
-
     settings = _settings(args)
-    report = redrive(
-        _require_kafka(settings),
-        dead_letter_topic=settings.dead_letter_topic,
-        retry_topic=settings.retry_topic,
-        since=args.since,
-        key=args.key,
-        include_undecodable=args.include_undecodable,
-        dry_run=args.dry_run,
-    )
+    bootstrap, store = _dead_letter_stores(settings)
     verb = "would redrive" if args.dry_run else "redrove"
-    print(
-        f"{verb} {len(report.keys) if args.dry_run else report.redriven} dead letter(s) "
-        f"to {settings.retry_topic}; matched {report.matched}, "
-        f"already redriven {report.already_redriven}, undecodable {report.undecodable}"
-        + ("" if args.include_undecodable or not report.undecodable else " (skipped)")
-    )
+    if bootstrap is not None:
+        from .dead_letter import redrive
+
+        report = redrive(
+            bootstrap,
+            dead_letter_topic=settings.dead_letter_topic,
+            retry_topic=settings.retry_topic,
+            since=args.since,
+            key=args.key,
+            include_undecodable=args.include_undecodable,
+            dry_run=args.dry_run,
+        )
+        print(
+            f"{verb} {len(report.keys) if args.dry_run else report.redriven} dead letter(s) "
+            f"to {settings.retry_topic}; matched {report.matched}, "
+            f"already redriven {report.already_redriven}, undecodable {report.undecodable}"
+            + ("" if args.include_undecodable or not report.undecodable else " (skipped)")
+        )
+    if store is not None:
+        from ..outbox.dead_letters import redrive_outbox
+        from ..registry import default_registry
+
+        done = redrive_outbox(
+            store, default_registry, since=args.since, key=args.key, dry_run=args.dry_run
+        )
+        print(
+            f"{verb} {done.matched if args.dry_run else done.redriven} dead row(s) of the "
+            f"outbox table {store.name} (the relay applies them); still poison {done.still_poison}"
+        )
     return 0
