@@ -168,7 +168,7 @@ def redrive_outbox(
             continue
         with store.transaction("redrive") as conn:
             if actions:
-                store.add_in(conn, KIND_FAILED, actions)
+                store.add(KIND_FAILED, actions, conn=conn)
             store.mark_done(conn, [row["id"]])
         report.redriven += 1
     return report

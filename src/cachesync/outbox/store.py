@@ -25,15 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..actions import Action
 from ..codec import encode_actions
 from ..reread import translate_db_error
-from .schema import (
-    KIND_CHANGE,
-    KIND_FAILED,
-    KIND_INTENT,
-    OUTBOX_TABLE,
-    STATE_DEAD,
-    STATE_DONE,
-    STATE_PENDING,
-)
+from . import schema
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -78,7 +70,7 @@ class OutboxStore:
     when the database is unreachable).
     """
 
-    def __init__(self, engine: Engine, table: str = OUTBOX_TABLE) -> None:
+    def __init__(self, engine: Engine, table: str = schema.OUTBOX_TABLE) -> None:
         import sqlalchemy as sa
 
         from .table import outbox_table
@@ -89,7 +81,9 @@ class OutboxStore:
         self._skip_locked: bool | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, table: str = OUTBOX_TABLE, timeout: float = 5.0) -> OutboxStore:
+    def from_url(
+        cls, url: str, *, table: str = schema.OUTBOX_TABLE, timeout: float = 5.0
+    ) -> OutboxStore:
         """A store on the database at *url* (``mysql://``, ``postgresql://``, ``sqlite:///``)."""
         from ..connections import sql_engine
 
@@ -123,31 +117,26 @@ class OutboxStore:
         *,
         attempts: int = 0,
         last_error: str | None = None,
-        state: str = STATE_PENDING,
+        state: str = schema.STATE_PENDING,
+        conn: Connection | None = None,
     ) -> int:
-        """Insert one row holding *actions* (pending unless *state* says ``dead``) and commit.
+        """Insert one row holding *actions* (pending unless *state* says ``dead``); its id.
 
-        Returns its id. Raises :class:`TransientError` when the database cannot take it.
+        In a transaction of its own that commits before this returns, or on the
+        caller's *conn* (committing with it). Raises :class:`TransientError` when
+        the database cannot take it.
         """
-        with self.transaction("insert") as conn:
-            return self.add_in(
-                conn, kind, actions, attempts=attempts, last_error=last_error, state=state
+        if kind not in (schema.KIND_INTENT, schema.KIND_FAILED):
+            raise ValueError(
+                f"outbox kind must be {schema.KIND_INTENT!r} or {schema.KIND_FAILED!r}"
             )
-
-    def add_in(
-        self,
-        conn: Connection,
-        kind: str,
-        actions: Sequence[Action],
-        *,
-        attempts: int = 0,
-        last_error: str | None = None,
-        state: str = STATE_PENDING,
-    ) -> int:
-        """:meth:`add` on the caller's transaction (it commits with *conn*)."""
-        if kind not in (KIND_INTENT, KIND_FAILED):
-            raise ValueError(f"outbox kind must be {KIND_INTENT!r} or {KIND_FAILED!r}")
         values = self._values(kind, encode_actions(actions), state, attempts, last_error, utcnow())
+        if conn is None:
+            with self.transaction("insert") as own:
+                return self._insert(own, values)
+        return self._insert(conn, values)
+
+    def _insert(self, conn: Connection, values: dict[str, Any]) -> int:
         result = conn.execute(self.table.insert().values(**values))
         key = result.inserted_primary_key
         return int(key[0]) if key and key[0] is not None else 0
@@ -158,7 +147,7 @@ class OutboxStore:
             return
         now = utcnow()
         rows = [
-            self._values(KIND_CHANGE, payload, STATE_DEAD, 0, error, now)
+            self._values(schema.KIND_CHANGE, payload, schema.STATE_DEAD, 0, error, now)
             for payload, error in letters
         ]
         with self.transaction("insert dead letters") as conn:
@@ -189,7 +178,7 @@ class OutboxStore:
         conn.execute(
             t.update()
             .where(t.c.id == row_id)
-            .values(state=STATE_PENDING, attempts=0, available_at=None)
+            .values(state=schema.STATE_PENDING, attempts=0, available_at=None)
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -202,7 +191,10 @@ class OutboxStore:
         with _db_errors(f"outbox {self.name}: count"), self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state)).all()
         found = {str(state): int(n) for state, n in rows}
-        return {state: found.get(state, 0) for state in (STATE_PENDING, STATE_DONE, STATE_DEAD)}
+        return {
+            state: found.get(state, 0)
+            for state in (schema.STATE_PENDING, schema.STATE_DONE, schema.STATE_DEAD)
+        }
 
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
         """Every row (optionally of one *state*) in id order; for tests and ``status``."""
@@ -242,7 +234,7 @@ class OutboxStore:
         t = self.table
         query = (
             sa.select(t.c.id, t.c.kind, t.c.payload, t.c.attempts)
-            .where(t.c.state == STATE_PENDING)
+            .where(t.c.state == schema.STATE_PENDING)
             .where(sa.or_(t.c.available_at.is_(None), t.c.available_at <= now))
             .order_by(t.c.id)
             .limit(limit)
@@ -255,7 +247,7 @@ class OutboxStore:
         """Mark the rows *ids* ``done`` (kept, never deleted: ``status`` counts them)."""
         t = self.table
         if ids:
-            conn.execute(t.update().where(t.c.id.in_(ids)).values(state=STATE_DONE))
+            conn.execute(t.update().where(t.c.id.in_(ids)).values(state=schema.STATE_DONE))
 
     def defer(
         self, conn: Connection, row_id: int, *, attempts: int, until: dt.datetime, error: str
@@ -274,5 +266,5 @@ class OutboxStore:
         conn.execute(
             t.update()
             .where(t.c.id == row_id)
-            .values(state=STATE_DEAD, attempts=attempts, last_error=error)
+            .values(state=schema.STATE_DEAD, attempts=attempts, last_error=error)
         )
