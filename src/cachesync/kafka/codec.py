@@ -36,6 +36,24 @@ Dead letter (topic ``dead_letter_topic``), record key = the retry record's key::
 
 ``message`` is present unless ``reason`` is ``undecodable``; then ``raw`` holds
 the original record bytes, untouched, so a fixed consumer can be fed them again.
+
+**Validation.** :func:`decode_message` is total: for any record value it returns a
+:class:`RetryMessage` or raises :class:`~cachesync.errors.DecodeError`, never
+another exception. ``undecodable`` covers every record it refuses, whether the
+bytes are not JSON or one field is out of range; ``error.message`` names the
+field. A decoded message satisfies:
+
+* ``format`` and ``v`` are exactly the ones above (``v`` an integer, not ``true``);
+* ``action`` passes :func:`cachesync.codec.decode_action` (positions with a
+  version in ``1..2**63-1``, keys and ids that :func:`cachesync.keys.wire_key`
+  can encode, documents that are JSON objects...) and carries one cache key;
+* ``key``, when present, equals the action's key (:func:`message_key`);
+* ``attempt`` is an integer in ``0 .. MAX_ATTEMPT`` (not a boolean);
+* ``first_failed_at``/``last_failed_at`` parse as times (normalised to UTC). A
+  time in the future is NOT refused here (clocks drift); the scheduler clamps
+  it to now, so no record can delay its key beyond ``policy.max_backoff``;
+* ``last_error`` and ``origin`` are diagnostics, never a reason to refuse work:
+  a malformed ``last_error`` decodes as ``None``, a non-object ``origin`` as ``{}``.
 """
 
 from __future__ import annotations
@@ -51,11 +69,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..actions import Action, DeleteKeys
-from ..codec import decode_action, encode_action
+from ..codec import check_key, decode_action, encode_action, load_json
 from ..errors import DecodeError, TransientError
+from ..keys import wire_key
 
 __all__ = [
     "DEAD_LETTER_FORMAT",
+    "MAX_ATTEMPT",
     "MESSAGE_VERSION",
     "RETRY_FORMAT",
     "DeadLetter",
@@ -77,6 +97,8 @@ DEAD_LETTER_FORMAT = "cachesync.dead-letter"
 MESSAGE_VERSION = 1
 #: Error messages are cut to this many characters: a dead letter must stay a small record.
 MAX_ERROR_CHARS = 2000
+#: The largest ``attempt`` a retry message may claim: far above any policy, far below trouble.
+MAX_ATTEMPT = 10**6
 
 REASON_EXHAUSTED = "exhausted"
 REASON_PERMANENT = "permanent"
@@ -85,15 +107,29 @@ REASONS = (REASON_EXHAUSTED, REASON_PERMANENT, REASON_UNDECODABLE)
 
 
 def format_time(when: dt.datetime) -> str:
-    """RFC 3339 UTC with milliseconds: ``2026-11-01T10:00:00.000Z``."""
+    """RFC 3339 UTC with milliseconds: ``2026-11-01T10:00:00.000Z``.
+
+    Years below 1000 keep four digits (``strftime("%Y")`` would drop them on
+    glibc and write a time :func:`parse_time` cannot read back).
+    """
     utc = when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def parse_time(text: str) -> dt.datetime:
-    """Inverse of :func:`format_time`; naive inputs are taken as UTC."""
-    value = dt.datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+def parse_time(text: Any) -> dt.datetime:
+    """Inverse of :func:`format_time`, as an aware UTC time; naive inputs are taken as UTC.
+
+    Raises :class:`DecodeError` for anything that is not an ISO 8601 string or
+    whose UTC form is out of range (``0001-01-01T00:00+01:00``): normalising here
+    means no later ``astimezone`` can raise ``OverflowError``.
+    """
+    if not isinstance(text, str):
+        raise DecodeError(f"a time must be an ISO 8601 string, got {text!r:.80}")
+    try:
+        value = dt.datetime.fromisoformat(text)
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise DecodeError(f"time {text!r:.80} is not usable: {exc}") from None
 
 
 def from_epoch(seconds: float) -> dt.datetime:
@@ -141,9 +177,13 @@ class ErrorInfo:
 
     @classmethod
     def decode(cls, obj: Any) -> ErrorInfo:
+        """An error from its JSON form; :class:`DecodeError` unless type and message are strings."""
         if not isinstance(obj, Mapping):
             raise DecodeError(f"error must be an object, got {obj!r:.80}")
-        return cls(str(obj["type"]), str(obj["message"]), bool(obj.get("transient", False)))
+        kind, message, transient = obj.get("type"), obj.get("message"), obj.get("transient", False)
+        if not isinstance(kind, str) or not isinstance(message, str):
+            raise DecodeError(f"error needs string type and message, got {obj!r:.80}")
+        return cls(kind[:200], message[:MAX_ERROR_CHARS], transient is True)
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
@@ -207,18 +247,27 @@ class DeadLetter:
 
     @property
     def key(self) -> str | None:
+        """The key as text, for humans (an undecodable record's raw key decoded leniently)."""
         if self.message is not None:
             return self.message.key
         if self.raw_key is not None:
             return self.raw_key.decode("utf-8", errors="replace")
         return None
 
+    @property
+    def record_key(self) -> bytes | None:
+        """The dead letter's Kafka record key: the retry record's own key bytes.
+
+        ``wire_key``, not ``str.encode``: a key rendered from a non-UTF-8 value
+        holds lone surrogates, and ``encode()`` would raise on it.
+        """
+        if self.message is not None:
+            return wire_key(self.message.key)
+        return self.raw_key
+
 
 def _load(value: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"{what} is not JSON: {exc}") from None
+    obj = load_json(value, what)
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -227,7 +276,8 @@ def _load(value: bytes | str, what: str) -> dict[str, Any]:
 def _check_format(obj: Mapping[str, Any], expected: str) -> None:
     if obj.get("format") != expected:
         raise DecodeError(f"not a {expected} message (format={obj.get('format')!r})")
-    if obj.get("v") != MESSAGE_VERSION:
+    version = obj.get("v")
+    if type(version) is not int or version != MESSAGE_VERSION:  # True == 1 in Python
         raise DecodeError(
             f"{expected} message version {obj.get('v')!r} is not supported "
             f"(this cachesync reads v{MESSAGE_VERSION}; upgrade the consumer)"
@@ -253,30 +303,49 @@ def encode_message(msg: RetryMessage) -> bytes:
     return json.dumps(_message_obj(msg), separators=(",", ":"), default=str).encode()
 
 
-def _message_from(obj: Mapping[str, Any]) -> RetryMessage:
+def _attempt(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_ATTEMPT:  # bool is an int subclass
+        raise DecodeError(f"attempt must be an integer in 0..{MAX_ATTEMPT}, got {value!r:.40}")
+    return value
+
+
+def _last_error(value: Any) -> ErrorInfo | None:
+    """Diagnostics only: a malformed ``last_error`` is forgotten, not a reason to drop the work."""
+    if value is None:
+        return None
+    try:
+        return ErrorInfo.decode(value)
+    except DecodeError:
+        return None
+
+
+def _message_from(obj: Any) -> RetryMessage:
+    if not isinstance(obj, Mapping):
+        raise DecodeError(f"a retry message must be an object, got {type(obj).__name__}")
     _check_format(obj, RETRY_FORMAT)
     try:
-        action = decode_action(obj["action"])
-        attempt = obj["attempt"]
-        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
-            raise DecodeError(f"attempt must be a non-negative integer, got {attempt!r}")
+        action = decode_action(obj.get("action"))
         if isinstance(action, DeleteKeys) and len(action.keys) != 1:
             raise DecodeError("a retry message must carry exactly one cache key")
-        error = obj.get("last_error")
-        source = obj.get("origin") or {}
-        if not isinstance(source, Mapping):
-            raise DecodeError("origin must be an object")
+        key = message_key(action)
+        stated = obj.get("key")
+        if stated is not None and check_key(stated, "key") != key:
+            raise DecodeError(f"key {stated!r:.80} is not the action's key {key!r:.80}")
+        first = parse_time(obj.get("first_failed_at"))
+        last_text = obj.get("last_failed_at")
+        source = obj.get("origin")
         return RetryMessage(
             action=action,
-            attempt=attempt,
-            first_failed_at=parse_time(obj["first_failed_at"]),
-            last_failed_at=parse_time(obj.get("last_failed_at") or obj["first_failed_at"]),
-            last_error=ErrorInfo.decode(error) if error is not None else None,
-            origin=dict(source),
+            attempt=_attempt(obj.get("attempt")),
+            first_failed_at=first,
+            last_failed_at=parse_time(last_text) if last_text is not None else first,
+            last_error=_last_error(obj.get("last_error")),
+            origin=dict(source) if isinstance(source, Mapping) else {},
         )
     except DecodeError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # not expected after the checks above; kept so decoding stays total
         raise DecodeError(f"malformed retry message: {type(exc).__name__}: {exc}") from None
 
 
@@ -294,8 +363,10 @@ def _b64(data: bytes | None) -> str | None:
 def _unb64(text: Any) -> bytes | None:
     if text is None:
         return None
+    if not isinstance(text, str):
+        raise DecodeError(f"raw bytes must be a base64 string, got {type(text).__name__}")
     try:
-        return base64.b64decode(str(text), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DecodeError(f"raw bytes are not base64: {exc}") from None
 
@@ -319,31 +390,49 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
 
 
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise DecodeError(f"{what} must be an integer, got {value!r:.40}")
+    return value
+
+
 def decode_dead_letter(value: bytes | str | None) -> DeadLetter:
-    """A dead letter from a record value; :class:`DecodeError` on anything unexpected."""
+    """A dead letter from a record value; :class:`DecodeError` on anything unexpected (total)."""
     if value is None:
         raise DecodeError("dead-letter record has no value")
     obj = _load(value, "dead-letter record")
     _check_format(obj, DEAD_LETTER_FORMAT)
     try:
-        reason = obj["reason"]
+        reason = obj.get("reason")
         if reason not in REASONS:
-            raise DecodeError(f"unknown dead-letter reason {reason!r}")
-        src = obj["source"]
+            raise DecodeError(f"unknown dead-letter reason {reason!r:.40}")
+        src = obj.get("source")
+        if not isinstance(src, Mapping):
+            raise DecodeError("dead letter source must be an object")
+        timestamp = src.get("timestamp")
         raw = obj.get("raw") or {}
+        consumer = obj.get("consumer") or {}
+        if not isinstance(raw, Mapping) or not isinstance(consumer, Mapping):
+            raise DecodeError("dead letter raw and consumer must be objects")
+        topic = src.get("topic")
+        if not isinstance(topic, str):
+            raise DecodeError("dead letter source.topic must be a string")
         return DeadLetter(
             reason=reason,
-            error=ErrorInfo.decode(obj["error"]),
-            dead_at=parse_time(obj["dead_at"]),
+            error=ErrorInfo.decode(obj.get("error")),
+            dead_at=parse_time(obj.get("dead_at")),
             source=RecordRef(
-                str(src["topic"]), int(src["partition"]), int(src["offset"]), src.get("timestamp")
+                topic,
+                _int(src.get("partition"), "source.partition"),
+                _int(src.get("offset"), "source.offset"),
+                None if timestamp is None else _int(timestamp, "source.timestamp"),
             ),
             message=_message_from(obj["message"]) if obj.get("message") is not None else None,
             raw_key=_unb64(raw.get("key")),
             raw_value=_unb64(raw.get("value")),
-            consumer=dict(obj.get("consumer") or {}),
+            consumer=dict(consumer),
         )
     except DecodeError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise DecodeError(f"malformed dead letter: {type(exc).__name__}: {exc}") from None

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import metrics
+from ..codec import load_json
 from ..errors import CacheSyncError, DecodeError
+from ..keys import wire_key
 from .client import AckedProducer, Outgoing, ensure_topics, read_topic
 from .codec import (
     DeadLetter,
@@ -90,11 +92,7 @@ class DeadLetterPublisher:
             return
         self._kafka.send(
             [
-                Outgoing(
-                    self.topic,
-                    letter.key.encode() if letter.key is not None else None,
-                    encode_dead_letter(letter),
-                )
+                Outgoing(self.topic, letter.record_key, encode_dead_letter(letter))
                 for letter in letters
             ],
             what=f"publishing {len(letters)} dead letter(s) to {self.topic}",
@@ -166,9 +164,9 @@ def _markers(
             continue
         try:
             partition, offset = (int(x) for x in record.key.decode().split(":"))
-            when = parse_time(json.loads(record.value)["redriven_at"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            continue
+            when = parse_time(load_json(record.value, "redrive marker")["redriven_at"])
+        except (DecodeError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            continue  # not a marker this code wrote: it marks nothing
         marks[(partition, offset)] = when
     return marks
 
@@ -265,7 +263,7 @@ def redrive(
                 "redriven_at": format_time(now),
             },
         )
-        outgoing.append((stored, message.key.encode(), encode_message(message)))
+        outgoing.append((stored, wire_key(message.key), encode_message(message)))
     if dry_run or not outgoing:
         report.keys = [s.key or "" for s, _, _ in outgoing]
         return report

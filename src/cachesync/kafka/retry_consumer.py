@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..actions import Action, DeleteKeys
-from ..apply import Applier
-from ..errors import CacheSyncError, TransientError
+from ..apply import Applier, Failure
+from ..errors import CacheSyncError, PermanentError, TransientError
 from ..policies import Backoff, ImmediateRetryPolicy, RetryPolicy
 from ..reread import Refresher
 from ..sinks.base import DocumentSink, KeySink
@@ -84,6 +84,19 @@ log = logging.getLogger("cachesync.kafka")
 OUTAGE_WAIT = Backoff(1.0, 1.0, jitter=0.0)
 #: After the dead-letter topic failed to acknowledge, before publishing again.
 DEAD_LETTER_WAIT = Backoff(2.0, 2.0, jitter=0.0)
+
+
+def _as_error(exc: Exception, what: str) -> CacheSyncError:
+    """*exc* as the error of one action: a cachesync error as is, anything else permanent.
+
+    Anything else is a bug or an input nothing validated; retrying the same
+    input will not help, so it is dead-lettered (with its type and text) after
+    the traceback is logged once.
+    """
+    if isinstance(exc, CacheSyncError):
+        return exc
+    log.error("cachesync retry consumer: %s raised unexpectedly", what, exc_info=exc)
+    return PermanentError(f"{what} raised {type(exc).__name__}: {exc}")
 
 
 def default_group(pipeline: str) -> str:
@@ -312,16 +325,17 @@ class RetryConsumer:
         metrics.inc("retry_succeeded_total", applied)
 
     def _apply(self, turns: Sequence[Turn]) -> list[Outcome]:
-        """Refresh documents from the database, apply everything, and say how each key went."""
+        """Refresh documents from the database, apply everything, and say how each key went.
+
+        Each key gets its own verdict: an error that only one action can cause
+        (anything but a database outage) is never charged to the others of the batch.
+        """
         actions: dict[str, Action] = {t.key: t.action for t in turns}
         errors: dict[str, CacheSyncError] = {}
         sinks: dict[str, str] = {key: sink_of(a) for key, a in actions.items()}
         if self.refresher is not None:
             documents = [k for k, a in actions.items() if not isinstance(a, DeleteKeys)]
-            try:
-                fresh = self.refresher.refresh([actions[k] for k in documents])
-            except CacheSyncError as exc:  # the database is unreachable
-                fresh = [exc] * len(documents)
+            fresh = self._refresh(self.refresher, [actions[k] for k in documents])
             for key, result in zip(documents, fresh, strict=True):
                 if isinstance(result, CacheSyncError):
                     errors[key] = result
@@ -330,13 +344,51 @@ class RetryConsumer:
                 else:
                     actions[key] = result
         to_apply = [a for k, a in actions.items() if k not in errors]
-        try:
-            for failure in self._applier.apply(to_apply).failures:
-                errors[message_key(failure.action)] = failure.error
-        except CacheSyncError as exc:  # a configuration problem (no Redis / ES configured)
-            for action in to_apply:
-                errors[message_key(action)] = exc
+        for failure in self._apply_isolated(to_apply):
+            errors[message_key(failure.action)] = failure.error
         return [Outcome(t.key, sinks[t.key], errors.get(t.key)) for t in turns]
+
+    def _refresh(
+        self, refresher: Refresher, actions: Sequence[Action]
+    ) -> list[Action | CacheSyncError]:
+        """:meth:`Refresher.refresh`, one action at a time when the batch call raises.
+
+        A :class:`TransientError` for the whole call is the database being
+        unreachable: every document waits on it. Anything else the call raises
+        is retried action by action, so it lands on the action that causes it.
+        """
+        try:
+            return refresher.refresh(actions)
+        except TransientError as exc:
+            return [exc] * len(actions)
+        except Exception as exc:
+            if len(actions) <= 1:
+                return [_as_error(exc, "re-reading the row")] * len(actions)
+            return [result for a in actions for result in self._refresh(refresher, [a])]
+
+    def _apply_isolated(self, actions: Sequence[Action]) -> list[Failure]:
+        """:meth:`Applier.apply`'s failures; one action at a time when the batch call raises.
+
+        ``apply`` reports per-action failures and raises only for what it cannot
+        pin on one action (a missing sink), but an unexpected exception (say,
+        from one malformed action inside a sink) must not be charged to the
+        whole batch: the batch is re-applied one action at a time (deletes and
+        versioned writes are idempotent) and the exception stays with its action.
+        """
+        if not actions:
+            return []
+        try:
+            return self._applier.apply(actions).failures
+        except Exception as exc:
+            if len(actions) == 1:
+                return [Failure(actions[0], _as_error(exc, "applying"))]
+            if not isinstance(exc, CacheSyncError):
+                log.warning(
+                    "cachesync retry consumer: a batch of %d raised %s; applying one by one",
+                    len(actions),
+                    type(exc).__name__,
+                )
+            return [f for a in actions for f in self._apply_isolated([a])]
 
     # -- dead letters, offsets, flow ------------------------------------------------------
 

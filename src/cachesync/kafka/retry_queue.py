@@ -38,6 +38,7 @@ from .. import metrics
 from ..actions import per_key
 from ..apply import Failure, FailureHandler
 from ..errors import CacheSyncError, ConfigurationError, HandOffError, TransientError
+from ..keys import wire_key
 from ..outbox.schema import KIND_FAILED, STATE_DEAD, STATE_PENDING
 from ..policies import RetryQueuePolicy
 from .client import AckedProducer, Outgoing
@@ -187,7 +188,8 @@ class RetryQueue(FailureHandler):
         if kafka is None:
             raise ConfigurationError("RetryQueue has no Kafka bootstrap", setting="kafka_bootstrap")
         kafka.send(
-            [Outgoing(self.topic, m.key.encode(), encode_message(m)) for m in messages],
+            # wire_key: a key from a non-UTF-8 value has lone surrogates; encode() raises
+            [Outgoing(self.topic, wire_key(m.key), encode_message(m)) for m in messages],
             what=f"publishing {len(messages)} retry message(s) to {self.topic}",
             deadline=deadline,
         )

@@ -11,10 +11,18 @@ letters it queues, and commits the offsets it says are committable.
   behind it and never overtakes it, while other keys flow past it.
 * **Due heap with backoff.** A record that has failed ``n`` times is due
   ``policy.backoff(n)`` after its last failure; a fresh (``attempt == 0``) one
-  at once. Rescheduling pushes a new heap entry; stale ones are skipped.
+  at once. Rescheduling pushes a new heap entry; stale ones are skipped. A
+  ``last_failed_at`` in the future (a skewed clock, a forged record) is clamped
+  to now on receipt, so no record is due later than ``now + backoff(n)``:
+  nothing a record says can hold its key longer than ``policy.max_backoff``.
 * **Coalescing.** A key's whole queue is applied as one action, the one with
   the newest position (the later record on a tie). Exact, because deleting a
   key twice is deleting it once and a document is re-read before it is written.
+* **Isolation.** A record is judged alone: an undecodable one is one dead
+  letter; a permanent failure dead-letters only the record whose action was
+  applied, and the key's other records get a turn of their own at once (a
+  transient failure still costs every record of the key one attempt: they
+  waited on the same sink).
 * **Offset watermark.** Per partition, the committable offset is the lowest one
   not yet finished: applied, or acknowledged by the dead-letter topic.
 * **Flow.** Intake pauses at ``max_pending`` held records and resumes below half.
@@ -32,7 +40,7 @@ import heapq
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..actions import Action, DeleteKeys
 from ..errors import CacheSyncError, DecodeError, TransientError
@@ -106,7 +114,7 @@ class Offsets:
         return self.heap[0] if self.heap else self.next
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a queue removes THIS record, not an equal one
 class _Item:
     """One retry record held until it is applied or dead-lettered."""
 
@@ -116,6 +124,13 @@ class _Item:
     message: RetryMessage
     due: float
     sink: str | None = None
+
+
+def newest_item(queue: Iterable[_Item]) -> _Item:
+    """The record standing for a key's queue (:func:`newest` over their actions)."""
+    items = list(queue)
+    action = newest(i.message.action for i in items)
+    return next(i for i in reversed(items) if i.message.action is action)
 
 
 def newest(actions: Iterable[Action]) -> Action:
@@ -186,6 +201,8 @@ class Scheduler:
         self._offsets: dict[Partition, Offsets] = {}
         self._letters: list[tuple[DeadLetter, Partition, int]] = []
         self._failing: set[str] = set()
+        #: The record each outstanding turn applied (a permanent failure is its alone).
+        self._taken: dict[str, _Item] = {}
 
     def _utcnow(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
@@ -193,13 +210,18 @@ class Scheduler:
     # -- intake -----------------------------------------------------------------------
 
     def receive(self, record: Record) -> DeadLetter | None:
-        """Hold *record*: queue it behind its key, or, undecodable, as a dead letter (returned)."""
+        """Hold *record*: queue it behind its key, or, undecodable, as a dead letter (returned).
+
+        Never raises: whatever *record* holds, it is either queued or one dead letter.
+        """
         part = (record.topic, record.partition)
         self._offsets.setdefault(part, Offsets()).add(record.offset)
         ref = RecordRef(record.topic, record.partition, record.offset, record.timestamp)
         try:
-            message = decode_message(record.value)
-        except DecodeError as exc:
+            message = self._clamped(decode_message(record.value))
+        except Exception as exc:  # decode is total (DecodeError); anything else is a bug, same fate
+            if not isinstance(exc, DecodeError):
+                log.exception("cachesync retry consumer: decoding %s raised unexpectedly", ref)
             log.error("cachesync retry consumer: undecodable record %s: %s", ref, exc)
             letter = DeadLetter(
                 REASON_UNDECODABLE,
@@ -228,6 +250,17 @@ class Scheduler:
         self._schedule(message.key, due)
         return None
 
+    def _clamped(self, message: RetryMessage) -> RetryMessage:
+        """*message* with failure times in the future moved to now (see the module docstring)."""
+        now = self._utcnow()
+        if message.last_failed_at <= now and message.first_failed_at <= now:
+            return message
+        return replace(
+            message,
+            first_failed_at=min(message.first_failed_at, now),
+            last_failed_at=min(message.last_failed_at, now),
+        )
+
     def _schedule(self, key: str, due: float) -> None:
         self._seq += 1
         heapq.heappush(self._due, (due, self._seq, key))
@@ -255,7 +288,9 @@ class Scheduler:
             if due > now:
                 break
             heapq.heappop(self._due)
-            turns.append(Turn(key, newest(i.message.action for i in queue), len(queue)))
+            chosen = newest_item(queue)
+            self._taken[key] = chosen
+            turns.append(Turn(key, chosen.message.action, len(queue)))
         return turns
 
     def complete(self, outcomes: Sequence[Outcome]) -> int:
@@ -273,6 +308,7 @@ class Scheduler:
         failing: set[str] = set()
         applied = 0
         for outcome in outcomes:
+            chosen = self._taken.pop(outcome.key, None)
             if outcome.key not in self._queues:
                 continue  # revoked meanwhile
             if outcome.error is None:
@@ -282,7 +318,7 @@ class Scheduler:
                 failing.add(outcome.sink)
                 self._fail(outcome.key, outcome.error, at, outcome.sink)
             else:
-                self._dead_letter_key(outcome.key, outcome.error, at)
+                self._dead_letter(outcome.key, chosen, outcome.error, at)
         woken = recovered & self._failing
         self._failing = (self._failing - recovered) | failing
         if woken:
@@ -313,12 +349,29 @@ class Scheduler:
         head.due = self.clock() + self.policy.backoff(head.message.attempt, self.rng)
         self._schedule(key, head.due)
 
-    def _dead_letter_key(self, key: str, error: CacheSyncError, at: dt.datetime) -> None:
-        queue = self._queues.pop(key)
-        for item in queue:
-            item.message = item.message.failed_again(error, at)
+    def _dead_letter(
+        self, key: str, chosen: _Item | None, error: CacheSyncError, at: dt.datetime
+    ) -> None:
+        """Dead-letter the record whose action failed permanently; its key's others go again now.
+
+        Only *chosen* (the record the turn applied) is known to fail: another
+        record of the key carries another action (another position, another row
+        reference) and may well succeed, so it gets a turn of its own rather than
+        sharing a verdict it never earned.
+        """
+        queue = self._queues[key]
+        if chosen is None or chosen not in queue:
+            chosen = newest_item(queue)
+        queue.remove(chosen)
+        chosen.message = chosen.message.failed_again(error, at)
         log.error("cachesync retry consumer: %s failed permanently: %s", key, error)
-        self._to_letters(list(queue), REASON_PERMANENT, ErrorInfo.of(error), at)
+        self._to_letters([chosen], REASON_PERMANENT, ErrorInfo.of(error), at)
+        if not queue:
+            del self._queues[key]
+            return
+        head = queue[0]
+        head.due = self.clock()
+        self._schedule(key, head.due)
 
     def _to_letters(
         self, items: Sequence[_Item], reason: str, error: ErrorInfo, at: dt.datetime

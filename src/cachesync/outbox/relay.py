@@ -31,7 +31,6 @@ the row lock in the same order as their outbox ids, and versions follow commits.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections import defaultdict
@@ -43,8 +42,15 @@ from .. import metrics
 from ..actions import Action, DeleteKeys
 from ..apply import Applier, Failure, FailureHandler
 from ..changes import OutboxPosition
-from ..codec import decode_action
-from ..errors import CacheSyncError, DecodeError, HandOffError, PermanentError, TransientError
+from ..codec import decode_action, load_json
+from ..errors import (
+    CacheSyncError,
+    ConfigurationError,
+    DecodeError,
+    HandOffError,
+    PermanentError,
+    TransientError,
+)
 from ..policies import RelayPolicy
 from ..reread import Refresher
 from ..sinks.base import DocumentSink, KeySink
@@ -77,25 +83,29 @@ class Stop(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
-def decode_row_actions(row_id: int, payload: str | bytes) -> list[Action]:
-    """The actions of one outbox row; document actions without a position get the row's."""
+def decode_row_actions(row_id: int, payload: Any) -> list[Action]:
+    """The actions of one outbox row; document actions without a position get the row's.
+
+    Total: for any *payload* (text, bytes, ``NULL``...) it returns actions that
+    pass :func:`cachesync.codec.decode_action`'s checks, or raises
+    :class:`DecodeError` naming the row: the row is buried alone, the relay goes on.
+    """
     try:
-        items = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"outbox row {row_id}: payload is not JSON: {exc}") from None
+        items = load_json(payload, f"outbox row {row_id}: payload")
+    except DecodeError as exc:
+        raise DecodeError(str(exc)) from None
     if not isinstance(items, list):
         raise DecodeError(f"outbox row {row_id}: payload must be a JSON array of actions")
     actions: list[Action] = []
     for i, item in enumerate(items):
-        if (
-            isinstance(item, dict)
-            and item.get("type") in ("index_doc", "delete_doc")
-            and item.get("position") is None
-        ):
-            item = {**item, "position": OutboxPosition(row_id, i).encode()}
         if not isinstance(item, Mapping):
             raise DecodeError(f"outbox row {row_id}: action {i} is not an object")
-        actions.append(decode_action(item))
+        if item.get("type") in ("index_doc", "delete_doc") and item.get("position") is None:
+            item = {**item, "position": OutboxPosition(row_id, i).encode()}
+        try:
+            actions.append(decode_action(item))
+        except DecodeError as exc:
+            raise DecodeError(f"outbox row {row_id}: action {i}: {exc}") from None
     return actions
 
 
@@ -213,7 +223,20 @@ class OutboxRelay:
         return report
 
     def _apply(self, batch: Sequence[Action]) -> list[Failure]:
-        """Re-read and apply *batch*; every action that did not succeed, with its error."""
+        """Re-read and apply *batch*; every action that did not succeed, with its error.
+
+        A :class:`TransientError` for the whole batch (the re-read's database is
+        down) fails every action; any other exception is pinned on the one
+        action that raises it by trying them one at a time (:meth:`_isolated`).
+        A :class:`ConfigurationError` (no sink for a declared action) still
+        propagates: the relay must not run half-configured.
+        """
+        try:
+            return self._isolated(batch)
+        except TransientError as exc:  # the re-read's database is down: retry every row later
+            return [Failure(a, exc) for a in batch]
+
+    def _isolated(self, batch: Sequence[Action]) -> list[Failure]:
         failures: list[Failure] = []
         try:
             to_apply: list[Action] = []
@@ -225,10 +248,16 @@ class OutboxRelay:
                         to_apply.append(fresh)
             else:
                 to_apply = list(batch)
-            failures += self.applier.apply(to_apply).failures
-        except TransientError as exc:  # the re-read's database is down: retry every row later
-            failures = [Failure(a, exc) for a in batch]
-        return failures
+            return failures + self.applier.apply(to_apply).failures
+        except (TransientError, ConfigurationError):
+            raise
+        except Exception as exc:
+            if len(batch) > 1:  # idempotent actions: applying some twice is harmless
+                return [f for action in batch for f in self._isolated([action])]
+            if not isinstance(exc, CacheSyncError):
+                log.error("cachesync outbox: applying %r raised", batch[0], exc_info=exc)
+                exc = PermanentError(f"applying raised {type(exc).__name__}: {exc}")
+            return [Failure(batch[0], exc)]
 
     def _settle(
         self, conn: Connection, rows: Sequence[Any], now: dt.datetime, report: RelayReport
@@ -242,8 +271,8 @@ class OutboxRelay:
             row_id = int(row.id)
             try:
                 actions = decode_row_actions(row_id, row.payload)
-            except DecodeError as exc:
-                dead[row_id] = str(exc)
+            except Exception as exc:  # DecodeError; anything else is a bug with the same cure
+                dead[row_id] = str(exc)[:MAX_ERROR]
                 log.error("cachesync outbox: row %d is undecodable, marked dead: %s", row_id, exc)
                 continue
             for action in actions:

@@ -134,7 +134,7 @@ def test_records_wait_for_their_backoff_then_apply_and_commit() -> None:
 def test_a_waiting_key_holds_the_commit_but_not_other_keys() -> None:
     redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
-    kafka.incoming = [record(0, "slow", failed_at=T0 + 100), record(1, "x"), record(2, "y")]
+    kafka.incoming = [record(0, "slow", attempt=2), record(1, "x"), record(2, "y")]
     clock.now += POLICY.backoff(1)
     consumer.poll_once(0)
     assert redis.calls == [["x", "y"]]
@@ -221,7 +221,7 @@ def test_a_sink_that_answers_again_wakes_every_key_waiting_on_it() -> None:
 def test_intake_pauses_above_max_pending() -> None:
     redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock, max_pending=4)
-    kafka.incoming = [record(i, f"k{i}", failed_at=T0 + 100) for i in range(5)]
+    kafka.incoming = [record(i, f"k{i}", attempt=2) for i in range(5)]
     consumer.poll_once(0)
     assert kafka.paused()
     clock.now = T0 + 100 + POLICY.backoff(1)
@@ -232,7 +232,7 @@ def test_intake_pauses_above_max_pending() -> None:
 def test_revoked_partitions_forget_their_waiting_records() -> None:
     redis, clock = MemoryKeySink(), Clock()
     consumer, kafka, _ = make(redis, clock)
-    kafka.incoming = [record(0, "a", failed_at=T0 + 100)]
+    kafka.incoming = [record(0, "a", attempt=2)]
     consumer.poll_once(0)
     consumer._revoked([("retry", 0)])
     assert consumer.pending() == 0

@@ -52,7 +52,10 @@ class FakeOutbox:
     def __init__(self) -> None:
         self.rows: list[tuple[str, list[Any], int, str]] = []
 
-    def add(self, kind: str, actions: list[Any], *, attempts: int, last_error: str) -> None:
+    def add(
+        self, kind: str, actions: list[Any], *, attempts: int, last_error: str, state: str
+    ) -> None:
+        assert state == "pending"  # these failures are transient
         self.rows.append((kind, actions, attempts, last_error))
 
 

@@ -77,7 +77,7 @@ def test_the_watermark_holds_at_the_lowest_unfinished_offset() -> None:
     clock = Clock()
     s = make(clock)
     for offset, key in enumerate(["slow", "x", "y"]):
-        s.receive(record(offset, key, failed_at=T0 + 100 if key == "slow" else T0))
+        s.receive(record(offset, key, attempt=2 if key == "slow" else 1))  # slow: backoff(2)
     clock.now += POLICY.backoff(1)
     assert s.complete(ok(*(t.key for t in s.take_due()))) == 2
     assert s.committable() == {P0: 0}
@@ -163,17 +163,38 @@ def test_exhausted_records_become_dead_letters_holding_their_offsets() -> None:
     assert s.pending() == 0 and s.committable() == {P0: 1}
 
 
-def test_a_permanent_error_dead_letters_the_whole_queue_at_once() -> None:
+def test_a_permanent_error_dead_letters_only_the_record_it_was_about() -> None:
     clock = Clock()
     s = make(clock)
     s.receive(record(0, "k", attempt=0))
     s.receive(record(1, "k", attempt=0))
-    s.take_due()
+    (turn,) = s.take_due()
+    assert turn.records == 2
+    s.complete([Outcome("k", SINK_SEARCH, PermanentError("mapping rejected"))])
+    # the applied action was the later record's; the earlier one earned no verdict yet
+    assert [(d.reason, d.source.offset) for d in s.letters()] == [("permanent", 1)]
+    (again,) = s.take_due()  # at once, on its own
+    assert again.key == "k" and again.records == 1
     s.complete([Outcome("k", SINK_SEARCH, PermanentError("mapping rejected"))])
     letters = s.letters()
-    assert [(d.reason, d.source.offset) for d in letters] == [("permanent", 0), ("permanent", 1)]
+    assert [(d.reason, d.source.offset) for d in letters] == [("permanent", 1), ("permanent", 0)]
     assert all(d.message is not None and d.message.attempt == 1 for d in letters)
     assert not letters[0].error.transient
+
+
+def test_the_rest_of_a_key_survives_a_permanent_failure_of_its_newest_record() -> None:
+    clock = Clock()
+    s = make(clock)
+    s.receive(record(0, "k", attempt=0, version=5))
+    s.receive(record(1, "k", attempt=0, version=9))  # the poison-ish newest one
+    s.take_due()
+    s.complete([Outcome("k", SINK_REDIS, PermanentError("no model declares table 'x'"))])
+    (turn,) = s.take_due()
+    assert turn.action.position == BinlogPosition("mysql-bin.000001", 5)
+    assert s.complete(ok("k")) == 1
+    assert [d.source.offset for d in s.letters()] == [1]
+    s.letters_published(1)
+    assert s.committable() == {P0: 2}
 
 
 def test_undecodable_record_is_a_dead_letter_and_the_partition_flows() -> None:
@@ -234,7 +255,7 @@ def test_flow_pauses_at_max_pending_and_resumes_below_half() -> None:
     clock = Clock()
     s = make(clock, max_pending=4)
     for i in range(4):
-        s.receive(record(i, f"k{i}", failed_at=T0 + 100))
+        s.receive(record(i, f"k{i}", attempt=2))
     assert s.flow(paused=False) is Flow.PAUSE
     assert s.flow(paused=True) is Flow.PAUSE  # again: a rebalance may add partitions
     clock.now = T0 + 100 + POLICY.backoff(1)
@@ -249,9 +270,9 @@ def test_flow_pauses_at_max_pending_and_resumes_below_half() -> None:
 def test_revoked_partitions_forget_their_records_letters_and_offsets() -> None:
     clock = Clock()
     s = make(clock)
-    s.receive(record(0, "a", failed_at=T0 + 100))
+    s.receive(record(0, "a", attempt=2))
     s.receive(Record("retry", 0, 1, 0, None, b"junk"))
-    s.receive(record(0, "b", failed_at=T0 + 100, partition=1))
+    s.receive(record(0, "b", attempt=2, partition=1))
     s.revoke([P0])
     assert s.pending() == 1 and s.letters() == []
     assert set(s.committable()) == {("retry", 1)}
