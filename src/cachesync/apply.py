@@ -20,7 +20,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from . import metrics
 from .actions import Action, DeleteKeys, DocumentAction, latest_per_document, per_key
 from .changes import Position
-from .errors import CacheSyncError, ConfigurationError, HandOffError, TransientError
+from .errors import CacheSyncError, ConfigurationError, HandOffError, PermanentError, TransientError
 from .policies import ImmediateRetryPolicy
 from .sinks.base import DocumentFailure, DocumentSink, KeySink
 
@@ -94,6 +94,26 @@ def hand_off(report: ApplyReport, handler: FailureHandler) -> int:
     return len(report.failures)
 
 
+def _sink_error(exc: Exception, sink: str) -> CacheSyncError:
+    """What a sink's exception means for its actions.
+
+    A sink keeps its contract by raising :class:`TransientError` alone; anything
+    else is a sink bug or input it cannot take (a key Redis cannot encode...).
+    Retrying would fail the same way, so the actions become permanent failures,
+    dead-lettered with the error, and the stream goes on. A configuration error
+    still propagates: it stops the pipeline, as it should.
+    """
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, ConfigurationError):
+        raise exc
+    if not isinstance(exc, CacheSyncError):
+        log.exception(
+            "cachesync: the %s raised %s; its actions are dead-lettered", sink, type(exc).__name__
+        )
+    return PermanentError(f"{sink}: {type(exc).__name__}: {exc}")
+
+
 class Applier:
     """Applies batches to a :class:`KeySink` and a :class:`DocumentSink`.
 
@@ -147,12 +167,18 @@ class Applier:
                     self.keys.delete(keys)
             report.keys_deleted += len(keys)
             metrics.inc("keys_deleted_total", len(keys))
-        except TransientError as exc:
+        except Exception as exc:
+            error = _sink_error(exc, "key sink")
+            if not isinstance(error, TransientError) and len(keys) > 1:
+                # one key the sink cannot take must not fail the others: one by one
+                for key in keys:
+                    self._delete_keys([DeleteKeys((key,), latest[key].position)], report)
+                return
             survivors: dict[Position | None, list[str]] = {}
             for key in keys:
                 survivors.setdefault(latest[key].position, []).append(key)
             report.failures += [
-                Failure(one, exc)
+                Failure(one, error)
                 for position, group in survivors.items()
                 for one in per_key(DeleteKeys(tuple(group), position))
             ]
@@ -169,10 +195,7 @@ class Applier:
         total, failed_for_good = len(pending), list[DocumentFailure]()
         backoff = self.policy.backoff
         for attempt_no in range(1, self.policy.attempts + 1):
-            try:
-                failed = self.documents.apply(pending)
-            except TransientError as exc:
-                failed = [DocumentFailure(a, exc) for a in pending]
+            failed = self._documents_isolated(pending)
             retryable = [f for f in failed if isinstance(f.error, TransientError)]
             failed_for_good += [f for f in failed if not isinstance(f.error, TransientError)]
             if not retryable or attempt_no == self.policy.attempts:
@@ -184,6 +207,18 @@ class Applier:
         report.failures += [Failure(f.action, f.error) for f in failed_for_good]
         report.documents += total - len(failed_for_good)
         metrics.inc("documents_written_total", total - len(failed_for_good))
+
+    def _documents_isolated(self, pending: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        """``documents.apply(pending)``; when it raises other than transiently, each action
+        alone, so the one the sink cannot take fails by itself and the rest are applied."""
+        assert self.documents is not None
+        try:
+            return self.documents.apply(pending)
+        except Exception as exc:
+            error = _sink_error(exc, "document sink")
+            if isinstance(error, TransientError) or len(pending) == 1:
+                return [DocumentFailure(a, error) for a in pending]
+        return [f for action in pending for f in self._documents_isolated([action])]
 
     def apply(self, actions: Sequence[Action]) -> ApplyReport:
         """Apply *actions* and report; raises only :class:`ConfigurationError` (a missing sink)."""

@@ -56,15 +56,20 @@ class Position(ABC):
         """Parse what :meth:`encode` produced; :class:`DecodeError` on anything else."""
         try:
             kind, rest = text.split(":", 1)
+            position: Position | None = None
             if kind == BinlogPosition.kind:
                 file, pos, row = rest.rsplit(":", 2)
-                return BinlogPosition(file, int(pos), int(row))
-            if kind == OutboxPosition.kind:
+                position = BinlogPosition(file, int(pos), int(row))
+            elif kind == OutboxPosition.kind:
                 ident, row = rest.split(":")
-                return OutboxPosition(int(ident), int(row))
-        except (ValueError, AttributeError):
+                position = OutboxPosition(int(ident), int(row))
+            # A position must also yield its Elasticsearch version (1..2**63-1):
+            # one that cannot would fail later, far from where it was read.
+            if position is not None and 0 < position.version < 2**63:
+                return position
+        except (ValueError, AttributeError, OverflowError):
             pass
-        raise DecodeError(f"not a cachesync position: {text!r}")
+        raise DecodeError(f"not a cachesync position (or one out of range): {text!r:.200}")
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Position) or other.kind != self.kind:

@@ -14,7 +14,7 @@ from typing import Any
 from .errors import TemplateError
 from .values import key_value
 
-__all__ = ["KeyTemplate", "TemplateError", "wire_key"]  # TemplateError lives in errors.py
+__all__ = ["KeyTemplate", "TemplateError", "document_id", "wire_key"]  # TemplateError lives in errors.py
 
 _FORMATTER = string.Formatter()
 
@@ -29,6 +29,18 @@ def wire_key(key: str) -> bytes:
     ``str.encode()`` would raise ``UnicodeEncodeError`` on such a key.
     """
     return key.encode("utf-8", "surrogateescape")
+
+
+def document_id(text: str) -> str:
+    """The Elasticsearch id for a rendered id: valid UTF-8 text whatever the source bytes.
+
+    An id rendered from a non-UTF-8 ``VARBINARY`` key holds lone surrogates
+    (see :func:`wire_key`) that JSON cannot carry; their bytes are written as
+    ``\\xff`` escapes instead. Ids that are valid text are returned unchanged.
+    """
+    if text.isascii():
+        return text
+    return wire_key(text).decode("utf-8", "backslashreplace")
 
 
 def _escape_separator(value: str) -> str:

@@ -6,6 +6,7 @@ at start-up with a message naming the field, never in the middle of a stream.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -76,8 +77,10 @@ class Backoff:
         if self.first == 0:
             return 0.0
         exponent = max(0, attempt - 1)
-        if self.factor > 1 and exponent >= 1075:  # any float first reaches cap long before
-            return self.cap
+        # Compare in logarithms: factor ** exponent overflows a float long before
+        # a poison record's attempt count stops growing.
+        if self.factor > 1 and exponent * math.log(self.factor) >= math.log(self.cap / self.first):
+            return float(self.cap)
         return float(min(self.cap, self.first * self.factor**exponent))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
 from .changes import Position
-from .keys import KeyTemplate
+from .keys import KeyTemplate, document_id
 from .spec import Projection, Row
 from .values import json_value
 
@@ -40,8 +40,9 @@ class ResolvedProjection:
         return True if when is None else bool(when(row))
 
     def doc_id(self, row: Row) -> str | None:
-        """The document id of *row*; ``None`` when an id field is NULL."""
-        return self.id_template.render(row)
+        """The document id of *row*; ``None`` when an id field is NULL (:func:`~cachesync.keys.document_id`)."""
+        rendered = self.id_template.render(row)
+        return None if rendered is None else document_id(rendered)
 
     def document(self, row: Row) -> dict[str, Any]:
         """The JSON-ready document body of *row* (pure; no I/O)."""

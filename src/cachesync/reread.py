@@ -160,6 +160,19 @@ class Refresher:
                 for i in indexes:
                     result[i] = error
                 continue
+            pk = set(spec.primary_key_columns())
+            mismatched = [i for i in indexes if set(_source(actions[i]).primary_key) != pk]
+            for i in mismatched:
+                # A key that does not name the table's primary key would re-read as
+                # "row gone" and delete a real document: refuse it instead.
+                result[i] = PermanentError(
+                    f"{spec.model}: the action's row key {sorted(_source(actions[i]).primary_key)} "
+                    f"is not the primary key of {table!r} {sorted(pk)}",
+                    model=spec.model,
+                )
+            indexes = [i for i in indexes if i not in mismatched]
+            if not indexes:
+                continue
             refs = [_source(actions[i]) for i in indexes]
             try:
                 rows = self.reader.fetch(spec, refs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from cachesync import (
@@ -15,7 +17,9 @@ from cachesync import (
     IndexDoc,
     PermanentError,
 )
+from cachesync.actions import DocumentAction
 from cachesync.apply import hand_off
+from cachesync.sinks import DocumentFailure
 from cachesync.testing import MemoryDocumentSink, MemoryKeySink, RecordingFailureHandler
 
 POS = BinlogPosition("mysql-bin.000001", 100)
@@ -105,3 +109,38 @@ def test_hand_off_passes_failures_on_and_a_refusal_reaches_the_caller() -> None:
         hand_off(Applier(MemoryKeySink(), None).apply([]), RecordingFailureHandler(refuse=True))
         == 0
     )
+
+
+class ChokingKeys(MemoryKeySink):
+    """A sink with a bug on one key: it raises something that is not its contract's error."""
+
+    def delete(self, keys: Sequence[str]) -> int:
+        if "bad" in keys:
+            raise UnicodeEncodeError("utf-8", "bad", 0, 1, "surrogates not allowed")
+        return super().delete(keys)
+
+
+class ChokingDocuments(MemoryDocumentSink):
+    def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        if any(a.doc_id == "bad" for a in actions):
+            raise ValueError("the sink choked on 'bad'")
+        return super().apply(actions)
+
+
+def test_a_sink_that_breaks_its_contract_fails_only_the_action_it_choked_on() -> None:
+    keys, docs = ChokingKeys(), ChokingDocuments()
+    report = Applier(keys, docs, sleep=lambda s: None).apply(
+        [
+            DeleteKeys(("a", "bad", "b"), POS),
+            IndexDoc("i", "ok", {}, POS),
+            IndexDoc("i", "bad", {}, POS),
+        ]
+    )
+    assert sorted(keys.deleted) == ["a", "b"] and docs.get("i", "ok") == {}
+    assert [
+        (type(f.error), getattr(f.action, "keys", None) or f.action.doc_id) for f in report.failures
+    ] == [  # type: ignore[union-attr]
+        (PermanentError, ("bad",)),
+        (PermanentError, "bad"),
+    ]
+    assert report.keys_deleted == 2 and report.documents == 1

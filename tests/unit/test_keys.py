@@ -91,3 +91,12 @@ def test_binary_key_values_render_byte_exactly() -> None:
     key = template.render({"v": raw})
     assert key is not None and wire_key(key) == b"blob:" + raw
     assert template.render({"v": bytearray(raw)}) == key == template.render({"v": memoryview(raw)})
+
+
+def test_document_ids_from_binary_keys_are_valid_text() -> None:
+    from cachesync.keys import document_id
+
+    key = KeyTemplate.parse("{v}").render({"v": b"a\xffb"})
+    assert key is not None
+    assert document_id(key) == "a\\xffb" and document_id(key).encode("utf-8")
+    assert document_id("plain:1") == "plain:1" and document_id("caf\u00e9") == "caf\u00e9"

@@ -97,3 +97,20 @@ def test_reader_errors_permanent_per_table_transient_for_the_call() -> None:
         pass
     else:
         raise AssertionError("a database outage must fail the whole call")
+
+
+def test_a_row_key_that_is_not_the_primary_key_is_refused_not_read_as_gone() -> None:
+    from cachesync import BinlogPosition, IndexDoc, PermanentError, RowRef
+    from cachesync.reread import Refresher
+
+    class NeverCalled:
+        def fetch(self, spec: object, refs: object) -> dict[object, object]:
+            raise AssertionError("a forged key must not reach the database")
+
+    registry = Registry()
+    registry.add(user_spec())
+    forged = IndexDoc(
+        "users", "1", {}, BinlogPosition("mysql-bin.000001", 4), RowRef(None, "users", {"nope": 1})
+    )
+    (result,) = Refresher(NeverCalled(), registry).refresh([forged])  # type: ignore[arg-type]
+    assert isinstance(result, PermanentError) and "primary key" in str(result)

@@ -51,40 +51,45 @@ class SearchSink:
             return []
         from elasticsearch import ApiError, TransportError, helpers
 
-        # The contract gives at most one action per document (the applier keeps the latest).
-        unique = actions
-        by_id = {(a.index, a.doc_id): a for a in unique}
+        # streaming_bulk answers item by item in request order, so every result is
+        # matched to its action by position: an id Elasticsearch echoes back
+        # differently (normalised text) can never be mistaken for another's.
+        failures: list[DocumentFailure] = []
         try:
-            _ok, errors = helpers.bulk(
+            results = helpers.streaming_bulk(
                 self.client,
-                (_operation(a) for a in unique),
+                (_operation(a) for a in actions),
                 chunk_size=self.chunk_size,
                 raise_on_error=False,
                 raise_on_exception=False,
                 max_retries=0,
                 refresh=self.refresh,
             )
+            for action, (ok, item) in zip(actions, results, strict=True):
+                if not ok:
+                    failure = _item_failure(action, item)
+                    if failure is not None:
+                        failures.append(failure)
         except (TransportError, ApiError, OSError) as exc:
             raise TransientError(
-                f"Elasticsearch bulk of {len(unique)} document(s) failed: {type(exc).__name__}: {exc}",
-                documents=len(unique),
+                f"Elasticsearch bulk of {len(actions)} document(s) failed: {type(exc).__name__}: {exc}",
+                documents=len(actions),
             ) from exc
-        failures: list[DocumentFailure] = []
-        for item in errors if isinstance(errors, list) else ():
-            ((op_type, result),) = item.items()
-            status = int(result.get("status", 0))
-            action = by_id.get((result.get("_index", ""), str(result.get("_id", ""))))
-            if action is None:
-                raise PermanentError(f"Elasticsearch reported an unknown item: {item!r}")
-            if status == 409 or (status == 404 and isinstance(action, DeleteDoc)):
-                continue
-            reason = result.get("error", result.get("exception", "no reason given"))
-            context = {"index": action.index, "id": action.doc_id, "status": status}
-            message = f"Elasticsearch {op_type} {action.index}/{action.doc_id}: {status} {reason}"
-            error: CacheSyncError = (
-                TransientError(message, **context)
-                if status in (0, 408, 429) or status >= 500
-                else PermanentError(message, **context)
-            )
-            failures.append(DocumentFailure(action, error))
         return failures
+
+
+def _item_failure(action: DocumentAction, item: Any) -> DocumentFailure | None:
+    """The failure one bulk item reports, or ``None`` when it counts as success (409, 404 delete)."""
+    ((op_type, result),) = item.items()
+    status = int(result.get("status", 0) or 0)
+    if status == 409 or (status == 404 and isinstance(action, DeleteDoc)):
+        return None
+    reason = result.get("error", result.get("exception", "no reason given"))
+    context = {"index": action.index, "id": action.doc_id, "status": status}
+    message = f"Elasticsearch {op_type} {action.index}/{action.doc_id}: {status} {reason}"
+    error: CacheSyncError = (
+        TransientError(message, **context)
+        if status in (0, 408, 429) or status >= 500
+        else PermanentError(message, **context)
+    )
+    return DocumentFailure(action, error)

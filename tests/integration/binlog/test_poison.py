@@ -212,8 +212,16 @@ def test_without_kafka_rejected_documents_are_dead_letters_and_the_rest_flows(
         )
         documents = env.documents()
         assert {int(i) for i in documents} == set(range(1, 101)) - bad
+
+        def dead_ids() -> list[int]:
+            return sorted(
+                int(a["id"]) for r in outbox.rows(STATE_DEAD) for a in json.loads(r["payload"])
+            )
+
+        # the hand-off follows the bulk request: wait for it, then count exactly
+        wait_for(lambda: len(dead_ids()) >= len(bad), 30, "the rejected documents' dead letters")
         dead = outbox.rows(STATE_DEAD)
-        ids = sorted(int(a["id"]) for r in dead for a in json.loads(r["payload"]))
+        ids = dead_ids()
         assert ids == sorted(bad), "each rejected document is exactly one dead letter"
         assert all("400" in (r["last_error"] or "") for r in dead)
         env.sync_point()  # a later change still applied

@@ -125,3 +125,12 @@ def test_reindex_writes_wait_as_before_through_the_injected_sleep() -> None:
     with pytest.raises(TransientError):
         _Writer(FlakySink(), attempts=3, sleep=slept.append).write([])  # type: ignore[arg-type]
     assert slept == [0.4, 0.8]
+
+
+def test_backoff_takes_any_attempt_count_without_overflow() -> None:
+    from cachesync.policies import Backoff
+
+    backoff = Backoff(0.5, 60.0, jitter=0.0)
+    assert [backoff.base(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    for attempt in (1024, 1025, 5000, 10**9):
+        assert backoff.base(attempt) == 60.0 and backoff.delay(attempt) == 60.0
