@@ -49,6 +49,7 @@ from .errors import DecodeError
 __all__ = [
     "FORMAT_VERSION",
     "MAX_VERSION",
+    "UNTAG",
     "check_key",
     "check_text",
     "decode_action",
@@ -57,12 +58,14 @@ __all__ = [
     "encode_action",
     "encode_actions",
     "load_json",
+    "tag_value",
 ]
 
 FORMAT_VERSION = 1
 
 
-def _tag(value: Any) -> Any:
+def tag_value(value: Any) -> Any:
+    """The JSON form of a primary-key value (tagged where JSON has no type); ``TypeError`` otherwise."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, Decimal):
@@ -182,7 +185,8 @@ def _untag_iso(parse: Callable[[str], Any], tag: str) -> Callable[[Any], Any]:
     return untag
 
 
-_UNTAG: dict[str, Callable[[Any], Any]] = {
+#: Tag -> decoder of the tagged forms :func:`tag_value` writes (each refuses malformed input).
+UNTAG: dict[str, Callable[[Any], Any]] = {
     "$decimal": _untag_decimal,
     "$datetime": _untag_iso(dt.datetime.fromisoformat, "$datetime"),
     "$date": _untag_iso(dt.date.fromisoformat, "$date"),
@@ -196,9 +200,9 @@ def _untag(value: Any) -> Any:
         if len(value) != 1:
             raise DecodeError(f"tagged value must have one tag, got {value!r:.80}")
         ((tag, text),) = value.items()
-        if tag not in _UNTAG:
+        if tag not in UNTAG:
             raise DecodeError(f"unknown tag {tag!r:.40} in primary-key value")
-        return _UNTAG[tag](text)
+        return UNTAG[tag](text)
     if isinstance(value, (bool, float)):
         return value  # load_json has refused NaN and Infinity
     if isinstance(value, int):
@@ -242,7 +246,7 @@ def _source(ref: RowRef | None) -> dict[str, Any] | None:
     return {
         "schema": ref.schema,
         "table": ref.table,
-        "pk": {k: _tag(v) for k, v in ref.primary_key.items()},
+        "pk": {k: tag_value(v) for k, v in ref.primary_key.items()},
     }
 
 

@@ -24,7 +24,7 @@ plans it again with the current declarations; see
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -32,12 +32,12 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .actions import Action, DeleteKeys
 from .changes import Op, Position, RowChange
+from .codec import UNTAG, tag_value
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -66,17 +66,12 @@ CHANGE_FORMAT_VERSION = 1
 
 
 def _tag(value: Any) -> Any:
-    """A JSON-ready, lossless form of one column value (tagged where JSON has no type)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, dt.datetime):
-        return {"$datetime": value.isoformat()}
-    if isinstance(value, dt.date):
-        return {"$date": value.isoformat()}
+    """A JSON-ready, lossless form of one column value: the action codec's tags for the
+    types primary keys share, and a few more a row image may hold."""
+    if isinstance(value, (bytearray, memoryview)):
+        value = bytes(value)
+    with contextlib.suppress(TypeError):
+        return tag_value(value)
     if isinstance(value, dt.time):
         return {"$time": value.isoformat()}
     if isinstance(value, dt.timedelta):
@@ -93,10 +88,7 @@ def _tag(value: Any) -> Any:
 
 
 _UNTAG: dict[str, Callable[[Any], Any]] = {
-    "$bytes": lambda text: base64.b64decode(text),
-    "$decimal": Decimal,
-    "$datetime": dt.datetime.fromisoformat,
-    "$date": dt.date.fromisoformat,
+    **UNTAG,
     "$time": dt.time.fromisoformat,
     "$timedelta": lambda micros: dt.timedelta(microseconds=int(micros)),
     "$uuid": uuid.UUID,
