@@ -16,6 +16,15 @@ Rows of tables whose column types are all common ones are decoded from the raw
 packet by :class:`~cachesync.binlog.decoder.RowDecoder` instead (the library's
 decoder dominates the cost of small transactions); :meth:`EventParser.row_images`
 picks the path. Errors are left to the caller, which knows the position.
+
+Partial row images (a session with ``binlog_row_image=MINIMAL`` or ``NOBLOB``,
+or MySQL's ``PARTIAL_UPDATE_ROWS_EVENT`` under
+``binlog_row_value_options=PARTIAL_JSON``) are decoded by the library, which
+reads the event's columns-present bitmaps, and come back as
+:class:`PartialRows`: a column the image does not carry is ABSENT from its
+dict (never ``None``, which would be a real NULL), and a JSON column carried
+only as a diff is absent too and named in ``unknown_after``.
+:mod:`cachesync.binlog.partial` completes them.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ from __future__ import annotations
 import inspect
 import select
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.constants import NONE_SOURCE
+from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
 from pymysqlreplication.event import FormatDescriptionEvent, QueryEvent, RotateEvent
+from pymysqlreplication.json_binary import JsonDiff
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
@@ -53,7 +64,7 @@ __all__ = [
     "XID",
     "EventParser",
     "Images",
-    "PartialImage",
+    "PartialRows",
     "StreamReader",
     "read_packet",
     "readable",
@@ -109,8 +120,35 @@ _WRAPPER_PARAMS = frozenset(inspect.signature(BinLogPacketWrapper.__init__).para
 Images = list[tuple[dict[str, Any] | None, dict[str, Any] | None]]
 
 
-class PartialImage(Exception):
-    """A rows event without full row images (a session with ``binlog_row_image != FULL``)."""
+#: Column types ``binlog_row_image=NOBLOB`` leaves out when they are not needed.
+_BLOB_TYPES = frozenset(
+    {
+        FIELD_TYPE.TINY_BLOB,
+        FIELD_TYPE.MEDIUM_BLOB,
+        FIELD_TYPE.LONG_BLOB,
+        FIELD_TYPE.BLOB,
+        FIELD_TYPE.JSON,
+        FIELD_TYPE.GEOMETRY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class PartialRows:
+    """The row images of a rows event logged without every column.
+
+    ``images`` leave out the columns the event does not carry; ``columns`` are
+    the table map's columns (the table as of the event), so a reader can tell
+    "absent from this image" from "absent from the table" (a dropped column).
+    ``unknown_after`` names columns the after images changed without carrying
+    their value (MySQL partial JSON updates carry a diff). ``setting`` is the
+    session setting that most likely produced the event, for messages.
+    """
+
+    images: Images
+    columns: tuple[str, ...]
+    unknown_after: frozenset[str]
+    setting: str
 
 
 class StreamReader(BinLogStreamReader):  # type: ignore[misc]
@@ -243,13 +281,14 @@ class EventParser:
         kind: int,
         decoder: RowDecoder,
         table_map: dict[int, Any],
-    ) -> Images:
+    ) -> Images | PartialRows:
         """The row images of a rows event of a watched table.
 
         Decoded from the raw bytes when *decoder* supports every column and the
         event has the layout it expects, else by the library (*table_map* holds
-        its parsed maps). Raises :class:`PartialImage` for rows logged without
-        every column.
+        its parsed maps). Rows logged without every column, or a MySQL partial JSON update, are returned as
+        :class:`PartialRows` (decoded by the library, which reads the
+        columns-present bitmaps).
         """
         post_header = 10 if kind in _ROWS_V2 else 8
         declared = (
@@ -272,7 +311,7 @@ class EventParser:
             bitmaps.append(data[off : off + width])
             off += width
         if count != decoder.count or any(b != decoder.full_bitmap for b in bitmaps):
-            raise PartialImage
+            return self._library_images(packet, table_map)
         stop = len(data) - self.checksum
         image = decoder.image
         images: Images = []
@@ -292,23 +331,49 @@ class EventParser:
                 append((row, None))
         return images
 
-    def _library_images(self, packet: Any, table_map: dict[int, Any]) -> Images:
+    def _library_images(self, packet: Any, table_map: dict[int, Any]) -> Images | PartialRows:
         event = self.library_event(packet, table_map)
         if event is None:
             return []
         images: Images = []
+        absent: set[str] = set()
+        unknown: set[str] = set()
         for row in event.rows:
+            pair: tuple[dict[str, Any] | None, dict[str, Any] | None]
             if "values" in row:
-                sources = row.get("none_sources", {})
-                image = row["values"]
+                image = _present(row["values"], row.get("none_sources", {}), absent)
                 pair = (None, image) if isinstance(event, WriteRowsEvent) else (image, None)
             else:
-                sources = {
-                    **row.get("before_none_sources", {}),
-                    **row.get("after_none_sources", {}),
-                }
-                pair = (row["before_values"], row["after_values"])
-            if NONE_SOURCE.COLS_BITMAP in sources.values():
-                raise PartialImage
+                before = _present(row["before_values"], row.get("before_none_sources", {}), absent)
+                after = _present(row["after_values"], row.get("after_none_sources", {}), absent)
+                for name, value in list(after.items()):
+                    # A partial JSON update carries a diff (the library parses only its
+                    # first operation), or None with JSON_PARTIAL_UPDATE: never the value.
+                    if isinstance(value, JsonDiff):
+                        del after[name]
+                        unknown.add(name)
+                for name, source in row.get("after_none_sources", {}).items():
+                    if source == NONE_SOURCE.JSON_PARTIAL_UPDATE:
+                        after.pop(name, None)
+                        unknown.add(name)
+                pair = (before, after)
             images.append(pair)
-        return images
+        if not absent and not unknown:
+            return images
+        columns = tuple(str(c.name) for c in event.columns)
+        if unknown:
+            setting = "binlog_row_value_options=PARTIAL_JSON"
+        else:
+            types = {str(c.name): c.type for c in event.columns}
+            noblob = all(types.get(name) in _BLOB_TYPES for name in absent)
+            setting = f"binlog_row_image={'NOBLOB' if noblob else 'MINIMAL'}"
+        return PartialRows(images, columns, frozenset(unknown), setting)
+
+
+def _present(values: dict[str, Any], sources: dict[str, Any], absent: set[str]) -> dict[str, Any]:
+    """*values* without the columns the columns-present bitmap left out (added to *absent*)."""
+    if NONE_SOURCE.COLS_BITMAP not in sources.values():
+        return values
+    missing = {name for name, source in sources.items() if source == NONE_SOURCE.COLS_BITMAP}
+    absent |= missing
+    return {name: value for name, value in values.items() if name not in missing}

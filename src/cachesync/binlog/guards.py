@@ -6,7 +6,9 @@ single event:
 
 * the binlog is off, not ``ROW``, not ``FULL`` row images (an UPDATE would not
   carry the old values, so the key of an old username could not be derived),
-  or without column names (``binlog_row_metadata=FULL``);
+  or without column names (``binlog_row_metadata=FULL``). Only the GLOBAL row
+  image is refused: a single session that turns it to ``MINIMAL``/``NOBLOB``
+  is handled change by change (:mod:`cachesync.binlog.partial`);
 * binlog compression (MariaDB ``log_bin_compress``, MySQL
   ``binlog_transaction_compression``), which python-mysql-replication cannot read;
 * missing grants (``REPLICATION SLAVE``, ``REPLICATION CLIENT``, ``SELECT``);
@@ -137,7 +139,14 @@ def check_server(
         )
     expected = (
         ("binlog_format", "ROW", "changes must be logged as rows, not statements"),
-        ("binlog_row_image", "FULL", "updates and deletes must carry every old column value"),
+        (
+            "binlog_row_image",
+            "FULL",
+            "updates and deletes must carry every old column value; one session's SET "
+            "SESSION binlog_row_image is survived (its changes are re-read or reported as "
+            "dead letters), but a whole server without FULL images would make every "
+            "change a re-read and every changed key column unknowable",
+        ),
         ("binlog_row_metadata", "FULL", "row events must carry column names"),
     )
     for name, wanted, why in expected:

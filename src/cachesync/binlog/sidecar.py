@@ -56,12 +56,13 @@ from ..errors import (
     SourceConfigurationError,
     TransientError,
 )
-from ..planning import plan
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
 from .leader import LeaderLock, lock_name
+from .partial import PartialDeadLetters, PartialImages
+from .rowreader import MySQLRowReader
 from .source import BinlogSource
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
@@ -137,6 +138,7 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
         reset_checkpoint: bool = False,
         sleep: Callable[[float], object] | None = None,
+        partial_dead_letters: PartialDeadLetters | None = None,
     ) -> None:
         self._mysql = dict(mysql)
         self._database: str | None = self._mysql.get("database")
@@ -148,6 +150,10 @@ class Sidecar:
         self.name = name
         self.server_id = server_id
         self.policy = policy or SidecarPolicy()
+        #: Changes logged with partial row images: re-read, or reported (binlog/partial.py).
+        self.partial_images = PartialImages(
+            registry, MySQLRowReader(self._mysql), partial_dead_letters
+        )
         self._reset = reset_checkpoint
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
@@ -235,6 +241,7 @@ class Sidecar:
                     self.leading.clear()
                     self.lock.release()
         finally:
+            self.partial_images.close()
             self.store.close()
 
     def _acquire(self) -> bool:
@@ -364,12 +371,13 @@ class Sidecar:
         actions: list[Action] = []
         poison: list[PoisonChange] = []
         registry = self.registry
+        batch = self.partial_images.complete(batch)
         for change in batch:
             spec: TableSpec | None = registry.get(change.schema, change.table)
             if spec is None:  # the source filters on the registry; a race with remove()
                 continue
             try:
-                actions.extend(plan(change, spec))
+                actions.extend(self.partial_images.plan(change, spec))
             except SchemaError as exc:
                 raise SchemaError(
                     f"{exc} (change at {change.position}: {change.op.value} of "

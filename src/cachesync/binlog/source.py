@@ -50,8 +50,9 @@ from ..policies import ReconnectPolicy
 from ..registry import Registry
 from . import framing, server
 from .checkpoint import ResumePoint
-from .framing import EventParser, PartialImage, StreamReader
-from .tablemaps import TableMaps, WatchedTable
+from .framing import EventParser, PartialRows, StreamReader
+from .partial import PartialChange
+from .tablemaps import TableMaps
 
 __all__ = ["BinlogSource", "ReconnectPolicy"]
 
@@ -336,10 +337,12 @@ class BinlogSource:
         if skip is not None and skip.handled is not None and end < skip.handled.pos:
             return  # the whole event was handled before the restart
         op = framing.ROWS_OPS[kind]
-        try:
-            images = self._parser.row_images(packet, data, kind, table.decoder, self._maps.lib)
-        except PartialImage:
-            raise self._partial_image(table) from None
+        images = self._parser.row_images(packet, data, kind, table.decoder, self._maps.lib)
+        partial: PartialRows | None = None
+        if isinstance(images, PartialRows):
+            # A session with binlog_row_image != FULL: completed or reported downstream
+            # (cachesync.binlog.partial), never a reason to stop the stream.
+            partial, images = images, images.images
         position_file = self._file
         commit_time = float(timestamp)
         schema, name = table.schema, table.name
@@ -351,12 +354,21 @@ class BinlogSource:
             position = BinlogPosition(position_file, end, index)
             if skip is not None and skip.already_handled(position):
                 continue
-            pending.append(RowChange(op, schema, name, before, after, position, commit_time))
-
-    def _partial_image(self, table: WatchedTable) -> SourceError:
-        return SourceError(
-            f"a change of {table.schema}.{table.name} at {self._file}:{self._txn_start} was "
-            "logged without full row images (a session used binlog_row_image != FULL); "
-            "cachesync cannot know which keys the old row had. Set binlog_row_image=FULL "
-            "everywhere, then restart (or skip with --reset-checkpoint and reindex)"
-        )
+            if partial is None:
+                pending.append(RowChange(op, schema, name, before, after, position, commit_time))
+            else:
+                columns, unknown, setting = partial.columns, partial.unknown_after, partial.setting
+                pending.append(
+                    PartialChange(
+                        op,
+                        schema,
+                        name,
+                        before,
+                        after,
+                        position,
+                        commit_time,
+                        frozenset(columns),
+                        unknown,
+                        setting,
+                    )
+                )

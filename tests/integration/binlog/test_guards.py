@@ -70,18 +70,21 @@ def test_refuses_statement_binlog_format(binlog_env: BinlogEnv) -> None:
     assert "SET GLOBAL binlog_format = 'ROW'" in str(caught.value)
 
 
-def test_refuses_minimal_row_image(binlog_env: BinlogEnv) -> None:
+@pytest.mark.parametrize("image", ["MINIMAL", "NOBLOB"])
+def test_refuses_a_global_partial_row_image(binlog_env: BinlogEnv, image: str) -> None:
+    """Only the GLOBAL setting: one session's partial images are re-read or reported."""
     conn = pymysql.connect(**binlog_env.sidecar_params)
     try:
         with (
-            _global(binlog_env, "binlog_row_image", "MINIMAL"),
-            pytest.raises(
-                SourceConfigurationError, match="binlog_row_image is MINIMAL, must be FULL"
-            ),
+            _global(binlog_env, "binlog_row_image", image),
+            pytest.raises(SourceConfigurationError) as caught,
         ):
             _check(binlog_env, conn)
     finally:
         conn.close()
+    message = str(caught.value)
+    assert f"binlog_row_image is {image}, must be FULL" in message
+    assert "one session's SET SESSION binlog_row_image is survived" in message
 
 
 def test_refuses_missing_grants(binlog_env: BinlogEnv) -> None:
