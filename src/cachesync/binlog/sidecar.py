@@ -114,6 +114,30 @@ def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
     return OutboxDeadLetterStore(OutboxStore.from_url(database))
 
 
+class _Unknowable(PartialDeadLetters):
+    """Collects the changes whose partial image hides a value, to be buried with the poison.
+
+    They go to the same dead-letter store in the same step as the batch's poison
+    changes, so a refusing store holds the checkpoint for both alike.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._letters: list[PoisonChange] = []
+
+    def record(self, change: RowChange, reason: str) -> None:
+        spec = self.registry.get(change.schema, change.table)
+        model = spec.model if spec is not None else change.table
+        pk_columns = spec.primary_key_columns() if spec is not None else ()
+        image = change.before if change.before is not None else change.after or {}
+        pk = {c: image.get(c) for c in pk_columns}
+        self._letters.append(PoisonChange(change, model, f"partial row image: {reason}", pk))
+
+    def take(self) -> list[PoisonChange]:
+        letters, self._letters = self._letters, []
+        return letters
+
+
 class Sidecar:
     """Streams the binlog into Redis and Elasticsearch; see the module docstring.
 
@@ -138,7 +162,6 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
         reset_checkpoint: bool = False,
         sleep: Callable[[float], object] | None = None,
-        partial_dead_letters: PartialDeadLetters | None = None,
     ) -> None:
         self._mysql = dict(mysql)
         self._database: str | None = self._mysql.get("database")
@@ -151,9 +174,8 @@ class Sidecar:
         self.server_id = server_id
         self.policy = policy or SidecarPolicy()
         #: Changes logged with partial row images: re-read, or reported (binlog/partial.py).
-        self.partial_images = PartialImages(
-            registry, MySQLRowReader(self._mysql), partial_dead_letters
-        )
+        self._unknowable = _Unknowable(registry)
+        self.partial_images = PartialImages(registry, MySQLRowReader(self._mysql), self._unknowable)
         self._reset = reset_checkpoint
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
@@ -390,25 +412,27 @@ class Sidecar:
                     raise
                 poison.append(PoisonChange.of(change, spec.model, spec.primary_key_columns(), exc))
                 actions.extend(salvage_keys(change, spec))
-        if poison and not self._bury(poison):
+        unknowable = self._unknowable.take()  # already logged by the partial-image step
+        if (poison or unknowable) and not self._bury(poison, unknowable):
             return None
         return actions
 
-    def _bury(self, poison: Sequence[PoisonChange]) -> bool:
-        """Store *poison* durably, waiting out a refusing store; False if stopped first."""
+    def _bury(self, poison: Sequence[PoisonChange], unknowable: Sequence[PoisonChange]) -> bool:
+        """Store both kinds of dead letter durably, waiting out a refusing store; False if
+        stopped first. Only *poison* is reported here: the partial-image step logs its own."""
         attempts = 0
         while True:
             try:
-                self.dead_letters.bury(poison)
+                self.dead_letters.bury([*poison, *unknowable])
                 report_poison(poison)
                 return True
             except HandOffError as exc:
                 attempts += 1
                 delay = self.policy.handoff_backoff.delay(attempts)
                 log.error(
-                    "cachesync: %d poison change(s) could not be dead-lettered (%s); "
+                    "cachesync: %d dead letter(s) could not be stored (%s); "
                     "checkpoint kept at %s, retrying in %.1fs",
-                    len(poison),
+                    len(poison) + len(unknowable),
                     exc,
                     self.saved,
                     delay,

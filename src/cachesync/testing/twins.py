@@ -27,12 +27,14 @@ from typing import Any
 from ..actions import Action, DeleteDoc, DeleteKeys, DocumentAction, IndexDoc, per_key
 from ..apply import Applier, ApplyReport, Failure, FailureHandler
 from ..binlog.checkpoint import CheckpointStore, StoredCheckpoint
+from ..deadletters import DeadLetterStore, PoisonChange
 from ..errors import CacheSyncError, HandOffError, PermanentError, TransientError
 from ..policies import RetryPolicy
 from ..sinks.base import DocumentFailure
 
 __all__ = [
     "MemoryCheckpointStore",
+    "MemoryDeadLetterStore",
     "MemoryDocumentSink",
     "MemoryKeySink",
     "MemoryRetryQueue",
@@ -222,6 +224,19 @@ class MemoryCheckpointStore(CheckpointStore):
 
     def describe(self) -> str:
         return "memory"
+
+
+class MemoryDeadLetterStore(DeadLetterStore):
+    """A :class:`~cachesync.deadletters.DeadLetterStore` in a list; ``refuse = True`` refuses."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.buried: list[PoisonChange] = []
+        self.refuse = refuse
+
+    def bury(self, letters: Sequence[PoisonChange]) -> None:
+        if self.refuse:
+            raise HandOffError(f"{len(letters)} dead letter(s): the store refuses")
+        self.buried.extend(letters)
 
 
 class RecordingFailureHandler(FailureHandler):

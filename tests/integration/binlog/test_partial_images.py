@@ -15,9 +15,9 @@ import pytest
 from elasticsearch import helpers
 
 from cachesync import Projection, Sync, metrics, resolve
-from cachesync.binlog.partial import PartialChange, PartialDeadLetters
-from cachesync.changes import RowChange
+from cachesync.binlog.partial import PartialChange
 from cachesync.registry import TableSpec
+from cachesync.testing import MemoryDeadLetterStore
 from tests.integration.binlog import models
 from tests.integration.binlog.harness import BinlogEnv, running
 
@@ -46,14 +46,6 @@ def _notes_spec(schema: str) -> TableSpec:
         columns=columns,
         primary_key=["id"],
     )
-
-
-class RecordingLetters(PartialDeadLetters):
-    def __init__(self) -> None:
-        self.recorded: list[tuple[RowChange, str]] = []
-
-    def record(self, change: RowChange, reason: str) -> None:
-        self.recorded.append((change, reason))
 
 
 def _session(env: BinlogEnv, image: str) -> Any:
@@ -90,9 +82,9 @@ def test_partial_images_are_reread_or_reported_and_the_stream_goes_on(
     notes_index = notes.projections[0].index
     registry = env.registry()
     registry.add(notes)
-    letters = RecordingLetters()
+    letters = MemoryDeadLetterStore()
     sidecar = env.sidecar(registry=registry)
-    sidecar.partial_images.dead_letters = letters
+    sidecar.dead_letters = letters
     minimal, noblob = _session(env, "MINIMAL"), _session(env, "NOBLOB")
     before = metrics.snapshot()
     caplog.set_level(logging.ERROR, logger="cachesync.partial")
@@ -158,14 +150,17 @@ def test_partial_images_are_reread_or_reported_and_the_stream_goes_on(
         env.es.indices.delete(index=notes_index, ignore_unavailable=True)
 
     # Exactly the two changes whose old key could not be known were reported.
-    reported = {(c.table, dict(c.before or {}).get("id"), c.op.value) for c, _ in letters.recorded}
+    reported = {
+        (c.table, dict(c.before or {}).get("id"), c.op.value)
+        for c in (letter.change for letter in letters.buried)
+    }
     assert reported == {("users", 3, "update"), ("users", 5, "delete")}
-    for change, reason in letters.recorded:
+    for change, reason in ((letter.change, letter.error) for letter in letters.buried):
         assert isinstance(change, PartialChange)
         assert "binlog_row_image=MINIMAL" in reason and "user:by-name:{username}" in reason
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 2, lines
-    position = str(letters.recorded[0][0].position)
+    position = str(letters.buried[0].change.position)
     assert any(
         f"{env.schema}.users" in line and position in line and "{'id': 3}" in line
         and "binlog_row_image=MINIMAL" in line
