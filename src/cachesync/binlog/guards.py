@@ -246,10 +246,11 @@ def reachable_hold(conn: object, resume: ResumePoint, name: str) -> ResumePoint:
     file, pos = resume.hold
     if any(f.name == file for f in server.binary_logs(conn)):
         return resume
+    start = dataclasses.replace(resume, hold=None)
     log.error(
         "cachesync: checkpoint %r holds prepared XA transactions from %s:%d, which the server "
         "has purged; streaming from %s without them: any of them that commits is named in an "
         "ERROR and needs `cachesync verify --repair` or a reindex",
-        name, file, pos, resume.encode(),
+        name, file, pos, start,
     )  # fmt: skip
-    return dataclasses.replace(resume, hold=None)
+    return start

@@ -384,17 +384,11 @@ class BinlogSource:
         """An XA_PREPARE event: hold the group's rows until its COMMIT (or commit them now)."""
         xid, one_phase = xa.parse_prepare(data)
         group, self._group = self._group, None
-        where = f"{self._file}:{end}"
-        if not one_phase and group is not None:
-            self._held.prepare(xid, group, where)
+        if one_phase or group is None:  # None: not seen as XA at its start (cannot happen)
+            self._commit_group(group, end, timestamp, xid)
+        else:
+            self._held.prepare(xid, group, f"{self._file}:{end}")
             self._boundary(end, timestamp)
-            return
-        if group is None and not one_phase:
-            log.error(
-                "cachesync: XA PREPARE of %s at %s without the start of its transaction in "
-                "the stream; its rows (if any) were handled as committed", xid, where,
-            )  # fmt: skip
-        self._commit_group(group, end, timestamp, xid)
 
     def _commit_group(
         self, group: Group | None, end: int, timestamp: int, xid: Xid | None = None
@@ -409,11 +403,11 @@ class BinlogSource:
             self._release(group.rows, None, end, timestamp, reposition=False)
 
     def _xa_commit(self, xid: Xid, end: int, timestamp: int) -> None:
+        rows: list[RowChange] | None = None
         if self._catchup is not None:  # applied before the restart
             self._held.resolve(xid)
-            self._boundary(end, timestamp)
-            return
-        rows = self._held.commit(xid, f"{self._file}:{end}")
+        else:
+            rows = self._held.commit(xid, f"{self._file}:{end}")
         if rows is None:
             self._boundary(end, timestamp)
         else:  # forgotten, and the checkpoint let go, only once they are all returned
