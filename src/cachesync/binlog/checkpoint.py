@@ -11,6 +11,13 @@ position. Positions are absolute offsets in the binlog, so the skip stays exact
 even if the set of watched tables changed between two runs (a row count would
 not). Transactions never span binlog files.
 
+A prepared XA transaction's rows are held in memory until its ``XA COMMIT``
+(:mod:`.xa`), which may come much later, even in another file. While any are
+held the point also carries ``hold``: the start of the oldest held transaction's
+group. A restart reads from ``hold`` again only to re-hold the XA transactions
+still unresolved at ``file:pos`` (nothing else in between is applied twice),
+then continues at ``file:pos`` as usual.
+
 Stores are deliberately dumb: they keep one text position per pipeline name
 (``Settings.name``) and know nothing about binlogs, so the Django integration
 and other sources can reuse the same table.
@@ -64,7 +71,10 @@ CHECKPOINT_TABLE_SQL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
     updated_at DATETIME(6) NOT NULL
 )"""
 
-_RESUME = re.compile(r"^binlog:(?P<file>[^:+]+):(?P<pos>\d+)(?:\+(?P<end>\d+)\.(?P<row>\d+))?$")
+_RESUME = re.compile(
+    r"^binlog:(?P<file>[^:+@]+):(?P<pos>\d+)(?:\+(?P<end>\d+)\.(?P<row>\d+))?"
+    r"(?:@(?P<hfile>[^:+@]+):(?P<hpos>\d+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,16 @@ class ResumePoint:
 
     ``pos`` is the start of the transaction in progress, or of the next one when
     ``handled`` is ``None``. ``commit_time`` is the source time of the last
-    event taken into account (epoch seconds), for lag reporting.
+    event taken into account (epoch seconds), for lag reporting. ``hold`` is the
+    start ``(file, offset)`` of the oldest prepared XA transaction whose rows
+    are held unapplied (see the module docstring); it is before ``file:pos``.
     """
 
     file: str
     pos: int
     handled: BinlogPosition | None = None
     commit_time: float | None = None
+    hold: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.pos < 4:
@@ -88,12 +101,20 @@ class ResumePoint:
             self.handled.file != self.file or self.handled.pos <= self.pos
         ):
             raise ValueError(f"handled row {self.handled} is not inside {self.file}:{self.pos}")
+        if self.hold is not None:
+            hold = BinlogPosition(*self.hold)
+            if self.hold[1] < 4 or not hold < BinlogPosition(self.file, self.pos):
+                raise ValueError(
+                    f"hold {hold.file}:{hold.pos} is not before {self.file}:{self.pos}"
+                )
 
     def encode(self) -> str:
-        """``binlog:FILE:POS`` or ``binlog:FILE:POS+END.ROW`` (last handled row)."""
+        """``binlog:FILE:POS``, then ``+END.ROW`` (last handled row), then ``@FILE:POS`` (hold)."""
         text = f"binlog:{self.file}:{self.pos}"
         if self.handled is not None:
             text += f"+{self.handled.pos}.{self.handled.row}"
+        if self.hold is not None:
+            text += f"@{self.hold[0]}:{self.hold[1]}"
         return text
 
     @classmethod
@@ -106,9 +127,10 @@ class ResumePoint:
         handled = None
         if match["end"] is not None:
             handled = BinlogPosition(file, int(match["end"]), int(match["row"]))
+        hold = (match["hfile"], int(match["hpos"])) if match["hfile"] is not None else None
         try:
-            return cls(file, pos, handled, commit_time)
-        except ValueError as exc:
+            return cls(file, pos, handled, commit_time, hold)
+        except (ValueError, DecodeError) as exc:
             raise DecodeError(f"invalid binlog resume point {text!r}: {exc}") from None
 
     def already_handled(self, position: BinlogPosition) -> bool:

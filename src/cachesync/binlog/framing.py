@@ -56,6 +56,8 @@ __all__ = [
     "COMPRESSED",
     "FORMAT_DESCRIPTION",
     "HEADER",
+    "MARIADB_GTID",
+    "NOT_IN_FILE",
     "QUERY",
     "ROTATE",
     "ROWS_OPS",
@@ -77,6 +79,9 @@ FORMAT_DESCRIPTION = 0x0F
 XID = 0x10
 TABLE_MAP = 0x13
 XA_PREPARE = 0x26
+MARIADB_GTID = 0xA2
+#: Events whose header position is not a place in the file being read (sent by the server).
+NOT_IN_FILE = frozenset({ROTATE, FORMAT_DESCRIPTION, 0x1B})  # 0x1B: HEARTBEAT_LOG_EVENT
 ROWS_OPS: dict[int, Op] = {
     0x17: Op.INSERT,  # WRITE_ROWS_EVENT_V1 (MariaDB)
     0x18: Op.UPDATE,

@@ -15,10 +15,16 @@ single event:
 * a ``server_id`` equal to the server's own;
 * a checkpoint in a binlog file the server has purged: the changes in between
   are gone, and the only honest recovery is a reindex.
+
+:func:`reachable_hold` is not a refusal: a checkpoint whose XA ``hold`` (see
+:mod:`.xa`) is in a purged file still streams from its position, and the
+prepared transactions it would have re-read are named in an ERROR instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +33,9 @@ from ..errors import SourceConfigurationError
 from . import server
 from .checkpoint import ResumePoint
 
-__all__ = ["Grants", "check_server", "purged_checkpoint_message"]
+__all__ = ["Grants", "check_server", "purged_checkpoint_message", "reachable_hold"]
+
+log = logging.getLogger("cachesync.binlog")
 
 _GRANT = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<target>\S+) TO ", re.IGNORECASE)
 _PARENS = re.compile(r"\([^)]*\)")
@@ -234,3 +242,24 @@ def _position_problems(conn: object, resume: ResumePoint, name: str) -> list[str
             "`cachesync listen --reset-checkpoint`, then `cachesync reindex MODEL`"
         ]
     return []
+
+
+def reachable_hold(conn: object, resume: ResumePoint, name: str) -> ResumePoint:
+    """*resume*, without its XA ``hold`` when the server no longer has the hold's file.
+
+    Refusing to start would stop every other change too; the XA transactions
+    prepared there can only be named: their COMMITs will be logged as ERRORs.
+    """
+    if resume.hold is None:
+        return resume
+    file, pos = resume.hold
+    if any(f.name == file for f in server.binary_logs(conn)):
+        return resume
+    start = dataclasses.replace(resume, hold=None)
+    log.error(
+        "cachesync: checkpoint %r holds prepared XA transactions from %s:%d, which the server "
+        "has purged; streaming from %s without them: any of them that commits is named in an "
+        "ERROR and needs `cachesync verify --repair` or a reindex",
+        name, file, pos, start,
+    )  # fmt: skip
+    return start

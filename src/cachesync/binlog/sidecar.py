@@ -312,6 +312,8 @@ class Sidecar:
                 resume=stored,
                 checkpoint_name=self.name,
             )
+            if stored is not None:
+                stored = guards.reachable_hold(conn, stored, self.name)
             start = stored if stored is not None else self._first_point(conn)
         finally:
             conn.close()

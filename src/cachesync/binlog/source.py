@@ -29,6 +29,14 @@ How it reads, and why
   per-table decoder (:mod:`.decoder`) built once per map; any other table uses
   the library's own decoder. ``tests/integration/binlog/test_decoder.py``
   checks that both give identical values.
+
+XA transactions (details in :mod:`.xa`)
+---------------------------------------
+* Rows of an XA PREPARE are held (bounded) and returned at the matching
+  ``XA COMMIT``, positioned at the COMMIT; an ``XA ROLLBACK`` drops them.
+* :attr:`resume_point` carries ``hold``, the start of the oldest held
+  transaction; a source started from such a point first *catches up* from
+  there (re-holding, applying nothing), so a prepared transaction survives restarts.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import pymysql
@@ -48,11 +57,12 @@ from ..changes import BinlogPosition, RowChange
 from ..errors import SourceConfigurationError, SourceError, TransientError
 from ..policies import ReconnectPolicy
 from ..registry import Registry
-from . import framing, server
+from . import framing, server, xa
 from .checkpoint import ResumePoint
 from .framing import EventParser, PartialRows, StreamReader
 from .partial import PartialChange
 from .tablemaps import TableMaps
+from .xa import Group, HeldTransactions, Xid
 
 __all__ = ["BinlogSource", "ReconnectPolicy"]
 
@@ -91,6 +101,8 @@ class BinlogSource:
         policy: ReconnectPolicy | None = None,
         stop: threading.Event | None = None,
         sleep: Callable[[float], object] | None = None,
+        max_held_rows: int = xa.DEFAULT_MAX_HELD_ROWS,
+        max_prepared: int = xa.DEFAULT_MAX_PREPARED,
     ) -> None:
         self._params = {k: v for k, v in connection.items() if k != "database"}
         self._server_id = server_id
@@ -114,6 +126,12 @@ class BinlogSource:
         self._commit_time = start.commit_time
         self._pending: deque[RowChange] = deque()
         self._at_boundary = True
+        # XA state: prepared transactions, the first phase being read, the boundary to
+        # pass once the rows of a COMMIT are all returned, and the catch-up target.
+        self._held = HeldTransactions(max_held_rows, max_prepared)
+        self._group: Group | None = None
+        self._resolving: tuple[Xid | None, int, int] | None = None
+        self._catchup: ResumePoint | None = start if start.hold is not None else None
         # Connection state.
         self._reader: StreamReader | None = None
         self._conn: Any = None
@@ -127,7 +145,16 @@ class BinlogSource:
     @property
     def resume_point(self) -> ResumePoint:
         """Where to restart so that the next change read is the one after the last returned."""
-        return ResumePoint(self._file, self._txn_start, self._handled, self._commit_time)
+        if self._catchup is not None:
+            return self._catchup
+        return ResumePoint(
+            self._file, self._txn_start, self._handled, self._commit_time, self._held.oldest_start
+        )
+
+    @property
+    def held(self) -> int:
+        """How many prepared XA transactions are held, waiting for their COMMIT or ROLLBACK."""
+        return len(self._held)
 
     @property
     def tables(self) -> list[str]:
@@ -154,6 +181,8 @@ class BinlogSource:
                 else:
                     out.extend(pending.popleft() for _ in range(room))
                 self._handled = out[-1].position  # type: ignore[assignment]
+                if not pending and self._resolving is not None:
+                    self._resolved()
                 if len(out) >= max_rows:
                     break
                 continue
@@ -210,8 +239,15 @@ class BinlogSource:
     def _connect(self) -> None:
         """Open the dump at the transaction start; rows up to ``handled`` will be skipped."""
         self._pending.clear()
+        self._resolving = None
+        self._group = None
         self._maps.forget_ids()
         self._skip = self.resume_point if self._handled is not None else None
+        if self._catchup is not None and self._catchup.hold is not None:
+            # (Re)start the catch-up from the oldest hold: everything held is read again.
+            self._held.clear()
+            self._file, self._txn_start = self._catchup.hold
+            self._handled = self._skip = None
         self._at_boundary = True
         settings = dict(self._params)
         settings.setdefault("connect_timeout", self._policy.connect_timeout)
@@ -274,7 +310,9 @@ class BinlogSource:
         data: bytes = packet._data
         if data[0] == 0xFE and len(data) < 9:  # EOF: the server ended the dump
             raise TransientError("the server closed the binlog stream")
-        timestamp, kind, _server, _size, end, _flags = framing.HEADER.unpack_from(data, 1)
+        timestamp, kind, _server, size, end, _flags = framing.HEADER.unpack_from(data, 1)
+        if self._catchup is not None and end and kind not in framing.NOT_IN_FILE:
+            self._end_catchup(end - size)
         try:
             if kind in framing.ROWS_OPS:
                 self._at_boundary = False
@@ -282,14 +320,20 @@ class BinlogSource:
             elif kind == framing.TABLE_MAP:
                 self._at_boundary = False
                 self._maps.table_map(packet, data)
-            elif kind in (framing.XID, framing.XA_PREPARE):
-                self._boundary(end, timestamp)
+            elif kind == framing.XID:
+                if self._group is None:
+                    self._boundary(end, timestamp)
+                else:  # an XA transaction ended by a plain commit: what it read is committed
+                    self._commit_group(self._group, end, timestamp)
             elif kind == framing.QUERY:
                 event = self._parser.library_event(packet, self._maps.lib)
-                if event is not None and event.query.strip().upper() != "BEGIN":
-                    # COMMIT of a non-transactional engine, DDL, SAVEPOINT, XA ...: the
-                    # next statement starts with its own table maps, so it is safe to resume here.
-                    self._boundary(end, timestamp)
+                if event is not None:
+                    self._query(event.query, end, timestamp)
+            elif kind == framing.MARIADB_GTID:
+                if xa.gtid_starts_xa(data):
+                    self._group = Group((self._file, self._txn_start))
+            elif kind == framing.XA_PREPARE:
+                self._prepare(data, end, timestamp)
             elif kind == framing.ROTATE:
                 self._rotate(packet, timestamp)
             elif kind == framing.FORMAT_DESCRIPTION:
@@ -303,17 +347,124 @@ class BinlogSource:
             # GTID, heartbeat, annotate, checkpoint, intvar ... carry nothing we need.
         except (SourceError, TransientError):
             raise
-        except (struct.error, IndexError, AssertionError) as exc:
+        except (struct.error, IndexError, AssertionError, ValueError) as exc:
             # A truncated or garbled packet: the connection is not to be trusted.
             raise TransientError(f"unreadable event of type {kind}: {exc!r}") from exc
 
     def _boundary(self, end: int, timestamp: int) -> None:
+        self._group = None
         if end:
             self._txn_start = end
             self._handled = None
             self._skip = None
         self._commit_time = float(timestamp) or self._commit_time
         self._at_boundary = True
+
+    def _query(self, query: str, end: int, timestamp: int) -> None:
+        head = query.lstrip()[:3].upper()
+        if head == "BEG" and query.strip().upper() == "BEGIN":
+            return
+        if head == "XA ":
+            parsed = xa.parse_query(query)
+            verb, xid = parsed if parsed is not None else ("", None)
+            if verb == "START":  # MySQL marks an XA transaction's first phase so
+                if self._group is None:
+                    self._group = Group((self._file, self._txn_start))
+                return
+            if verb == "END":
+                return  # not a boundary: its XA_PREPARE (or one-phase commit) follows
+            if verb == "COMMIT" and xid is not None:
+                return self._xa_commit(xid, end, timestamp)
+            if verb == "ROLLBACK" and xid is not None:
+                return self._xa_rollback(xid, end, timestamp)
+        # COMMIT of a non-transactional engine, DDL, SAVEPOINT ...: the next statement
+        # starts with its own table maps, so it is safe to resume here.
+        self._boundary(end, timestamp)
+
+    def _prepare(self, data: bytes, end: int, timestamp: int) -> None:
+        """An XA_PREPARE event: hold the group's rows until its COMMIT (or commit them now)."""
+        xid, one_phase = xa.parse_prepare(data)
+        group, self._group = self._group, None
+        if one_phase or group is None:  # None: not seen as XA at its start (cannot happen)
+            self._commit_group(group, end, timestamp, xid)
+        else:
+            self._held.prepare(xid, group, f"{self._file}:{end}")
+            self._boundary(end, timestamp)
+
+    def _commit_group(
+        self, group: Group | None, end: int, timestamp: int, xid: Xid | None = None
+    ) -> None:
+        """An XA transaction committed in one phase: its rows are ordinary committed rows."""
+        if group is None or self._catchup is not None:
+            self._boundary(end, timestamp)
+        elif group.dropped:
+            self._held.lost_one_phase(xid, group, f"{self._file}:{end}")
+            self._boundary(end, timestamp)
+        else:
+            self._release(group.rows, None, end, timestamp, reposition=False)
+
+    def _xa_commit(self, xid: Xid, end: int, timestamp: int) -> None:
+        rows: list[RowChange] | None = None
+        if self._catchup is not None:  # applied before the restart
+            self._held.resolve(xid)
+        else:
+            rows = self._held.commit(xid, f"{self._file}:{end}")
+        if rows is None:
+            self._boundary(end, timestamp)
+        else:  # forgotten, and the checkpoint let go, only once they are all returned
+            self._release(rows, xid, end, timestamp, reposition=True)
+
+    def _xa_rollback(self, xid: Xid, end: int, timestamp: int) -> None:
+        self._held.rollback(xid, f"{self._file}:{end}", quiet=self._catchup is not None)
+        self._boundary(end, timestamp)
+
+    def _release(
+        self, rows: list[RowChange], xid: Xid | None, end: int, timestamp: int, *, reposition: bool
+    ) -> None:
+        """Return *rows* as committed at the event ending at *end*, then pass that boundary.
+
+        With *reposition* row *i* gets the position ``(file, end, i)`` of the
+        COMMIT (its place in commit order, and a position inside the current
+        transaction that a resume point can record). The boundary (and, for
+        an XA COMMIT, forgetting *xid*, which holds the checkpoint until then)
+        waits until :meth:`poll` has returned the last of them.
+        """
+        skip, pending, file = self._skip, self._pending, self._file
+        commit_time = float(timestamp)
+        for index, row in enumerate(rows):
+            if reposition:
+                row = replace(
+                    row, position=BinlogPosition(file, end, index), commit_time=commit_time
+                )
+            if skip is not None and skip.already_handled(row.position):  # type: ignore[arg-type]
+                continue
+            pending.append(row)
+        self._resolving = (xid, end, timestamp)
+        if not pending:
+            self._resolved()
+
+    def _resolved(self) -> None:
+        assert self._resolving is not None
+        xid, end, timestamp = self._resolving
+        self._resolving = None
+        if xid is not None:
+            self._held.resolve(xid)
+        self._boundary(end, timestamp)
+
+    def _end_catchup(self, start: int) -> None:
+        """Stop catching up at the first event at or after the point this source started from."""
+        target = self._catchup
+        assert target is not None
+        here = BinlogPosition(self._file, start)
+        if here < BinlogPosition(target.file, target.pos):
+            return
+        self._catchup = None
+        self._handled = target.handled
+        self._skip = target if target.handled is not None else None
+        log.info(
+            "cachesync: caught up to %s from %s:%d; %d prepared XA transaction(s) held",
+            target, *(target.hold or ("?", 0)), len(self._held),
+        )  # fmt: skip
 
     def _rotate(self, packet: Any, timestamp: int) -> None:
         event = self._parser.library_event(packet, self._maps.lib)
@@ -333,9 +484,19 @@ class BinlogSource:
         table = self._maps.get(table_id)
         if table is None:
             return  # table not watched: filtered before decoding
-        skip = self._skip
-        if skip is not None and skip.handled is not None and end < skip.handled.pos:
-            return  # the whole event was handled before the restart
+        group = self._group
+        pending: list[RowChange] | deque[RowChange]
+        if group is not None:  # an XA transaction's first phase: held until its COMMIT
+            if group.dropped:
+                return
+            pending, skip = group.rows, None
+            group.tables.add(f"{table.schema}.{table.name}")
+        elif self._catchup is not None:
+            return  # applied before the restart: catching up only re-holds XA transactions
+        else:
+            pending, skip = self._pending, self._skip
+            if skip is not None and skip.handled is not None and end < skip.handled.pos:
+                return  # the whole event was handled before the restart
         op = framing.ROWS_OPS[kind]
         images = self._parser.row_images(packet, data, kind, table.decoder, self._maps.lib)
         partial: PartialRows | None = None
@@ -346,7 +507,6 @@ class BinlogSource:
         position_file = self._file
         commit_time = float(timestamp)
         schema, name = table.schema, table.name
-        pending = self._pending
         for index, (before, after) in enumerate(images):
             if table.uuid_columns:
                 table.fix_uuids(before)
@@ -372,3 +532,5 @@ class BinlogSource:
                         setting,
                     )
                 )
+        if group is not None:
+            self._held.check(group)
