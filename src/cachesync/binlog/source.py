@@ -34,6 +34,7 @@ How it reads, and why
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
 import time
@@ -56,6 +57,8 @@ from .tablemaps import TableMaps, WatchedTable
 __all__ = ["BinlogSource", "ReconnectPolicy"]
 
 log = logging.getLogger("cachesync.binlog")
+
+_DDL = re.compile(r"\s*(?:ALTER|CREATE|DROP|RENAME)\b", re.IGNORECASE)
 
 #: What to add to the translated error 1236 (the binlog cannot be sent from the checkpoint).
 _PURGED_HINT = (
@@ -120,6 +123,8 @@ class BinlogSource:
         self._last_packet = time.monotonic()
         self._parser = EventParser(self._only_tables, only_schemas)
         self._maps = TableMaps(self._params, registry, default_schema, self._parser)
+        #: Called with (schema, statement) for each DDL statement in the stream.
+        self.on_ddl: Callable[[Any, str], object] | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -286,6 +291,8 @@ class BinlogSource:
             elif kind == framing.QUERY:
                 event = self._parser.library_event(packet, self._maps.lib)
                 if event is not None and event.query.strip().upper() != "BEGIN":
+                    if self.on_ddl is not None and _DDL.match(event.query):
+                        self.on_ddl(event.schema, event.query)
                     # COMMIT of a non-transactional engine, DDL, SAVEPOINT, XA ...: the
                     # next statement starts with its own table maps, so it is safe to resume here.
                     self._boundary(end, timestamp)
