@@ -121,6 +121,7 @@ class Cascades:
         self._dirty = False
         self._removals: dict[tuple[Slot, str], Position | None] = {}
         self._reader: SqlRowReader | None = None
+        self._columns: dict[str, tuple[str, ...]] = {}
         self.followed = 0  #: child rows planned so far (for tests and logs)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -167,6 +168,7 @@ class Cascades:
             self.registry, list(self.foreign_keys.values()), self._default
         )
         self._parents = fkeys.parent_specs(self.registry, self.coverage, self._default)
+        self._columns = {}
         for reason in self.coverage.uncovered:
             log.warning("cachesync: foreign-key cascade not covered: %s", reason)
         for fk in self.coverage.covered:
@@ -199,16 +201,7 @@ class Cascades:
         fingerprint = self._fingerprint(fk, spec)
         if self.index.fingerprint(fk.id) == fingerprint:
             return
-        columns = list(
-            dict.fromkeys(
-                [
-                    *spec.primary_key_columns(),
-                    *fk.columns,
-                    *spec.key_columns,
-                    *self._downstream(fk.schema, fk.child),
-                ]
-            )
-        )
+        columns = list(self._tracked(spec, self.coverage.by_child[(fk.schema, fk.child)]))
         started, rows = time.monotonic(), 0
         sql = f"SELECT {', '.join(_q(c) for c in columns)} FROM {_q(fk.schema)}.{_q(fk.child)}"
         import pymysql.cursors
@@ -386,12 +379,35 @@ class Cascades:
         self._removals.pop((slot, pk), None)
         session.set(slot, pk, entry)
 
+    def _tracked(self, spec: TableSpec, fks: Sequence[ForeignKey]) -> tuple[str, ...]:
+        """The columns an index entry of *spec*'s rows depends on."""
+        cached = self._columns.get(spec.table)
+        if cached is None:
+            schema = spec.schema or self._default or ""
+            cached = tuple(
+                dict.fromkeys(
+                    [
+                        *spec.primary_key_columns(),
+                        *(c for fk in fks for c in fk.columns),
+                        *spec.key_columns,
+                        *self._downstream(schema, spec.table),
+                    ]
+                )
+            )
+            self._columns[spec.table] = cached
+        return cached
+
     def _track(self, session: Session, change: RowChange) -> None:
         """Keep the index in step with a streamed change of a child table."""
         fks = self.coverage.by_child.get((self._schema(change), change.table))
         if not fks:
             return
         spec = self._spec(self._schema(change), change.table)
+        if change.before is not None and change.after is not None:
+            # The common update (a column no key, id or foreign key reads): nothing to do.
+            before, after = change.before, change.after
+            if all(before.get(c) == after.get(c) for c in self._tracked(spec, fks)):
+                return
         old_pk = self._pk(spec, change.before) if change.before is not None else None
         new_pk = self._pk(spec, change.after) if change.after is not None else None
         new_entry = self._entry(spec, change.after) if change.after is not None else None

@@ -132,13 +132,25 @@ class RedisReverseIndex(ReverseIndex):
         if not writes:
             return
 
+        # Only the last write of a field counts, and fields are independent: one HSET
+        # and one HDEL per hash instead of one command per row.
+        last: dict[tuple[Slot, str], str | None] = {}
+        for op, slot, field, entry in writes:
+            last[(slot, field)] = entry if op == "set" else None
+        sets: dict[Slot, dict[str, str]] = {}
+        dels: dict[Slot, list[str]] = {}
+        for (slot, field), value in last.items():
+            if value is None:
+                dels.setdefault(slot, []).append(field)
+            else:
+                sets.setdefault(slot, {})[field] = value
+
         def go() -> None:
             pipe = self.client.pipeline(transaction=False)
-            for op, slot, field, entry in writes:
-                if op == "set":
-                    pipe.hset(self._key(slot), field, entry)
-                else:
-                    pipe.hdel(self._key(slot), field)
+            for slot, fields in dels.items():
+                pipe.hdel(self._key(slot), *fields)
+            for slot, mapping in sets.items():
+                pipe.hset(self._key(slot), mapping=mapping)
             pipe.execute()
 
         self._run("writing", go)
@@ -227,14 +239,14 @@ def covered(saved: ResumePoint | None, position: Position | None) -> bool:
 
 def encode_entry(keys: Sequence[str], docs: Sequence[Sequence[str]], ref: Mapping[str, Any]) -> str:
     """The index entry of one child row (the module docstring's layout)."""
+    tagged = {k: _tag(v) for k, v in ref.items()}
     return json.dumps(
-        {"keys": list(keys), "docs": [list(d) for d in docs], "ref": json.loads(encode(ref))},
-        separators=(",", ":"),
+        {"keys": list(keys), "docs": [list(d) for d in docs], "ref": tagged}, separators=(",", ":")
     )
 
 
 def decode_entry(text: str) -> dict[str, Any]:
     """Inverse of :func:`encode_entry`."""
     obj = json.loads(text)
-    obj["ref"] = decode(json.dumps(obj.get("ref", {})))
+    obj["ref"] = {k: _untag(v) for k, v in obj.get("ref", {}).items()}
     return dict(obj)
