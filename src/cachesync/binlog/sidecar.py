@@ -59,6 +59,7 @@ from ..errors import (
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
+from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
@@ -189,6 +190,7 @@ class Sidecar:
         self.saved: ResumePoint | None = None
         self.batches = 0
         self.rows = 0
+        self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
 
     @classmethod
     def from_settings(
@@ -314,6 +316,13 @@ class Sidecar:
             )
             if stored is not None:
                 stored = guards.reachable_hold(conn, stored, self.name)
+            self._cascades = Cascades.start(
+                conn,
+                self._mysql,
+                self.registry,
+                index=cascade_index(self.applier, self.name),
+                default_schema=self._database,
+            )
             start = stored if stored is not None else self._first_point(conn)
         finally:
             conn.close()
@@ -323,17 +332,19 @@ class Sidecar:
         self.leading.set()
         source = BinlogSource(
             self._mysql,
-            self.registry,
+            self._cascades.source_registry,  # the registry plus unwatched cascade parents
             server_id=self.server_id,
             start=start,
             default_schema=self._database,
             policy=self.policy.reconnect,
             stop=self._stop,
         )
+        source.on_ddl = self._cascades.schema_changed
         try:
             self._stream(source)
         finally:
             source.close()
+            self._cascades.close()
 
     def _watched(self) -> list[tuple[str, str]]:
         return [(s.schema or self._database or "*", s.table) for s in self.registry.tables()]
@@ -414,6 +425,10 @@ class Sidecar:
                     raise
                 poison.append(PoisonChange.of(change, spec.model, spec.primary_key_columns(), exc))
                 actions.extend(salvage_keys(change, spec))
+        if self._cascades is not None:  # child rows a foreign key changed without a row event
+            cascaded, buried = self._cascades.plan(batch, self.saved)
+            actions.extend(cascaded)
+            poison.extend(buried)
         unknowable = self._unknowable.take()  # already logged by the partial-image step
         if (poison or unknowable) and not self._bury(poison, unknowable):
             return None

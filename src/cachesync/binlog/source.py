@@ -42,6 +42,7 @@ XA transactions (details in :mod:`.xa`)
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
 import time
@@ -67,6 +68,8 @@ from .xa import Group, HeldTransactions, Xid
 __all__ = ["BinlogSource", "ReconnectPolicy"]
 
 log = logging.getLogger("cachesync.binlog")
+
+_DDL = re.compile(r"\s*(?:ALTER|CREATE|DROP|RENAME)\b", re.IGNORECASE)
 
 #: What to add to the translated error 1236 (the binlog cannot be sent from the checkpoint).
 _PURGED_HINT = (
@@ -139,6 +142,8 @@ class BinlogSource:
         self._last_packet = time.monotonic()
         self._parser = EventParser(self._only_tables, only_schemas)
         self._maps = TableMaps(self._params, registry, default_schema, self._parser)
+        #: Called with (schema, statement) for each DDL statement in the stream.
+        self.on_ddl: Callable[[Any, str], object] | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -328,7 +333,7 @@ class BinlogSource:
             elif kind == framing.QUERY:
                 event = self._parser.library_event(packet, self._maps.lib)
                 if event is not None:
-                    self._query(event.query, end, timestamp)
+                    self._query(event.query, end, timestamp, event.schema)
             elif kind == framing.MARIADB_GTID:
                 if xa.gtid_starts_xa(data):
                     self._group = Group((self._file, self._txn_start))
@@ -360,7 +365,7 @@ class BinlogSource:
         self._commit_time = float(timestamp) or self._commit_time
         self._at_boundary = True
 
-    def _query(self, query: str, end: int, timestamp: int) -> None:
+    def _query(self, query: str, end: int, timestamp: int, schema: str | None = None) -> None:
         head = query.lstrip()[:3].upper()
         if head == "BEG" and query.strip().upper() == "BEGIN":
             return
@@ -377,6 +382,8 @@ class BinlogSource:
                 return self._xa_commit(xid, end, timestamp)
             if verb == "ROLLBACK" and xid is not None:
                 return self._xa_rollback(xid, end, timestamp)
+        if self.on_ddl is not None and _DDL.match(query):
+            self.on_ddl(schema, query)
         # COMMIT of a non-transactional engine, DDL, SAVEPOINT ...: the next statement
         # starts with its own table maps, so it is safe to resume here.
         self._boundary(end, timestamp)
