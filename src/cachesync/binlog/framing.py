@@ -258,7 +258,7 @@ class EventParser:
             else post_header
         )
         if not decoder.supported or kind == _PARTIAL_UPDATE or declared != post_header:
-            return self._library_images(packet, table_map)
+            return self._library_images(packet, table_map, decoder)
         off = 28
         if kind in _ROWS_V2:
             extra = int.from_bytes(data[28:30], "little")
@@ -292,7 +292,8 @@ class EventParser:
                 append((row, None))
         return images
 
-    def _library_images(self, packet: Any, table_map: dict[int, Any]) -> Images:
+    def _library_images(self, packet: Any, table_map: dict[int, Any], decoder: RowDecoder) -> Images:
+        """The library's row images, values brought to their stored forms by *decoder*."""
         event = self.library_event(packet, table_map)
         if event is None:
             return []
@@ -310,5 +311,8 @@ class EventParser:
                 pair = (row["before_values"], row["after_values"])
             if NONE_SOURCE.COLS_BITMAP in sources.values():
                 raise PartialImage
-            images.append(pair)
+            if decoder.converters:
+                images.append((decoder.stored_image(pair[0]), decoder.stored_image(pair[1])))
+            else:
+                images.append(pair)
         return images
