@@ -21,6 +21,7 @@ imports an ORM.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -147,10 +148,9 @@ def session_zone(dbapi_connection: Any) -> dt.tzinfo:
     finally:
         cursor.close()
     zone = values.zone_from(str(name), str(system), int(offset))
-    try:
+    # A driver connection that takes no weak references is asked every time.
+    with contextlib.suppress(TypeError):
         _zones[dbapi_connection] = zone
-    except TypeError:  # a driver connection that takes no weak references: ask every time
-        pass
     return zone
 
 

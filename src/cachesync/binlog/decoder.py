@@ -169,8 +169,11 @@ def _datetime2(fsp: int) -> Reader:
             micro, end = read_fsp(buf, off + 5)
             parts = (int(year_month / 13), year_month % 13, (data >> 17) & 0x1F)
             clock = ((data >> 12) & 0x1F, (data >> 6) & 0x3F, data & 0x3F, micro)
-            return values.stored(_DATETIME, f"{parts[0]:04d}-{parts[1]:02d}-{parts[2]:02d} "
-                                 "{:02d}:{:02d}:{:02d}.{:06d}".format(*clock)), end
+            return values.stored(
+                _DATETIME,
+                f"{parts[0]:04d}-{parts[1]:02d}-{parts[2]:02d} "
+                "{:02d}:{:02d}:{:02d}.{:06d}".format(*clock),
+            ), end
         micro, end = read_fsp(buf, off + 5)
         return (value.replace(microsecond=micro) if micro > 0 else value), end
 

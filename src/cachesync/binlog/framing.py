@@ -292,7 +292,9 @@ class EventParser:
                 append((row, None))
         return images
 
-    def _library_images(self, packet: Any, table_map: dict[int, Any], decoder: RowDecoder) -> Images:
+    def _library_images(
+        self, packet: Any, table_map: dict[int, Any], decoder: RowDecoder
+    ) -> Images:
         """The library's row images, values brought to their stored forms by *decoder*."""
         event = self.library_event(packet, table_map)
         if event is None:

@@ -191,4 +191,3 @@ def test_session_time_zone_is_read_from_the_connection(zoned_engine: Engine) -> 
     with zoned_engine.connect() as conn:
         zone = session_zone(conn.connection.dbapi_connection)
     assert zone.utcoffset(dt.datetime(2024, 1, 1)) == dt.timedelta(hours=8)
-

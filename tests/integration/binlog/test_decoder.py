@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import ipaddress
+import json
 import random
 import uuid
 from typing import Any
@@ -94,7 +95,7 @@ def _random_row(rng: random.Random, row_id: int) -> list[Any]:
         maybe(rng.randbytes(4)), maybe(text * 50), maybe(text * 300), maybe(rng.randbytes(rng.randrange(3000))),
         maybe(rng.randbytes(rng.randrange(200))), maybe("Ärger ß€"[: rng.randrange(9)]),
         maybe(text), maybe(rng.choice(["a", "bb", "ccc"])),
-        maybe('{"k": [1, 2.5, "%s"], "a": null}' % text), maybe(rng.randrange(1024)),
+        maybe(json.dumps({"k": [1, 2.5, text], "a": None})), maybe(rng.randrange(1024)),
         maybe(",".join(rng.sample("xyz", rng.randrange(1, 4)))),  # empty: row 1003
         maybe(_clock(rng, 0)), maybe(_clock(rng, 3, signed=False)), maybe(_clock(rng, 6, signed=False)),
         maybe(str(ipaddress.IPv6Address(rng.randbytes(16)))),

@@ -134,9 +134,9 @@ def stored_value(
         if isinstance(value, Decimal) and isinstance(type_, Numeric):
             return stored_decimal(value, type_.scale)
         return value
-    if isinstance(value, (dt.datetime, dt.time)) and value.microsecond:
-        if not getattr(dialect, "is_mariadb", False):
-            value = stored_fraction(value, _fraction_digits(type_, dialect), round_half_up=True)
+    mariadb = bool(getattr(dialect, "is_mariadb", False))
+    if isinstance(value, (dt.datetime, dt.time)) and value.microsecond and not mariadb:
+        value = stored_fraction(value, _fraction_digits(type_, dialect), round_half_up=True)
     return values.stored(column_type(type_, dialect), value, zone=zone)
 
 
@@ -190,7 +190,11 @@ def stored_row(
             continue
         type_ = columns[name].type
         try:
-            if not zone_known and _mysql(dialect) and column_type(type_, dialect).kind == "timestamp":
+            if (
+                not zone_known
+                and _mysql(dialect)
+                and column_type(type_, dialect).kind == "timestamp"
+            ):
                 zone, zone_known = _zone(connection), True
             converted[name] = stored_value(type_, value, dialect, zone)
         except Exception as exc:
