@@ -7,7 +7,11 @@ renders them from an ORM instance. For both to name the same bytes
 * :func:`needed_attributes`: which attributes a fast-path row image must hold;
 * the stored-form normalisers (:func:`stored_decimal`, :func:`stored_bool`,
   :func:`stored_uuid`, :func:`stored_enum`, :func:`stored_fraction`): a Python
-  value as MySQL/MariaDB keeps it, so as the binlog shows it;
+  value as MySQL/MariaDB keeps it, so as the binlog shows it; on MySQL/MariaDB
+  both ORMs then hand every value to :func:`cachesync.values.stored` with the
+  column's SQL type, the function the binlog decoder and the read path use;
+* :func:`session_zone`: the time zone a MySQL session reads and writes
+  ``TIMESTAMP`` wall times in, which the ORM paths convert to UTC;
 * :func:`collect_change`: the keys of one change, also when an image is partial
   (a value the ORM cannot tell is left to the binlog path, never guessed).
 
@@ -17,14 +21,17 @@ imports an ORM.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import logging
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
+from . import values
 from .planning import template_keys
 from .tables import TableSpec
 from .transactions import Collected
@@ -32,6 +39,7 @@ from .transactions import Collected
 __all__ = [
     "collect_change",
     "needed_attributes",
+    "session_zone",
     "stored_bool",
     "stored_decimal",
     "stored_enum",
@@ -72,8 +80,7 @@ def stored_decimal(value: Any, places: int | None) -> Any:
     """
     if places is None or not isinstance(value, Decimal) or not value.is_finite():
         return value
-    stored = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return stored.copy_abs() if stored.is_zero() else stored
+    return values.stored(values.ColumnType("decimal", scale=places), value)
 
 
 def stored_bool(value: Any) -> Any:
@@ -112,6 +119,39 @@ def stored_fraction(value: Any, digits: int, *, round_half_up: bool) -> Any:
         carried = dt.datetime.combine(dt.date(2000, 1, 1), value.replace(microsecond=kept))
         return (carried + dt.timedelta(microseconds=step)).time()
     return value.replace(microsecond=kept)
+
+
+_ZONE_SQL = (
+    "SELECT @@session.time_zone, @@system_time_zone, TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW())"
+)
+_zones: weakref.WeakKeyDictionary[Any, dt.tzinfo] = weakref.WeakKeyDictionary()
+
+
+def session_zone(dbapi_connection: Any) -> dt.tzinfo:
+    """The time zone *dbapi_connection*'s session reads and writes ``TIMESTAMP`` wall times in.
+
+    The binlog carries a ``TIMESTAMP`` as UTC; an ORM holds (and writes) wall time
+    in the session's ``time_zone`` (Django with ``USE_TZ=False``, SQLAlchemy
+    always; Django with ``USE_TZ=True`` writes UTC wall time, which the server
+    still reads in the session's zone). Asked once per DBAPI connection, so set
+    the zone when the connection opens (``init_command``, a connect event), not
+    halfway through its life. See :func:`cachesync.values.zone_from`.
+    """
+    try:
+        return _zones[dbapi_connection]
+    except (KeyError, TypeError):
+        pass
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_ZONE_SQL)
+        name, system, offset = cursor.fetchone()
+    finally:
+        cursor.close()
+    zone = values.zone_from(str(name), str(system), int(offset))
+    # A driver connection that takes no weak references is asked every time.
+    with contextlib.suppress(TypeError):
+        _zones[dbapi_connection] = zone
+    return zone
 
 
 # ---------------------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ class EventParser:
             else post_header
         )
         if not decoder.supported or kind == _PARTIAL_UPDATE or declared != post_header:
-            return self._library_images(packet, table_map)
+            return self._library_images(packet, table_map, decoder)
         off = 28
         if kind in _ROWS_V2:
             extra = int.from_bytes(data[28:30], "little")
@@ -316,7 +316,7 @@ class EventParser:
             bitmaps.append(data[off : off + width])
             off += width
         if count != decoder.count or any(b != decoder.full_bitmap for b in bitmaps):
-            return self._library_images(packet, table_map)
+            return self._library_images(packet, table_map, decoder)
         stop = len(data) - self.checksum
         image = decoder.image
         images: Images = []
@@ -336,7 +336,10 @@ class EventParser:
                 append((row, None))
         return images
 
-    def _library_images(self, packet: Any, table_map: dict[int, Any]) -> Images | PartialRows:
+    def _library_images(
+        self, packet: Any, table_map: dict[int, Any], decoder: RowDecoder
+    ) -> Images | PartialRows:
+        """The library's row images, values brought to their stored forms by *decoder*."""
         event = self.library_event(packet, table_map)
         if event is None:
             return []
@@ -362,6 +365,8 @@ class EventParser:
                         after.pop(name, None)
                         unknown.add(name)
                 pair = (before, after)
+            if decoder.converters:
+                pair = (decoder.stored_image(pair[0]), decoder.stored_image(pair[1]))
             images.append(pair)
         if not absent and not unknown:
             return images

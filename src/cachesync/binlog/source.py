@@ -515,9 +515,6 @@ class BinlogSource:
         commit_time = float(timestamp)
         schema, name = table.schema, table.name
         for index, (before, after) in enumerate(images):
-            if table.uuid_columns:
-                table.fix_uuids(before)
-                table.fix_uuids(after)
             position = BinlogPosition(position_file, end, index)
             if skip is not None and skip.already_handled(position):
                 continue

@@ -10,15 +10,16 @@ within one server run).
 
 Column names come from the table map (``binlog_row_metadata=FULL``), so a row
 is always decoded with the columns it was written with, also after
-``ALTER TABLE ... ADD/DROP/RENAME COLUMN``. MariaDB ``UUID`` columns look like
-``BINARY(16)`` in a map; a side connection asks ``information_schema`` which
-ones they are, once per distinct map.
+``ALTER TABLE ... ADD/DROP/RENAME COLUMN``. Some MariaDB types do not show in
+a map: ``UUID``/``INET6`` look like ``BINARY(16)``, ``INET4`` like ``BINARY(4)``,
+``JSON`` like ``LONGTEXT`` (with a ``json_valid`` check); when a map has such a
+column, a side connection asks ``information_schema`` which they are, once per
+distinct map, so the decoder renders them in their stored forms (:mod:`cachesync.values`).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,18 +48,6 @@ class WatchedTable:
     schema: str
     name: str
     decoder: RowDecoder
-    #: MariaDB ``UUID`` columns: the binlog carries 16 bytes (trailing zeros cut), the
-    #: ORM and SQL see the hyphenated text; keys must not depend on the path.
-    uuid_columns: tuple[str, ...] = ()
-
-    def fix_uuids(self, image: dict[str, Any] | None) -> None:
-        """Turn the binlog bytes of UUID columns into the text form, in place."""
-        if image is None:
-            return
-        for name in self.uuid_columns:
-            value = image.get(name)
-            if isinstance(value, bytes) and len(value) <= 16:
-                image[name] = str(uuid.UUID(bytes=value.ljust(16, b"\0")))
 
 
 class TableMaps:
@@ -129,9 +118,8 @@ class TableMaps:
                 f"the binlog has no column names for {event.schema}.{event.table}; "
                 "set binlog_row_metadata=FULL on the server (MySQL >= 8.0.14, MariaDB >= 10.5)"
             )
-        table = WatchedTable(
-            event.schema, event.table, RowDecoder(columns), self._uuid_columns(event, columns)
-        )
+        kinds = self._hidden_kinds(event, columns)
+        table = WatchedTable(event.schema, event.table, RowDecoder(columns, kinds))
         if not table.decoder.supported:
             log.info(
                 "cachesync: %s.%s has column types decoded by python-mysql-replication "
@@ -141,32 +129,49 @@ class TableMaps:
             )
         return table, event.get_table()
 
-    def _uuid_columns(self, event: Any, columns: list[Any]) -> tuple[str, ...]:
-        """Names of MariaDB ``UUID`` columns (a table map shows them as BINARY(16)).
+    def _hidden_kinds(self, event: Any, columns: list[Any]) -> dict[str, str]:
+        """``{column: "uuid"|"inet4"|"inet6"|"json"}`` for MariaDB types a map does not show.
 
-        Asked of ``information_schema`` only when a table has a 16-byte binary
-        column, once per distinct table map (the map cache keeps the answer).
+        Asked of ``information_schema`` only when a map has a 4- or 16-byte binary
+        string or a LONGTEXT column, once per distinct table map (the map cache
+        keeps the answer). MySQL has no such types (its JSON has its own type
+        code) and no ``TABLE_NAME`` in ``CHECK_CONSTRAINTS``: that query's error
+        there just means "none".
         """
         import pymysql
 
-        candidates = [
+        binary = [
             str(c.name)
             for c in columns
-            if c.type == FIELD_TYPE.STRING and getattr(c, "max_length", 0) == 16
+            if c.type == FIELD_TYPE.STRING
+            and getattr(c, "max_length", 0) in (4, 16)
+            and c.character_set_name in (None, "binary")
         ]
-        if not candidates:
-            return ()
+        texts = [
+            str(c.name)
+            for c in columns
+            if c.type == FIELD_TYPE.BLOB
+            and getattr(c, "length_size", 0) == 4
+            and c.character_set_name not in (None, "binary")
+        ]
+        if not binary and not texts:
+            return {}
         what = f"reading the column types of {event.schema}.{event.table}"
+        kinds: dict[str, str] = {}
         try:
             conn = pymysql.connect(**self._params, connect_timeout=5, read_timeout=10)
             try:
                 with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
-                        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND DATA_TYPE = 'uuid'",
-                        (event.schema, event.table),
-                    )
-                    found = {str(row[0]) for row in cur.fetchall()}
+                    if binary:
+                        cur.execute(
+                            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS "
+                            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+                            "AND DATA_TYPE IN ('uuid', 'inet4', 'inet6')",
+                            (event.schema, event.table),
+                        )
+                        kinds.update((str(n), str(t)) for n, t in cur.fetchall() if n in binary)
+                    if texts:
+                        kinds.update(dict.fromkeys(self._json_columns(cur, event, texts), "json"))
             finally:
                 conn.close()
         except pymysql.MySQLError as exc:
@@ -174,7 +179,24 @@ class TableMaps:
             # and asks again, and a lasting refusal (password, grants) then stops the
             # stream's own connect with the translated error.
             raise TransientError(str(server.translate(exc, what))) from exc
-        return tuple(c for c in candidates if c in found)
+        return kinds
+
+    @staticmethod
+    def _json_columns(cur: Any, event: Any, texts: list[str]) -> list[str]:
+        import pymysql
+
+        try:
+            cur.execute(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                "WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s",
+                (event.schema, event.table),
+            )
+        except pymysql.MySQLError as exc:  # MySQL: no TABLE_NAME column
+            if exc.args and exc.args[0] == 1054:
+                return []
+            raise
+        clauses = {str(row[0]).strip() for row in cur.fetchall()}
+        return [n for n in texts if f"json_valid(`{n}`)" in clauses]
 
     def _spec(self, schema: str | None, table: str) -> TableSpec | None:
         spec = self._registry.get(schema, table)

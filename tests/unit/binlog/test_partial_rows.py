@@ -16,6 +16,7 @@ from typing import Any
 from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
 from pymysqlreplication.json_binary import JsonDiff, JsonDiffOperation
 
+from cachesync.binlog.decoder import RowDecoder
 from cachesync.binlog.framing import EventParser, PartialRows
 
 
@@ -42,7 +43,7 @@ COLUMNS = [
 def _images(rows: list[dict[str, Any]]) -> Any:
     parser = EventParser(["t"], None)
     parser.library_event = lambda packet, table_map: _Event(rows, COLUMNS)  # type: ignore[method-assign]
-    return parser._library_images(object(), {})
+    return parser._library_images(object(), {}, RowDecoder([]))
 
 
 def _update(

@@ -3,10 +3,15 @@
 What the signal hooks need to read fast-path rows off instances, resolved from
 ``Model._meta`` (:func:`build_table`): the column map (:func:`column_map`) and,
 per column, the normaliser that turns a Python value into the value the
-database stores, so into what the binlog shows. The normalisers are the
-ORM-neutral ones of :mod:`cachesync.binding` (the SQLAlchemy integration uses
-the same), picked by field type; only the time-zone handling of ``DATETIME`` is
-Django's own.
+database stores, so into what the binlog shows. On MySQL/MariaDB that is what
+Django sends (``field.get_db_prep_value``: aware datetimes made naive in the
+connection's zone, JSON serialised, UUIDs as the column takes them) brought to
+the stored form of the field's SQL type (``field.db_type``) by
+:func:`cachesync.values.stored`, the function the binlog decoder and the read
+path use; a ``TIMESTAMP`` is converted from the session's time zone
+(:func:`cachesync.binding.session_zone`) to UTC. Custom fields work the same
+way, by their ``db_type``. Other databases (SQLite, PostgreSQL: outbox-only)
+use the ORM-neutral normalisers of :mod:`cachesync.binding`, picked by field type.
 
 This module imports neither the declarations nor the hooks: both import it.
 """
@@ -18,7 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...binding import needed_attributes, stored_bool, stored_decimal, stored_enum, stored_uuid
+from ... import values
+from ...binding import (
+    needed_attributes,
+    session_zone,
+    stored_bool,
+    stored_decimal,
+    stored_enum,
+    stored_uuid,
+)
 from ...errors import DeclarationError
 from ...registry import TableSpec, resolve
 
@@ -66,8 +79,8 @@ def _decimal(places: int | None) -> Normaliser:
     return normalise
 
 
-def _normaliser(model_field: Any) -> Normaliser:
-    """How a Python value of *model_field* becomes the value the database (and binlog) holds."""
+def _generic(model_field: Any) -> Normaliser:
+    """The ORM-neutral normaliser of *model_field* by field type (databases without a binlog)."""
     target = model_field
     while getattr(target, "is_relation", False) and getattr(target, "target_field", None):
         if target.target_field is target:
@@ -83,6 +96,36 @@ def _normaliser(model_field: Any) -> Normaliser:
     if kind == "DecimalField":
         return _decimal(getattr(target, "decimal_places", None))
     return _plain
+
+
+def _normaliser(model_field: Any) -> Normaliser:
+    """How a Python value of *model_field* becomes the value the database (and binlog) holds.
+
+    A value Django refuses to send (an aware datetime with ``USE_TZ=False``) or a
+    type that fails is given to the generic normaliser instead: the binlog path
+    still sees the row the database really stored.
+    """
+    generic = _generic(model_field)
+    types: dict[str, values.ColumnType] = {}
+
+    def normalise(value: Any, connection: Any) -> Any:
+        if value is None or connection.vendor != "mysql":
+            return generic(value, connection)
+        try:
+            ctype = types.get(connection.alias)
+            if ctype is None:
+                ctype = values.column_type(model_field.db_type(connection) or "")
+                types[connection.alias] = ctype
+            sent = model_field.get_db_prep_value(value, connection, prepared=False)
+            zone = None
+            if ctype.kind == "timestamp":
+                connection.ensure_connection()
+                zone = session_zone(connection.connection)
+            return values.stored(ctype, sent, zone=zone)
+        except Exception:
+            return generic(value, connection)
+
+    return normalise
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from sqlalchemy.sql.dml import Delete, Update
 
 from ...transactions import Collected
 from .declare import Declared, declared_for
-from .images import collect_change
+from .images import collect_change, session_zone
 
 __all__ = ["execute_tracked"]
 
@@ -120,6 +120,9 @@ def execute_tracked(
     try:
         connection = session.connection(bind_arguments=state.bind_arguments)
         before = [dict(r) for r in connection.execute(query, bind_params).mappings()]
+        # Ask the session time zone (TIMESTAMP columns) now: after the statement a
+        # streaming result may hold the connection.
+        session_zone(declared, connection)
     except Exception as exc:  # never stand in the way of the statement
         _left_to_binlog(declared, what, f"the pre-read failed ({type(exc).__name__}: {exc})")
         return None
@@ -133,7 +136,7 @@ def execute_tracked(
     dialect = connection.dialect
     if isinstance(statement, Delete):
         for row in before:
-            collect_change(level, declared, row, None, dialect=dialect)
+            collect_change(level, declared, row, None, dialect=dialect, connection=connection)
         return result
     after: dict[_PK, dict[str, Any]] = {}
     options = state.execution_options
@@ -159,9 +162,11 @@ def execute_tracked(
         new = after.get(tuple(row[a] for a in pk_attrs))
         if new is None:
             # Only the old keys are known; invalidates() must not mistake this for a delete.
-            collect_change(level, declared, row, None, dialect=dialect, intents=False)
+            collect_change(
+                level, declared, row, None, dialect=dialect, connection=connection, intents=False
+            )
         else:
-            collect_change(level, declared, row, new, dialect=dialect)
+            collect_change(level, declared, row, new, dialect=dialect, connection=connection)
     return result
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import Table, event
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.engine import Connection, Dialect, Result
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
@@ -244,6 +244,7 @@ def _after_flush(session: Session) -> None:
         return
     level = st.level(session)
     dialects: dict[Any, Dialect | None] = {}
+    connections: dict[Any, Connection | None] = {}
     for op, state in flushed:
         declared = declared_for(state.class_)
         if declared is None or not declared.needed:
@@ -251,6 +252,7 @@ def _after_flush(session: Session) -> None:
         try:
             if state.mapper not in dialects:
                 dialects[state.mapper] = _dialect(session, state.mapper)
+                connections[state.mapper] = _connection(session, state.mapper)
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
@@ -261,7 +263,14 @@ def _after_flush(session: Session) -> None:
                 after = after_image(state, declared.needed)
             else:
                 before, after = before_image(state, declared.needed), None
-            collect_change(level, declared, before, after, dialect=dialects[state.mapper])
+            collect_change(
+                level,
+                declared,
+                before,
+                after,
+                dialect=dialects[state.mapper],
+                connection=connections[state.mapper],
+            )
         except Exception:  # a hook must never break the application's flush
             log.exception(
                 "cachesync: could not collect the keys of a %s of %s; the binlog path "
@@ -275,6 +284,14 @@ def _dialect(session: Session, mapper: Mapper[Any]) -> Dialect | None:
     try:
         return session.get_bind(mapper=mapper).dialect
     except Exception:  # unbound session in an odd setup: render keys from Python values
+        return None
+
+
+def _connection(session: Session, mapper: Mapper[Any]) -> Connection | None:
+    """The connection this flush wrote with (its session time zone decides TIMESTAMPs)."""
+    try:
+        return session.connection(bind_arguments={"mapper": mapper})
+    except Exception:
         return None
 
 

@@ -25,14 +25,15 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Enum, Numeric, TypeDecorator, Uuid
-from sqlalchemy.engine import Dialect
+from sqlalchemy import JSON, Enum, Numeric, TypeDecorator, Uuid
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import InstanceState
 from sqlalchemy.types import TypeEngine
 
-from ... import binding
+from ... import binding, values
 from ...binding import stored_decimal, stored_fraction
 from ...transactions import Collected
+from ...values import ColumnType
 from .declare import Declared
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "before_image",
     "collect_change",
     "instance_row",
+    "session_zone",
     "stored_row",
     "stored_value",
 ]
@@ -97,51 +99,104 @@ def _fraction_digits(type_: TypeEngine[Any], dialect: Dialect) -> int:
     return int(fsp) if fsp else 0
 
 
-def stored_value(type_: TypeEngine[Any], value: Any, dialect: Dialect) -> Any:
+@functools.lru_cache(maxsize=512)
+def column_type(type_: TypeEngine[Any], dialect: Dialect) -> ColumnType:
+    """The :class:`~cachesync.values.ColumnType` of *type_* as *dialect*'s DDL spells it."""
+    try:
+        return values.column_type(type_.compile(dialect=dialect))
+    except Exception:  # a type this dialect cannot render: keep its values as they are
+        return ColumnType("other")
+
+
+def _mysql(dialect: Dialect) -> bool:
+    return dialect.name in ("mysql", "mariadb")
+
+
+def stored_value(
+    type_: TypeEngine[Any], value: Any, dialect: Dialect, zone: dt.tzinfo | None = None
+) -> Any:
     """*value* of a column of *type_* as *dialect*'s database stores it (what the binlog shows).
 
-    * ``Enum``, ``Uuid``, ``TypeDecorator``: the type's own bind conversion
-      (``Role.ADMIN`` -> ``"ADMIN"``, a UUID on MySQL -> 32 hex digits);
-    * ``Numeric(p, s)``: rounded to ``s`` places, half away from zero, a zero
-      without its sign, as MySQL/MariaDB store it (:func:`cachesync.binding.stored_decimal`);
+    * ``Enum``, ``Uuid``, ``JSON``, ``TypeDecorator``: first the type's own bind
+      conversion (``Role.ADMIN`` -> ``"ADMIN"``, a UUID on MySQL -> 32 hex digits,
+      a dict -> its JSON text), as the database receives it;
     * MySQL/MariaDB ``DATETIME``/``TIME``: fractional seconds beyond the column's
-      precision are cut (MariaDB) or rounded (MySQL's default ``sql_mode``).
+      precision rounded half up on MySQL (its default ``sql_mode``);
+    * then, on MySQL/MariaDB, :func:`cachesync.values.stored` with the column's
+      SQL type (FLOAT as float32, SET in definition order, JSON parsed, a
+      TIMESTAMP from the session's *zone* to UTC, ...); elsewhere a ``Numeric``
+      is rounded to its scale (:func:`cachesync.binding.stored_decimal`).
     """
-    if isinstance(type_, (TypeDecorator, Enum, Uuid)):
+    if isinstance(type_, (TypeDecorator, Enum, Uuid, JSON)):
         process = _bind_processor(type_, dialect)
-        return process(value) if process is not None else value
-    if isinstance(value, Decimal) and isinstance(type_, Numeric):
-        return stored_decimal(value, type_.scale)
-    if (
-        dialect.name in ("mysql", "mariadb")
-        and isinstance(value, (dt.datetime, dt.time))
-        and value.microsecond
-    ):
-        mariadb = bool(getattr(dialect, "is_mariadb", False))
-        digits = _fraction_digits(type_, dialect)
-        return stored_fraction(value, digits, round_half_up=not mariadb)
-    return value
+        value = process(value) if process is not None else value
+    if not _mysql(dialect):
+        if isinstance(value, Decimal) and isinstance(type_, Numeric):
+            return stored_decimal(value, type_.scale)
+        return value
+    mariadb = bool(getattr(dialect, "is_mariadb", False))
+    if isinstance(value, (dt.datetime, dt.time)) and value.microsecond and not mariadb:
+        value = stored_fraction(value, _fraction_digits(type_, dialect), round_half_up=True)
+    return values.stored(column_type(type_, dialect), value, zone=zone)
+
+
+def _zone(connection: Connection | None) -> dt.tzinfo | None:
+    """The session time zone of *connection* (None: unknown, values taken as UTC)."""
+    if connection is None:
+        return None
+    try:
+        return binding.session_zone(connection.connection.dbapi_connection)
+    except Exception as exc:  # a failed lookup must not break the flush
+        log.debug("cachesync: session time zone unknown: %s", exc)
+        return None
+
+
+def session_zone(declared: Declared, connection: Connection | None) -> dt.tzinfo | None:
+    """*connection*'s session time zone if *declared* has a ``TIMESTAMP`` column, else None.
+
+    The answer is cached per DBAPI connection, so asking early (before a statement
+    whose streaming result holds the connection) makes later lookups free.
+    """
+    if connection is None or not _mysql(connection.dialect):
+        return None
+    dialect = connection.dialect
+    if any(column_type(c.type, dialect).kind == "timestamp" for c in declared.columns.values()):
+        return _zone(connection)
+    return None
 
 
 def stored_row(
-    declared: Declared, row: Mapping[str, Any] | None, dialect: Dialect | None
+    declared: Declared,
+    row: Mapping[str, Any] | None,
+    dialect: Dialect | None,
+    connection: Connection | None = None,
 ) -> dict[str, Any] | None:
-    """*row* with the values of ``declared.stored_types`` in their stored form.
+    """*row* with its values in their stored form (:func:`stored_value`).
 
-    Without a dialect, or when a type's conversion fails (a broken custom type
-    must not break the flush), the value is kept as is.
+    A ``TIMESTAMP`` is converted from *connection*'s session time zone to UTC,
+    as the server stores it. Without a dialect, or when a type's conversion
+    fails (a broken custom type must not break the flush), the value is kept.
     """
     if row is None:
         return None
     converted = dict(row)
-    if dialect is None or not declared.stored_types:
+    if dialect is None:
         return converted
-    for name, type_ in declared.stored_types.items():
-        value = converted.get(name)
-        if value is None:
+    columns = declared.columns
+    zone: dt.tzinfo | None = None
+    zone_known = False
+    for name, value in row.items():
+        if value is None or name not in columns:
             continue
+        type_ = columns[name].type
         try:
-            converted[name] = stored_value(type_, value, dialect)
+            if (
+                not zone_known
+                and _mysql(dialect)
+                and column_type(type_, dialect).kind == "timestamp"
+            ):
+                zone, zone_known = _zone(connection), True
+            converted[name] = stored_value(type_, value, dialect, zone)
         except Exception as exc:
             log.debug("cachesync: %s.%s: stored form unknown: %s", declared.spec.model, name, exc)
     return converted
@@ -161,14 +216,17 @@ def collect_change(
     after: Mapping[str, Any] | None,
     *,
     dialect: Dialect | None = None,
+    connection: Connection | None = None,
     intents: bool = True,
 ) -> None:
     """Add the keys of one row change to *level*; keys needing unknown values are skipped.
 
-    Values are first put in their stored form (:func:`stored_row`) for *dialect*;
+    Values are first put in their stored form (:func:`stored_row`) for *dialect*
+    (a TIMESTAMP from *connection*'s session time zone to UTC);
     then :func:`cachesync.binding.collect_change` renders them, the rule both
     ORMs share (a partial image renders only the templates it can and skips
     ``invalidates()``; ``intents=False`` renders the templates only).
     """
-    before, after = stored_row(declared, before, dialect), stored_row(declared, after, dialect)
+    before = stored_row(declared, before, dialect, connection)
+    after = stored_row(declared, after, dialect, connection)
     binding.collect_change(level, declared.spec, declared.needed, before, after, intents=intents)
