@@ -66,7 +66,10 @@ COMMANDS = [
     ("module", "expected"),
     [
         ("cs_syntax", ["cannot import 'cs_syntax'", "SyntaxError", "cs_syntax.py, line 2"]),
-        ("cs_raises", ["cannot import 'cs_raises'", "RuntimeError: boom at import", "cs_raises.py:2"]),
+        (
+            "cs_raises",
+            ["cannot import 'cs_raises'", "RuntimeError: boom at import", "cs_raises.py:2"],
+        ),
         ("cs_needs_dep", ["'cs_needs_dep'", "imports 'cs_not_installed_anywhere'"]),
         ("cs_no_such_module", ["no module named 'cs_no_such_module'", "PYTHONPATH"]),
     ],
@@ -127,7 +130,7 @@ def test_listen_without_redis_names_the_setting(tmp_path: Path) -> None:
 def test_a_config_file_with_an_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     config = tmp_path / "cachesync.toml"
     config.write_text('name = "orders"\nredis_ulr = "redis://cache:6379/0"\n')
-    for command in COMMANDS + [("status",)]:
+    for command in [*COMMANDS, ("status",)]:
         result = run(tmp_path, *command, "--config", str(config))
         assert_clean(result, f"config file {config}: unknown key 'redis_ulr'", "'redis_url'")
     result = run(tmp_path, "status", CACHESYNC_CONFIG=str(config))

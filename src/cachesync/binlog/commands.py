@@ -124,12 +124,15 @@ def _model_error(exc: BaseException, spec: TableSpec, database: str | None, es_u
     from . import server
 
     table = f"{spec.schema or database or '?'}.{spec.table}"
+    code = exc.context.get("code") if isinstance(exc, CacheSyncError) else None
     if isinstance(exc, pymysql.MySQLError):
-        if server.error_code(exc) == 1146:
-            return (
-                f"table {table} of model {spec.model} does not exist: create it (run the "
-                "migrations) or fix the model's table name, and check mysql_url's database"
-            )
+        code = server.error_code(exc)
+    if code == 1146:  # ER_NO_SUCH_TABLE, raw or already translated
+        return (
+            f"table {table} of model {spec.model} does not exist: create it (run the "
+            "migrations) or fix the model's table name, and check mysql_url's database"
+        )
+    if isinstance(exc, pymysql.MySQLError):
         return str(server.translate(exc, f"reading table {table} of model {spec.model}"))
     if isinstance(exc, CacheSyncError):
         return str(exc)
@@ -295,7 +298,7 @@ def _verify(args: argparse.Namespace) -> int:
         es.close()
     if broken:
         raise SourceError(
-            f"{broken} model index(es) could not be verified (see above); the others were"
+            f"{broken} model index(es) could not be verified (see above); the others were checked"
         )
     return 0 if clean else 1
 

@@ -204,7 +204,7 @@ class Sidecar:
             registry=registry,
             applier=applier,
             on_failure=ReportingFailureHandler(
-                handler, component="sidecar", target=_retry_path(settings)
+                handler, component="sidecar", target=_retry_path(settings), logger=log
             ),
             dead_letters=default_dead_letter_store(settings),
             store=checkpoint_store(settings.checkpoint_url, mysql_url),
