@@ -7,6 +7,7 @@ sidecar, so every client gets connect and socket timeouts and no hidden retries
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -70,7 +71,9 @@ def any_reachable(bootstrap: str, *, timeout: float) -> bool:
     return False
 
 
-def needed_sinks(settings: Settings, registry: Registry, *, command: str) -> tuple[bool, bool]:
+def needed_sinks(
+    settings: Settings, registry: Registry, *, command: str, strict_search: bool = True
+) -> tuple[bool, bool]:
     """``(needs_redis, needs_search)`` of the declarations, checked against the settings.
 
     A declared key with no ``redis_url`` (or a projection with no ``es_url``) is a
@@ -93,10 +96,13 @@ def needed_sinks(settings: Settings, registry: Registry, *, command: str) -> tup
                 if (s.projections if name == "es_url" else s.key_templates or s.invalidates)
             )
             who = f"{models} declare {what}" if models else f"{command} applies {what}"
-            raise ConfigurationError(
-                f"{who} but {name} ({flag} / {env_name(name)}) is not set; there is no default",
-                setting=name,
-            )
+            message = f"{who} but {name} ({flag} / {env_name(name)}) is not set"
+            if name == "es_url" and not strict_search:
+                logging.getLogger("cachesync.cli").warning(
+                    "%s: %s; their document actions cannot be applied here", command, message
+                )
+                continue
+            raise ConfigurationError(f"{message}; there is no default", setting=name)
     return needs_redis, needs_search
 
 

@@ -206,7 +206,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     bootstrap = _require_kafka(settings)
-    needed_sinks(settings, default_registry, command="cachesync retry")
+    needed_sinks(settings, default_registry, command="cachesync retry", strict_search=False)
     policy = RETRY_POLICIES[args.retry_policy]
     if not args.no_create_topics:
         ensure_topics(
@@ -256,7 +256,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 def _run_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require("outbox_url", "for the outbox relay", fallback="mysql_url")
-    needed_sinks(settings, default_registry, command="cachesync relay")
+    needed_sinks(settings, default_registry, command="cachesync relay", strict_search=False)
     relay = _build_relay(
         settings,
         RelayPolicy(
