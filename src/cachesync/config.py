@@ -8,6 +8,8 @@
 =====================  ===========================  ======================
 
 The command-line flag of a setting is ``--<name with dashes>`` (``--redis-url``).
+A TOML file (``--config cachesync.toml`` or ``CACHESYNC_CONFIG``) holds the same
+names at its top level; environment variables override it, flags override both.
 An invalid value fails at start-up with a :class:`ConfigurationError` naming the
 setting and the expected form; values that contain passwords are redacted.
 """
@@ -78,7 +80,8 @@ class Settings:
     name: str = field(
         default="default",
         metadata=_doc(
-            "name of this sync pipeline: the leader lock and checkpoint row are per name"
+            "name of this sync pipeline: the leader lock, checkpoint row, default server_id, "
+            "retry/dead-letter topics and retry consumer group are per name"
         ),
     )
     redis_url: str | None = field(
