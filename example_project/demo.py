@@ -57,6 +57,7 @@ class Demo:
         #: cached keys seen holding a value, then seen deleted by cachesync
         self.invalidated = 0
         self.env: dict[str, str] = {}
+        self.retry_topic = ""
 
     # --- set-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -72,14 +73,13 @@ class Demo:
             **urls,
             "CACHESYNC_MYSQL_URL": urls["CACHESYNC_MYSQL_URL"].rsplit("/", 1)[0] + "/" + DATABASE,
             "CACHESYNC_REDIS_URL": self.redis.url,
+            # The replica server_id and the retry/dead-letter topics derive from the name.
             "CACHESYNC_NAME": f"demo-{RUN}",
-            "CACHESYNC_SERVER_ID": str(20_000 + int(RUN) % 10_000),
-            "CACHESYNC_RETRY_TOPIC": f"cachesync-demo-{RUN}.retry",
-            "CACHESYNC_DEAD_LETTER_TOPIC": f"cachesync-demo-{RUN}.dead-letter",
             "DJANGO_SETTINGS_MODULE": "blogsite.settings",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(EXAMPLE), str(ROOT)]),
         }
         os.environ.update(self.env)
+        self.retry_topic = f"cachesync.demo-{RUN}.retry"  # Settings.resolved_retry_topic
         say(f"  database {DATABASE}, cache Redis {self.redis.url} (its own, saves on shutdown)")
         self.manage("migrate", "-v0")
         self.manage("blog_seed", "--articles", "30")
@@ -274,9 +274,7 @@ class Demo:
 
         retries = sum(
             1
-            for _ in read_topic(
-                self.env["CACHESYNC_KAFKA_BOOTSTRAP"], self.env["CACHESYNC_RETRY_TOPIC"], timeout=5
-            )
+            for _ in read_topic(self.env["CACHESYNC_KAFKA_BOOTSTRAP"], self.retry_topic, timeout=5)
         )
         try:
             dead = sum(
@@ -294,7 +292,7 @@ class Demo:
         say(f"  row changes            {self.changes}")
         say(f"  cached keys invalidated  {self.invalidated} (seen cached, then seen deleted)")
         say(f"  stale after Redis came back  {self.stale_on_return}")
-        say(f"  retry records          {retries} (Kafka topic {self.env['CACHESYNC_RETRY_TOPIC']})")
+        say(f"  retry records          {retries} (Kafka topic {self.retry_topic})")
         say(f"  dead letters           {dead}")
         say(f"  time to converge       {self.converge:.2f} s")
         say(f"  stale keys now         {len(stale)}")

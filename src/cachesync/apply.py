@@ -23,6 +23,7 @@ from .changes import Position
 from .errors import CacheSyncError, ConfigurationError, HandOffError, PermanentError, TransientError
 from .policies import ImmediateRetryPolicy
 from .sinks.base import DocumentFailure, DocumentSink, KeySink
+from .throttle import Throttle
 
 __all__ = [
     "Applier",
@@ -30,6 +31,8 @@ __all__ = [
     "Failure",
     "FailureHandler",
     "LoggingFailureHandler",
+    "ReportingFailureHandler",
+    "describe_action",
     "hand_off",
 ]
 
@@ -73,6 +76,61 @@ class LoggingFailureHandler(FailureHandler):
         raise HandOffError(
             f"{len(failures)} action(s) failed and no retry queue is configured "
             "(set kafka_bootstrap / CACHESYNC_KAFKA_BOOTSTRAP)"
+        )
+
+
+def describe_action(action: Action) -> str:
+    """``key user:1`` / ``document users/1``: what an action touches, without its content
+    (a document may hold anything; a log line names it, never copies it)."""
+    if isinstance(action, DeleteKeys):
+        more = f" (+{len(action.keys) - 1})" if len(action.keys) > 1 else ""
+        return f"key {action.keys[0] if action.keys else '-'}{more}"
+    verb = "document" if type(action).__name__ == "IndexDoc" else "deleted document"
+    return f"{verb} {action.index}/{action.doc_id}"
+
+
+class ReportingFailureHandler(FailureHandler):
+    """Hands failures to *inner*, then says so at WARNING, at most once per *interval* seconds.
+
+    A hand-off loses nothing, but it is news an operator must not miss: Redis
+    or Elasticsearch refused work (down, or a document the mapping rejects),
+    and the cache is only as fresh as the retry consumer. Each line counts the
+    actions handed off since the previous one and names the first failure of
+    the current batch with its error. A refusal of *inner* (:class:`HandOffError`)
+    passes through unlogged: whoever called ``handle`` reports that.
+    """
+
+    def __init__(
+        self,
+        inner: FailureHandler,
+        *,
+        component: str,
+        target: str,
+        interval: float = 30.0,
+        throttle: Throttle | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.inner = inner
+        self.component = component
+        self.target = target
+        self.throttle = throttle or Throttle(interval)
+        self.log = logger or log
+
+    def handle(self, failures: Sequence[Failure]) -> None:
+        self.inner.handle(failures)
+        count = self.throttle.passes(len(failures))
+        if count is None or not failures:
+            return
+        permanent = sum(1 for f in failures if not f.transient)
+        first = failures[0]
+        self.log.warning(
+            "cachesync %s: handed %d action(s) to %s since the last report%s; e.g. %s: %s",
+            self.component,
+            count,
+            self.target,
+            f" ({permanent} of this batch refused for good)" if permanent else "",
+            describe_action(first.action),
+            first.error,
         )
 
 

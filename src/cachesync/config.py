@@ -8,6 +8,8 @@
 =====================  ===========================  ======================
 
 The command-line flag of a setting is ``--<name with dashes>`` (``--redis-url``).
+A TOML file (``--config cachesync.toml`` or ``CACHESYNC_CONFIG``) holds the same
+names at its top level; environment variables override it, flags override both.
 An invalid value fails at start-up with a :class:`ConfigurationError` naming the
 setting and the expected form; values that contain passwords are redacted.
 """
@@ -15,6 +17,7 @@ setting and the expected form; values that contain passwords are redacted.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import threading
 from collections.abc import Mapping
@@ -25,7 +28,17 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError, redact_url
 from .policies import BatchPolicy
 
-__all__ = ["Settings", "configure", "env_name", "get_settings", "reset_settings"]
+__all__ = [
+    "SERVER_ID_MAX",
+    "SERVER_ID_MIN",
+    "Settings",
+    "configure",
+    "derive_server_id",
+    "env_name",
+    "get_settings",
+    "load_config_file",
+    "reset_settings",
+]
 
 ENV_PREFIX = "CACHESYNC_"
 
@@ -39,6 +52,27 @@ def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
 
 
+#: The range of derived ``server_id`` values. Real replicas are numbered from 1
+#: upwards by hand (1, 2, 101...) or from IPv4 addresses (above 2**31 for most
+#: private ranges); the upper half of the signed 32-bit range is clear of both.
+SERVER_ID_MIN = 2**30
+SERVER_ID_MAX = 2**31 - 1
+
+
+def derive_server_id(name: str, database: str) -> int:
+    """The default replica id of pipeline *name* on *database*: stable across restarts and hosts.
+
+    Two readers with the same id on one server kick each other off (error 4052),
+    so a fixed default made every second pipeline kill the first. A hash of the
+    pipeline name and the database differs between pipelines, yet stays the same
+    for a pipeline's standby, which is what a standby needs: when it takes over,
+    the server drops any half-dead connection of the old leader with the same id.
+    """
+    digest = hashlib.sha256(f"{name}\0{database}".encode()).digest()
+    span = SERVER_ID_MAX - SERVER_ID_MIN + 1
+    return SERVER_ID_MIN + int.from_bytes(digest[:8], "big") % span
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated, immutable settings. Build with :meth:`from_mapping` or :func:`configure`."""
@@ -46,13 +80,15 @@ class Settings:
     name: str = field(
         default="default",
         metadata=_doc(
-            "name of this sync pipeline: the leader lock and checkpoint row are per name"
+            "name of this sync pipeline: the leader lock, checkpoint row, default server_id, "
+            "retry/dead-letter topics and retry consumer group are per name"
         ),
     )
-    redis_url: str = field(
-        default="redis://127.0.0.1:6379/0",
+    redis_url: str | None = field(
+        default=None,
         metadata=_doc(
-            "Redis holding the cache, redis://[:password@]host:port/db (rediss:// for TLS)"
+            "Redis holding the cache, redis://[:password@]host:port/db (rediss:// for TLS); "
+            "no default: a guessed Redis would receive the deletes meant for yours"
         ),
     )
     redis_cluster: bool = field(
@@ -97,19 +133,24 @@ class Settings:
     kafka_bootstrap: str | None = field(
         default=None, metadata=_doc("Kafka bootstrap servers, host:port[,host:port]")
     )
-    retry_topic: str = field(
-        default="cachesync.retry", metadata=_doc("Kafka topic of actions waiting for a retry")
-    )
-    dead_letter_topic: str = field(
-        default="cachesync.dead-letter",
+    retry_topic: str | None = field(
+        default=None,
         metadata=_doc(
-            "Kafka topic of actions that exhausted their retries or could not be decoded"
+            "Kafka topic of actions waiting for a retry (default cachesync.<name>.retry)"
         ),
     )
-    server_id: int = field(
-        default=7541,
+    dead_letter_topic: str | None = field(
+        default=None,
         metadata=_doc(
-            "replica server id the sidecar uses on the binlog connection (unique per reader)"
+            "Kafka topic of actions that exhausted their retries or could not be decoded "
+            "(default cachesync.<name>.dead-letter)"
+        ),
+    )
+    server_id: int | None = field(
+        default=None,
+        metadata=_doc(
+            "replica server id of the binlog connection, unique per reader on a server "
+            f"(default: derived from name and the database, {SERVER_ID_MIN}..{SERVER_ID_MAX})"
         ),
     )
     batch: str = field(
@@ -175,11 +216,29 @@ class Settings:
         for name in ("redis_connect_timeout", "redis_socket_timeout", "es_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0 seconds", setting=name)
-        if not 1 <= self.server_id < 2**32:
+        if self.server_id is not None and not 1 <= self.server_id < 2**32:
             raise ConfigurationError(
                 "setting server_id must be in 1..4294967295", setting="server_id"
             )
         BatchPolicy.preset(self.batch)
+
+    @property
+    def resolved_server_id(self) -> int:
+        """``server_id``, else :func:`derive_server_id` of ``name`` and ``mysql_url``'s database."""
+        if self.server_id is not None:
+            return self.server_id
+        database = urlsplit(self.mysql_url).path.lstrip("/") if self.mysql_url else ""
+        return derive_server_id(self.name, database)
+
+    @property
+    def resolved_retry_topic(self) -> str:
+        """``retry_topic``, else ``cachesync.<name>.retry``: one pipeline's retries stay its own."""
+        return self.retry_topic or f"cachesync.{self.name}.retry"
+
+    @property
+    def resolved_dead_letter_topic(self) -> str:
+        """``dead_letter_topic``, else ``cachesync.<name>.dead-letter``."""
+        return self.dead_letter_topic or f"cachesync.{self.name}.dead-letter"
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -241,6 +300,24 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_mapping(values, source="environment")
 
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from *config_file* (TOML), overridden by ``CACHESYNC_*`` variables, then by
+        *overrides* (the command line). Without *config_file*, ``CACHESYNC_CONFIG`` names it."""
+        environ = os.environ if environ is None else environ
+        path = config_file if config_file is not None else environ.get(CONFIG_ENV) or None
+        values: dict[str, Any] = dict(load_config_file(path)) if path is not None else {}
+        for name in cls.names():
+            if env_name(name) in environ:
+                values[name] = environ[env_name(name)]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values, source="environment")
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -249,6 +326,63 @@ class Settings:
             f"{f.name}={redact_url(str(getattr(self, f.name)))!r}" for f in fields(self)
         )
         return f"Settings({shown})"
+
+
+#: The environment variable naming a config file (the ``--config`` flag wins over it).
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+def load_config_file(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The settings of a TOML file: setting names at the top level, values as in ``configure()``.
+
+    The file is checked on its own, so a mistake is reported with the file's
+    name (an unknown key, a malformed value, broken TOML) rather than as a
+    mystery after it was merged with the environment and the flags::
+
+        name = "orders"
+        mysql_url = "mysql://cachesync:pw@db:3306/shop"
+        redis_url = "redis://cache:6379/0"
+        models = ["shop.models"]
+    """
+    import difflib
+    import tomllib
+
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"config file {where}: no such file (--config / {CONFIG_ENV})", setting="config"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"config file {where}: cannot read it: {exc.strerror}", setting="config"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"config file {where}: not valid TOML: {exc}", setting="config"
+        ) from None
+    known = Settings.names()
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            if isinstance(value, dict):
+                hint += "settings go at the top level of the file, not in a [table]; "
+            raise ConfigurationError(
+                f"config file {where}: unknown key {key!r}; {hint}known: {', '.join(known)}",
+                setting=key,
+            )
+        if isinstance(value, dict):
+            raise ConfigurationError(
+                f"config file {where}: {key} must be a value, not a table", setting=key
+            )
+    try:
+        Settings.from_mapping(data, source=where)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"config file {where}: {exc}", **exc.context) from None
+    return data
 
 
 _TRUE = {"1", "true", "yes", "on"}

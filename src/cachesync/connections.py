@@ -7,21 +7,39 @@ sidecar, so every client gets connect and socket timeouts and no hidden retries
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .config import Settings
+from .config import Settings, env_name
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     import redis
     from sqlalchemy.engine import Engine
 
-__all__ = ["elasticsearch_client", "mysql_params", "redis_client", "sql_engine", "sqlalchemy_url"]
+    from .registry import Registry
+
+__all__ = [
+    "any_reachable",
+    "elasticsearch_client",
+    "mysql_params",
+    "needed_sinks",
+    "redis_client",
+    "sql_engine",
+    "sqlalchemy_url",
+]
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A redis-py client (or ``RedisCluster`` when ``redis_cluster``) with explicit timeouts."""
+    """A redis-py client (or ``RedisCluster`` when ``redis_cluster``) with explicit timeouts.
+
+    ``redis_url`` has no default: a guessed ``localhost:6379`` would receive the
+    deletes meant for the application's real cache, so its absence is a
+    :class:`ConfigurationError` naming the setting.
+    """
+    url = settings.require("redis_url", "to delete cache keys")
     import redis as redis_lib
     from redis.cluster import RedisCluster
 
@@ -32,9 +50,60 @@ def redis_client(settings: Settings) -> redis.Redis:
         "health_check_interval": 0,
     }
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)  # type: ignore[return-value]
-    client: redis_lib.Redis = redis_lib.Redis.from_url(settings.redis_url, retry=None, **options)
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    client: redis_lib.Redis = redis_lib.Redis.from_url(url, retry=None, **options)
     return client
+
+
+def any_reachable(bootstrap: str, *, timeout: float) -> bool:
+    """True when a TCP connection to one of the ``host:port`` servers succeeds in *timeout*.
+
+    Used for Kafka because kafka-python's own bootstrap ignores short timeouts
+    (about 30 s per client before it gives up).
+    """
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def needed_sinks(
+    settings: Settings, registry: Registry, *, command: str, strict_search: bool = True
+) -> tuple[bool, bool]:
+    """``(needs_redis, needs_search)`` of the declarations, checked against the settings.
+
+    A declared key with no ``redis_url`` (or a projection with no ``es_url``) is a
+    :class:`ConfigurationError` naming the models and the setting, at start-up,
+    not a crash at the first change. Without any declaration (*command* run
+    without ``models``) nothing can be ruled out, so Redis is needed.
+    """
+    specs = registry.tables()
+    needs_redis = not specs or any(s.key_templates or s.invalidates is not None for s in specs)
+    needs_search = any(s.projections for s in specs)
+    for needed, name, what in (
+        (needs_redis, "redis_url", "cache keys"),
+        (needs_search, "es_url", "search projections"),
+    ):
+        if needed and getattr(settings, name) is None:
+            flag = "--" + name.replace("_", "-")
+            models = ", ".join(
+                s.model
+                for s in specs
+                if (s.projections if name == "es_url" else s.key_templates or s.invalidates)
+            )
+            who = f"{models} declare {what}" if models else f"{command} applies {what}"
+            message = f"{who} but {name} ({flag} / {env_name(name)}) is not set"
+            if name == "es_url" and not strict_search:
+                logging.getLogger("cachesync.cli").warning(
+                    "%s: %s; their document actions cannot be applied here", command, message
+                )
+                continue
+            raise ConfigurationError(f"{message}; there is no default", setting=name)
+    return needs_redis, needs_search
 
 
 def elasticsearch_client(settings: Settings) -> Any:

@@ -23,7 +23,7 @@ from .actions import DeleteKeys
 from .apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from .config import get_settings
 from .connections import redis_client
-from .errors import HandOffError
+from .errors import ConfigurationError, HandOffError
 from .policies import ImmediateRetryPolicy
 from .sinks.redis import RedisSink
 from .transactions import Collected  # re-exported: its home before transactions.py
@@ -58,7 +58,10 @@ class FastPath:
     """Deletes keys right after commit, best effort, through an :class:`Applier`.
 
     Built lazily from :func:`cachesync.get_settings` unless given an applier.
-    One attempt only (no in-line retry): the application is waiting.
+    One attempt only (no in-line retry): the application is waiting. Without
+    ``redis_url`` it logs one WARNING naming the setting and deletes nothing
+    (never a guessed Redis); ``install()`` does not raise, so applications and
+    their tests (``capture_invalidations``) work before Redis is configured.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FastPath:
         self._applier = applier
         self._handler = failure_handler
         self._lock = threading.Lock()
+        self._warned = False
 
     def configure(
         self, *, applier: Applier | None = None, failure_handler: FailureHandler | None = None
@@ -75,6 +79,7 @@ class FastPath:
         with self._lock:
             self._applier = applier
             self._handler = failure_handler
+            self._warned = False  # new settings: say it again if Redis is still missing
 
     @contextlib.contextmanager
     def replaced(
@@ -92,9 +97,28 @@ class FastPath:
 
     @property
     def applier(self) -> Applier:
+        """The applier in use; :class:`ConfigurationError` when no Redis is configured."""
+        applier = self._resolve()
+        if applier is None:
+            raise ConfigurationError(_NO_REDIS, setting="redis_url")
+        return applier
+
+    def _resolve(self) -> Applier | None:
+        """The given applier, else one on ``redis_url``; ``None`` (said once) without Redis.
+
+        Looked up at the first delivery, not at ``install()``: an application may
+        call :func:`cachesync.configure` after installing the hooks. Without a
+        Redis there is nothing safe to delete from: the old default
+        (``localhost:6379``) sent the deletes to a Redis that was not the cache.
+        """
         with self._lock:
             if self._applier is None:
                 settings = get_settings()
+                if settings.redis_url is None:
+                    if not self._warned:
+                        self._warned = True
+                        log.warning("cachesync fast path: %s", _NO_REDIS)
+                    return None
                 self._applier = Applier(
                     RedisSink(redis_client(settings), cluster=settings.redis_cluster),
                     None,
@@ -111,8 +135,11 @@ class FastPath:
         batch = tuple(dict.fromkeys(keys))
         if not batch or not get_settings().fast_path:
             return
+        applier = self._resolve()
+        if applier is None:
+            return  # said once at WARNING; the binlog sidecar deletes these keys
         try:
-            report = self.applier.apply([DeleteKeys(batch)])
+            report = applier.apply([DeleteKeys(batch)])
         except Exception:  # a hook must never break the application's commit
             metrics.inc("fast_path_failures_total", len(batch))
             log.exception("cachesync fast path: unexpected error deleting %d key(s)", len(batch))
@@ -134,6 +161,12 @@ class FastPath:
 
 
 _REFUSE = LoggingFailureHandler()
+
+_NO_REDIS = (
+    "no Redis is configured (setting redis_url: configure(redis_url=...), "
+    "CACHESYNC_REDIS_URL, or Django's CACHESYNC['REDIS_URL'] / CACHE_ALIAS), so keys are "
+    "NOT deleted after commit; only the binlog sidecar deletes them"
+)
 
 #: The process-wide fast path the ORM hooks use.
 fast_path = FastPath()

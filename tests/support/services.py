@@ -39,6 +39,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+try:
+    from tests.support.ports import port_in_use_message
+except ImportError:  # run as a script (scripts/services): tests/support is sys.path[0]
+    from ports import port_in_use_message  # type: ignore[no-redef]
+
 # --------------------------------------------------------------------------------------------
 # Layout and fixed settings
 # --------------------------------------------------------------------------------------------
@@ -549,9 +554,7 @@ def _mariadb_start() -> str:
         )
         return "already running"
     if _port_open(MARIADB_PORT):
-        raise ServiceError(
-            f"port {MARIADB_PORT} is in use by a process this checkout did not start"
-        )
+        raise ServiceError(port_in_use_message(MARIADB_PORT, PORT_OFFSET))
     server, install_db, _client = _mariadb_bins()
     _mariadb_init(install_db)
     log = LOG_DIR / "mariadb.log"
@@ -715,9 +718,7 @@ def _simple_start(name: str) -> str:
         _wait_until(name, _probe(name), READY_TIMEOUT[name], log=log)
         return "already running"
     if _port_open(_PORTS[name]):
-        raise ServiceError(
-            f"port {_PORTS[name]} is in use by a process this checkout did not start"
-        )
+        raise ServiceError(port_in_use_message(_PORTS[name], PORT_OFFSET))
     if name == "redis":
         REDIS_DIR.mkdir(parents=True, exist_ok=True)
         cmd = _redis_cmd(_redis_bin(), REDIS_PORT, REDIS_DIR)

@@ -15,10 +15,11 @@ import time
 from types import FrameType
 from typing import Any, TextIO
 
-from ..cli import import_models, settings_from_args
+from ..cli import at_least, import_models, settings_from_args
 from ..config import Settings
-from ..errors import ConfigurationError, redact_url
-from ..registry import default_registry
+from ..connections import any_reachable
+from ..errors import CacheSyncError, SourceError, redact_url
+from ..registry import TableSpec, default_registry
 
 __all__ = ["register"]
 
@@ -60,7 +61,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     reindex.add_argument("model", metavar="MODEL", help="model name, e.g. User or app.User")
     reindex.add_argument(
-        "--batch-size", type=int, default=1000, help="rows per chunk and bulk request (1000)"
+        "--batch-size",
+        type=at_least(1),
+        default=1000,
+        help="rows per chunk and bulk request (1000)",
     )
     reindex.add_argument(
         "--no-prune",
@@ -91,7 +95,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         ),
     )
     verify.add_argument("models", nargs="*", metavar="MODEL", help="models (default: all)")
-    verify.add_argument("--sample", type=int, help="check N random rows instead of all")
+    verify.add_argument("--sample", type=at_least(1), help="check N random rows instead of all")
     verify.add_argument(
         "--repair",
         action="store_true",
@@ -104,6 +108,42 @@ def _require_mysql(settings: Settings) -> str:
     return settings.require("mysql_url", "for the binlog commands")
 
 
+#: How the binlog commands name the database in a connection error (never with the password).
+_MYSQL = "MySQL (mysql_url / CACHESYNC_MYSQL_URL)"
+
+
+def _model_error(exc: BaseException, spec: TableSpec, database: str | None, es_url: str) -> str:
+    """One line for what went wrong reading *spec*'s table or writing its index.
+
+    A missing table (a declared model whose migration never ran, a wrong
+    ``__tablename__``) is PyMySQL's ``ProgrammingError`` 1146 inside reindex or
+    verify; it is named with the model and what to do, like every other error.
+    """
+    import pymysql
+
+    from . import server
+
+    table = f"{spec.schema or database or '?'}.{spec.table}"
+    code = exc.context.get("code") if isinstance(exc, CacheSyncError) else None
+    if isinstance(exc, pymysql.MySQLError):
+        code = server.error_code(exc)
+    if code == 1146:  # ER_NO_SUCH_TABLE, raw or already translated
+        return (
+            f"table {table} of model {spec.model} does not exist: create it (run the "
+            "migrations) or fix the model's table name, and check mysql_url's database"
+        )
+    if isinstance(exc, pymysql.MySQLError):
+        return str(server.translate(exc, f"reading table {table} of model {spec.model}"))
+    if isinstance(exc, CacheSyncError):
+        return str(exc)
+    if type(exc).__module__.startswith(("elasticsearch", "elastic_transport")):
+        return (
+            f"Elasticsearch at {redact_url(es_url)} (es_url / CACHESYNC_ES_URL) failed for the "
+            f"index of {spec.model}: {type(exc).__name__}: {redact_url(str(exc))[:300]}"
+        )
+    raise exc
+
+
 def _listen(args: argparse.Namespace) -> int:
     from .sidecar import Sidecar
 
@@ -112,11 +152,14 @@ def _listen(args: argparse.Namespace) -> int:
     import_models(settings)
     sidecar = Sidecar.from_settings(settings, reset_checkpoint=args.reset_checkpoint)
     log.info(
-        "cachesync listen: pipeline %r, models %s, mysql %s, redis %s, es %s, batch %s",
+        "cachesync listen: pipeline %r (server_id %d%s), models %s, mysql %s, redis %s, es %s, "
+        "batch %s",
         settings.name,
+        sidecar.server_id,
+        "" if settings.server_id is not None else ", derived from name and database",
         ", ".join(s.model for s in default_registry.tables()),
         redact_url(settings.mysql_url or ""),
-        redact_url(settings.redis_url),
+        redact_url(settings.redis_url or "-"),
         redact_url(settings.es_url or "-"),
         settings.batch,
     )
@@ -182,20 +225,22 @@ def _reindex(args: argparse.Namespace) -> int:
     params = mysql_params(_require_mysql(settings))
     import_models(settings)
     spec = default_registry.for_model(args.model)
-    if args.batch_size < 1:
-        raise ConfigurationError("--batch-size must be >= 1")
-    conn = server.connect(params, what="MySQL")
+    search = SearchSink(elasticsearch_client(settings), chunk_size=args.batch_size)
+    conn = server.connect(params, what=_MYSQL)
     try:
         report = reindex(
             spec,
             connection=conn,
-            search=SearchSink(elasticsearch_client(settings), chunk_size=args.batch_size),
+            search=search,
             registry=default_registry,
             database=params.get("database"),
             batch_size=args.batch_size,
             prune=not args.no_prune,
             progress=None if args.quiet else _ProgressBar(f"reindex {spec.model}", sys.stderr),
         )
+    except Exception as exc:
+        message = _model_error(exc, spec, params.get("database"), settings.es_url or "")
+        raise SourceError(f"reindex {spec.model}: {message}") from None
     finally:
         conn.close()
     print(report.summary())
@@ -217,8 +262,8 @@ def _verify(args: argparse.Namespace) -> int:
         else [s for s in default_registry.tables() if s.projections]
     )
     es = elasticsearch_client(settings)
-    conn = server.connect(params, what="MySQL")
-    clean = True
+    conn = server.connect(params, what=_MYSQL)
+    clean, broken = True, 0
     try:
         # Recorded BEFORE the rows are read, as reindex does: repairs carry this
         # version, so anything the sidecar streams meanwhile is newer and wins.
@@ -226,10 +271,17 @@ def _verify(args: argparse.Namespace) -> int:
         repair_at = BinlogPosition(file, pos, 0) if args.repair else None
         for spec in specs:
             for projection in spec.projections:
-                conn.commit()  # a fresh snapshot per index
-                report = verify_index(
-                    conn, es, spec, projection, sample=args.sample, repair_at=repair_at
-                )
+                try:
+                    conn.commit()  # a fresh snapshot per index
+                    report = verify_index(
+                        conn, es, spec, projection, sample=args.sample, repair_at=repair_at
+                    )
+                except Exception as exc:
+                    # One broken model (a missing table...) must not hide the others' answers.
+                    message = _model_error(exc, spec, params.get("database"), settings.es_url or "")
+                    print(f"{spec.model} -> error: {message}")
+                    broken += 1
+                    continue
                 print(f"{spec.model} -> {report.summary()}")
                 for label, ids in (
                     ("missing", report.missing),
@@ -244,6 +296,10 @@ def _verify(args: argparse.Namespace) -> int:
     finally:
         conn.close()
         es.close()
+    if broken:
+        raise SourceError(
+            f"{broken} model index(es) could not be verified (see above); the others were checked"
+        )
     return 0 if clean else 1
 
 
@@ -297,27 +353,13 @@ def _retry_path_status(settings: Settings) -> dict[str, Any]:
             from ..kafka.dead_letter import list_dead_letters
 
             # kafka-python's bootstrap ignores short timeouts (30 s per client): ask TCP first.
-            if not _any_reachable(settings.kafka_bootstrap, timeout=2.0):
+            if not any_reachable(settings.kafka_bootstrap, timeout=2.0):
                 raise TransientError(f"no Kafka broker reachable at {settings.kafka_bootstrap}")
 
             letters = list_dead_letters(
-                settings.kafka_bootstrap, settings.dead_letter_topic, timeout=3
+                settings.kafka_bootstrap, settings.resolved_dead_letter_topic, timeout=3
             )
             found["dead_letters"] = sum(1 for d in letters if d.redriven_at is None)
         except (CacheSyncError, ImportError) as exc:
             found["dead_letters"] = f"unavailable ({exc})"
     return found
-
-
-def _any_reachable(bootstrap: str, *, timeout: float) -> bool:
-    """True when a TCP connection to one of the ``host:port`` servers succeeds in *timeout*."""
-    import socket
-
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout):
-                return True
-        except OSError:
-            continue
-    return False

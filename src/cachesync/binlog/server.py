@@ -41,7 +41,12 @@ NOT_TRANSIENT: Mapping[int, str] = {
     1227: _PRIVILEGE,
     1370: "missing routine privilege",
     1236: "the server cannot send the binlog from the checkpoint",
-    4052: "another replica or reader uses the same server_id",
+    4052: (
+        "another replica or reader uses the same server_id: give every pipeline its own "
+        "(--server-id / CACHESYNC_SERVER_ID; by default it is derived from the pipeline's "
+        "name and database, so two pipelines collide only when one sets it explicitly "
+        "or both have the same name)"
+    ),
 }
 
 

@@ -36,7 +36,13 @@ from typing import Any
 
 from .. import metrics
 from ..actions import Action
-from ..apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
+from ..apply import (
+    Applier,
+    FailureHandler,
+    LoggingFailureHandler,
+    ReportingFailureHandler,
+    hand_off,
+)
 from ..changes import RowChange
 from ..config import Settings
 from ..deadletters import (
@@ -63,6 +69,7 @@ from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
+from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
 
@@ -73,18 +80,10 @@ log = logging.getLogger("cachesync.sidecar")
 
 def build_applier(settings: Settings, registry: Registry) -> Applier:
     """An :class:`Applier` with the sinks the declarations need, checked at start-up."""
-    from ..connections import elasticsearch_client, redis_client
+    from ..connections import elasticsearch_client, needed_sinks, redis_client
     from ..sinks import RedisSink, SearchSink
 
-    specs = registry.tables()
-    needs_redis = any(s.key_templates or s.invalidates is not None for s in specs)
-    needs_search = any(s.projections for s in specs)
-    if needs_search and settings.es_url is None:
-        models = ", ".join(s.model for s in specs if s.projections)
-        raise ConfigurationError(
-            f"{models} declare search projections but es_url (CACHESYNC_ES_URL) is not set",
-            setting="es_url",
-        )
+    needs_redis, needs_search = needed_sinks(settings, registry, command="cachesync listen")
     redis = (
         RedisSink(redis_client(settings), cluster=settings.redis_cluster) if needs_redis else None
     )
@@ -102,6 +101,15 @@ def default_failure_handler(settings: Settings) -> FailureHandler:
 
     handler: FailureHandler = RetryQueue.from_settings(settings, component="sidecar")
     return handler
+
+
+def _retry_path(settings: Settings) -> str:
+    """Where handed-off actions go, for the log line that says they went there."""
+    if settings.kafka_bootstrap is not None:
+        return f"the retry path (Kafka topic {settings.resolved_retry_topic})"
+    if settings.outbox_database is not None:
+        return "the retry path (the outbox table; `cachesync relay` retries it)"
+    return "the retry path"
 
 
 def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
@@ -213,15 +221,25 @@ class Sidecar:
                 "(CACHESYNC_MODELS)",
                 setting="models",
             )
+        applier = build_applier(settings, registry)
+        # Said at WARNING, never fatal: services restart in any order (binlog/preflight.py).
+        check_services(
+            settings,
+            needs_redis=applier.keys is not None,
+            needs_search=applier.documents is not None,
+        )
+        handler = on_failure or default_failure_handler(settings)
         return cls(
             mysql=mysql_params(mysql_url),
             registry=registry,
-            applier=build_applier(settings, registry),
-            on_failure=on_failure or default_failure_handler(settings),
+            applier=applier,
+            on_failure=ReportingFailureHandler(
+                handler, component="sidecar", target=_retry_path(settings), logger=log
+            ),
             dead_letters=default_dead_letter_store(settings),
             store=checkpoint_store(settings.checkpoint_url, mysql_url),
             name=settings.name,
-            server_id=settings.server_id,
+            server_id=settings.resolved_server_id,
             policy=policy or SidecarPolicy(batch=settings.batch_policy),
             reset_checkpoint=reset_checkpoint,
         )

@@ -21,8 +21,11 @@ import signal
 import threading
 from typing import Any
 
-from ..errors import CacheSyncError, ConfigurationError
+from ..cli import at_least, positive_float
+from ..connections import needed_sinks
+from ..errors import CacheSyncError, ConfigurationError, TransientError
 from ..policies import RelayPolicy, RetryPolicy
+from ..registry import default_registry
 
 __all__ = ["RETRY_POLICIES", "register"]
 
@@ -72,13 +75,13 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     retry.add_argument(
         "--partitions",
-        type=int,
+        type=at_least(1),
         default=6,
         help="partitions of the retry/dead-letter topics when they must be created (default 6)",
     )
     retry.add_argument(
         "--session-timeout-ms",
-        type=int,
+        type=at_least(1000),
         default=10000,
         help="consumer group session timeout: how soon a dead consumer's partitions move "
         "(default 10000; the heartbeat is a third of it)",
@@ -101,9 +104,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         ),
     )
     relay.add_argument("--once", action="store_true", help="drain what is pending, then exit")
-    relay.add_argument("--batch-size", type=int, default=200, help="rows per transaction")
+    relay.add_argument("--batch-size", type=at_least(1), default=200, help="rows per transaction")
     relay.add_argument(
-        "--poll-interval", type=float, default=0.5, help="seconds between polls when idle"
+        "--poll-interval", type=positive_float, default=0.5, help="seconds between polls when idle"
     )
     relay.add_argument(
         "--retry-policy", choices=sorted(RETRY_POLICIES), default="default", help=policy_help
@@ -149,7 +152,22 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _require_kafka(settings: Any) -> str:
-    return str(settings.require("kafka_bootstrap", "for the retry path"))
+    """``kafka_bootstrap``, checked to accept a TCP connection within a few seconds.
+
+    kafka-python needs about 30 s to give up on an address with nothing behind
+    it, then raises its own error; asking TCP first turns a typo or a stopped
+    broker into one line naming the setting.
+    """
+    from ..connections import any_reachable
+
+    bootstrap = str(settings.require("kafka_bootstrap", "for the retry path"))
+    if not any_reachable(bootstrap, timeout=3.0):
+        raise TransientError(
+            f"no Kafka broker at {bootstrap} (kafka_bootstrap / CACHESYNC_KAFKA_BOOTSTRAP) "
+            "accepted a connection: is it running, and is the address right?",
+            setting="kafka_bootstrap",
+        )
+    return bootstrap
 
 
 def _stop_on_signals() -> threading.Event:
@@ -188,14 +206,15 @@ def _run_retry(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     bootstrap = _require_kafka(settings)
+    needed_sinks(settings, default_registry, command="cachesync retry", strict_search=False)
     policy = RETRY_POLICIES[args.retry_policy]
     if not args.no_create_topics:
         ensure_topics(
             bootstrap,
             {
-                settings.retry_topic: {},
-                settings.dead_letter_topic: {},
-                marker_topic(settings.dead_letter_topic): {"cleanup.policy": "compact"},
+                settings.resolved_retry_topic: {},
+                settings.resolved_dead_letter_topic: {},
+                marker_topic(settings.resolved_dead_letter_topic): {"cleanup.policy": "compact"},
             },
             partitions=args.partitions,
         )
@@ -220,9 +239,9 @@ def _run_retry(args: argparse.Namespace) -> int:
     )
     log.info(
         "cachesync retry: consuming %s as %s (dead letters to %s)%s",
-        settings.retry_topic,
+        settings.resolved_retry_topic,
         consumer.group_id,
-        settings.dead_letter_topic,
+        settings.resolved_dead_letter_topic,
         ", relaying the outbox" if relay_thread else "",
     )
     try:
@@ -237,6 +256,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 def _run_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require("outbox_url", "for the outbox relay", fallback="mysql_url")
+    needed_sinks(settings, default_registry, command="cachesync relay", strict_search=False)
     relay = _build_relay(
         settings,
         RelayPolicy(
@@ -265,6 +285,8 @@ def _dead_letter_stores(settings: Any) -> tuple[str | None, Any]:
         from ..outbox.store import OutboxStore
 
         store = OutboxStore.from_url(settings.outbox_database)
+    if settings.kafka_bootstrap is not None:
+        _require_kafka(settings)
     if settings.kafka_bootstrap is None and store is None:
         raise ConfigurationError(
             "dead letters live in the Kafka dead-letter topic (kafka_bootstrap / "
@@ -296,18 +318,24 @@ def _run_dlq_list(args: argparse.Namespace) -> int:
         from .dead_letter import list_dead_letters
 
         letters = list_dead_letters(
-            bootstrap, settings.dead_letter_topic, since=args.since, key=args.key
+            bootstrap, settings.resolved_dead_letter_topic, since=args.since, key=args.key
         )
         for stored in letters:
             _print_letter(stored.summary(), args.json)
-        where.append(f"{len(letters)} dead letter(s) in {settings.dead_letter_topic}")
+        where.append(f"{len(letters)} dead letter(s) in {settings.resolved_dead_letter_topic}")
     if store is not None:
         from ..outbox.dead_letters import list_outbox_dead_letters
 
-        rows = list_outbox_dead_letters(store, since=args.since, key=args.key)
-        for line in rows:
-            _print_letter(line, args.json)
-        where.append(f"{len(rows)} in the outbox table {store.name}")
+        try:
+            rows = list_outbox_dead_letters(store, since=args.since, key=args.key)
+        except CacheSyncError as exc:  # no outbox table there (yet): the topic still counts
+            if bootstrap is None:
+                raise
+            where.append(f"outbox table {store.name} unavailable ({exc})")
+        else:
+            for line in rows:
+                _print_letter(line, args.json)
+            where.append(f"{len(rows)} in the outbox table {store.name}")
     if not args.json:
         print(", ".join(where))
     return 0
@@ -322,8 +350,8 @@ def _run_dlq_redrive(args: argparse.Namespace) -> int:
 
         report = redrive(
             bootstrap,
-            dead_letter_topic=settings.dead_letter_topic,
-            retry_topic=settings.retry_topic,
+            dead_letter_topic=settings.resolved_dead_letter_topic,
+            retry_topic=settings.resolved_retry_topic,
             since=args.since,
             key=args.key,
             include_undecodable=args.include_undecodable,
@@ -331,17 +359,22 @@ def _run_dlq_redrive(args: argparse.Namespace) -> int:
         )
         print(
             f"{verb} {len(report.keys) if args.dry_run else report.redriven} dead letter(s) "
-            f"to {settings.retry_topic}; matched {report.matched}, "
+            f"to {settings.resolved_retry_topic}; matched {report.matched}, "
             f"already redriven {report.already_redriven}, undecodable {report.undecodable}"
             + ("" if args.include_undecodable or not report.undecodable else " (skipped)")
         )
     if store is not None:
         from ..outbox.dead_letters import redrive_outbox
-        from ..registry import default_registry
 
-        done = redrive_outbox(
-            store, default_registry, since=args.since, key=args.key, dry_run=args.dry_run
-        )
+        try:
+            done = redrive_outbox(
+                store, default_registry, since=args.since, key=args.key, dry_run=args.dry_run
+            )
+        except CacheSyncError as exc:  # no outbox table there (yet): the topic still counts
+            if bootstrap is None:
+                raise
+            print(f"outbox table {store.name} unavailable ({exc})")
+            return 0
         print(
             f"{verb} {done.matched if args.dry_run else done.redriven} dead row(s) of the "
             f"outbox table {store.name} (the relay applies them); still poison {done.still_poison}"

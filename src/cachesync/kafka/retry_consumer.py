@@ -203,10 +203,12 @@ class RetryConsumer:
         database = settings.mysql_url or settings.outbox_url
         return cls(
             bootstrap,
-            topic=settings.retry_topic,
-            dead_letter_topic=settings.dead_letter_topic,
+            topic=settings.resolved_retry_topic,
+            dead_letter_topic=settings.resolved_dead_letter_topic,
             group_id=group_id or default_group(settings.name),
-            redis=RedisSink(redis_client(settings), cluster=settings.redis_cluster),
+            redis=RedisSink(redis_client(settings), cluster=settings.redis_cluster)
+            if settings.redis_url
+            else None,
             search=SearchSink(elasticsearch_client(settings)) if settings.es_url else None,
             refresher=Refresher(SqlRowReader(sql_engine(database)), registry or default_registry)
             if database

@@ -150,7 +150,7 @@ class RetryQueue(FailureHandler):
         database = settings.outbox_database if outbox else None
         return cls(
             settings.kafka_bootstrap,
-            settings.retry_topic,
+            settings.resolved_retry_topic,
             outbox=OutboxStore.from_url(database, timeout=policy.timeout) if database else None,
             policy=policy,
             component=component,

@@ -196,7 +196,9 @@ class OutboxRelay:
         engine = store.engine if source == database else sql_engine(source)
         return cls(
             store,
-            redis=RedisSink(redis_client(settings), cluster=settings.redis_cluster),
+            redis=RedisSink(redis_client(settings), cluster=settings.redis_cluster)
+            if settings.redis_url
+            else None,
             search=SearchSink(elasticsearch_client(settings)) if settings.es_url else None,
             handoff=handoff,
             refresher=Refresher(SqlRowReader(engine), registry or default_registry),

@@ -10,6 +10,8 @@
 ``cachesync.W001`` a model has ``__cachesync__`` without the ``CacheSyncModel`` mixin
 ``cachesync.W002`` the Redis cache alias stores keys under a prefix, so keys
                    written with Django's cache API are not the declared keys
+``cachesync.W003`` no Redis is configured (no ``REDIS_URL``, ``CACHE_ALIAS`` or Redis
+                   ``default`` cache): nothing deletes keys after commit
 =================  ==============================================================
 
 Declaration problems are collected while ``AppConfig.ready()`` resolves them

@@ -12,7 +12,9 @@ something to point them at:
     configured once. Django's ``django.core.cache.backends.redis.RedisCache``
     and django-redis (``django_redis.cache.RedisCache``, default or herd client)
     are understood. When neither ``REDIS_URL`` nor ``CACHE_ALIAS`` is given
-    anywhere, the ``"default"`` alias is used if it is a Redis cache.
+    anywhere, the ``"default"`` alias is used if it is a Redis cache; else there
+    is no Redis (no guessed ``localhost``), reported as the warning
+    ``cachesync.W003``.
 ``DATABASE_ALIAS`` (env ``CACHESYNC_DATABASE_ALIAS``, default ``"default"``)
     When ``MYSQL_URL`` is not given, build it from this ``settings.DATABASES``
     entry if it is MySQL/MariaDB. The binlog sidecar needs ``REPLICATION
@@ -273,7 +275,7 @@ def load_config(django_settings: Any, environ: Mapping[str, str] | None = None) 
         if cache_alias is None and _is_redis_cache(caches):
             cache_alias = "default"
         if cache_alias is None:
-            redis_source = "the default REDIS_URL"
+            redis_source = "nowhere"  # no default Redis: see the W003 warning below
         else:
             try:
                 overrides["redis_url"] = redis_url_from_cache(str(cache_alias), caches)
@@ -300,6 +302,17 @@ def load_config(django_settings: Any, environ: Mapping[str, str] | None = None) 
                 if url is not None:
                     overrides["mysql_url"] = url
 
+    if redis_source == "nowhere":
+        problems.append(
+            Problem(
+                "cachesync.W003",
+                "no Redis is configured for cachesync: saves do not delete cache keys after "
+                "commit, and the sidecar refuses to start while models declare keys",
+                hint="set CACHESYNC['REDIS_URL'], or CACHESYNC['CACHE_ALIAS'] naming a Redis "
+                "cache in settings.CACHES (a Redis 'default' cache is used by itself)",
+                error=False,
+            )
+        )
     if any(p.error for p in problems):
         return DjangoConfig(None, overrides, tuple(problems), redis_source, cache_alias)
     try:

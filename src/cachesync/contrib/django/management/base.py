@@ -3,9 +3,10 @@
 Each command runs ``cachesync <subcommand>`` in-process (:func:`cachesync.cli.main`)
 with:
 
-* every setting resolved from Django (``settings.CACHESYNC``, the Redis URL of the
-  cache alias, the MySQL URL of the database alias, then ``CACHESYNC_*``
-  environment variables) passed as its ``--flag`` after the user's arguments (so
+* every setting Django contributes (``settings.CACHESYNC``, the Redis URL of the
+  cache alias, the MySQL URL of the database alias) passed as its ``--flag``
+  after the user's arguments (the ``CACHESYNC_*`` environment variables and a
+  ``--config`` file fill the rest, below them) (so
   it reaches nested subcommands such as ``dlq list``); a flag given on the
   command line wins, as with the standalone command;
 * the models that ``AppConfig.ready()`` registered, so ``--models`` is not needed;
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import fields
 from typing import Any, ClassVar
 
@@ -38,14 +39,17 @@ __all__ = ["CliCommand", "settings_arguments"]
 _LOG_LEVELS = {0: "WARNING", 1: "INFO", 2: "DEBUG", 3: "DEBUG"}
 
 
-def settings_arguments(settings: Settings, given: Sequence[str] = ()) -> list[str]:
-    """``--flag value`` pairs for every setting of *settings* not among the flags in *given*."""
+def settings_arguments(
+    settings: Settings, given: Sequence[str] = (), only: Collection[str] | None = None
+) -> list[str]:
+    """``--flag value`` pairs for every setting of *settings* (or of those named in *only*)
+    not among the flags in *given*."""
     explicit = {arg.split("=", 1)[0] for arg in given if arg.startswith("--")}
     argv: list[str] = []
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(settings, f.name)
-        if flag in explicit or value is None:
+        if flag in explicit or value is None or (only is not None and f.name not in only):
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -112,7 +116,9 @@ class CliCommand(BaseCommand):  # type: ignore[misc]
         if not config.ok or config.settings is None:
             problems = "; ".join(f"{p.message} ({p.id})" for p in config.problems if p.error)
             raise CommandError(f"invalid cachesync settings: {problems}")
-        ours = settings_arguments(config.settings, cli_args)
+        # Only what Django contributed: the CLI reads the same environment itself, and a
+        # default passed as a flag would override the user's --config file.
+        ours = settings_arguments(config.settings, cli_args, only=config.overrides.keys())
         if not any(a == "--log-level" or a.startswith("--log-level=") for a in cli_args):
             ours += ["--log-level", _LOG_LEVELS.get(int(verbosity), "DEBUG")]
         # After the user's arguments, so that they reach the innermost subcommand
