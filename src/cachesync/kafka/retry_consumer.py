@@ -53,7 +53,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,18 @@ class ConsumerStats:
     undecodable: int = 0
     commits: int = 0
     pending: int = 0
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence *logger_name* below CRITICAL for the block (a library's shutdown noise)."""
+    target = logging.getLogger(logger_name)
+    level = target.level
+    target.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 class RetryConsumer:
@@ -253,9 +265,12 @@ class RetryConsumer:
             with contextlib.suppress(CacheSyncError):
                 self._flush_letters(force=True)
             self._commit(consumer, force=True)
-            with contextlib.suppress(Exception):
+            # kafka-python's I/O thread logs the task that close() cancels as an
+            # ERROR with a traceback: a normal shutdown is not an error to report.
+            with _quiet("kafka"), contextlib.suppress(Exception):
                 consumer.close(autocommit=False)
-        self._dead.close()
+        with _quiet("kafka"):
+            self._dead.close()
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Consume until *stop* is set (or forever); Kafka outages are waited out.
