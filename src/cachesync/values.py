@@ -95,8 +95,11 @@ def float32(value: float) -> float:
         return float(single)
     for digits in range(1, 10):
         candidate = float(f"{single:.{digits}g}")
-        if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == single:
-            return candidate
+        try:
+            if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == single:
+                return candidate
+        except OverflowError:  # near float32's maximum a shorter decimal rounds past it
+            continue
     return float(single)  # pragma: no cover - 9 significant digits always round-trip
 
 
