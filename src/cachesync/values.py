@@ -329,7 +329,7 @@ def stored(ctype: ColumnType, value: Any, *, zone: dt.tzinfo | None = None) -> A
     if kind == "float" or kind == "double":
         if isinstance(value, (int, float, Decimal, str)) and not isinstance(value, bool):
             try:
-                number = float(value)
+                number = float(value) + 0.0  # a zero has no sign, as for DECIMAL
                 return float32(number) if kind == "float" else number
             except (ValueError, OverflowError):
                 return value
@@ -395,7 +395,7 @@ def key_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return key_value(value.value)
     if isinstance(value, float):
-        return repr(value)
+        return repr(value + 0.0)  # -0.0 and 0.0 are one key (the paths disagree on the sign)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="surrogateescape")
     if isinstance(value, Decimal):
