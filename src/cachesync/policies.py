@@ -26,17 +26,18 @@ __all__ = [
 
 
 _P = TypeVar("_P")
+_PRESETS = ("low_latency", "default", "throughput")
 
 
-def _preset(presets: dict[str, _P], name: str, setting: str) -> _P:
-    """The preset called *name* (any case), or a :class:`ConfigurationError` naming *setting*."""
-    try:
-        return presets[name.lower()]
-    except KeyError:
+def _preset(owner: type[_P], name: str, setting: str) -> _P:
+    """*owner*'s preset called *name* (any case), or a :class:`ConfigurationError` naming *setting*."""
+    if name.lower() not in _PRESETS:
         raise ConfigurationError(
-            f"{setting} preset {name!r} is unknown; use one of {', '.join(presets)}",
+            f"{setting} preset {name!r} is unknown; use one of {', '.join(_PRESETS)}",
             setting=setting,
-        ) from None
+        )
+    preset: _P = getattr(owner, name.upper())
+    return preset
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -146,12 +147,7 @@ class BatchPolicy:
     @classmethod
     def preset(cls, name: str) -> BatchPolicy:
         """``low_latency``, ``default`` or ``throughput``."""
-        presets = {
-            "low_latency": cls.LOW_LATENCY,
-            "default": cls.DEFAULT,
-            "throughput": cls.THROUGHPUT,
-        }
-        return _preset(presets, name, "batch")
+        return _preset(cls, name, "batch")
 
 
 BatchPolicy.LOW_LATENCY = BatchPolicy(max_rows=200, max_delay_ms=5)
@@ -258,12 +254,7 @@ class RelayPolicy:
     @classmethod
     def preset(cls, name: str) -> RelayPolicy:
         """``low_latency``, ``default`` or ``throughput``."""
-        presets = {
-            "low_latency": cls.LOW_LATENCY,
-            "default": cls.DEFAULT,
-            "throughput": cls.THROUGHPUT,
-        }
-        return _preset(presets, name, "relay")
+        return _preset(cls, name, "relay")
 
 
 RelayPolicy.LOW_LATENCY = RelayPolicy(batch_size=50, poll_interval=0.1)
