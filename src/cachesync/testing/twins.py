@@ -61,6 +61,15 @@ class MemoryKeySink:
         self.down = False
         self._fail_next = 0
         self._lock = threading.Lock()
+        self._thawed = threading.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        """Make every call hang until :meth:`thaw`, as a Redis stopped with SIGSTOP does."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
 
     def set(self, key: str, value: Any = b"1") -> None:
         with self._lock:
@@ -76,6 +85,7 @@ class MemoryKeySink:
             self._fail_next += calls
 
     def delete(self, keys: Sequence[str]) -> int:
+        self._thawed.wait()
         with self._lock:
             self.calls.append(list(keys))
             if self.down or self._fail_next:
@@ -118,6 +128,16 @@ class MemoryDocumentSink:
         self._rejects: list[Callable[[IndexDoc], str | None]] = []
         self._throttles: list[list[Any]] = []  # [predicate, remaining]
         self._lock = threading.Lock()
+        self._thawed = threading.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        """Make every request hang until :meth:`thaw`: an Elasticsearch that accepts
+        connections and never answers (SIGSTOP), the failure a timeout alone handles worst."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
 
     def reject(self, why: Callable[[IndexDoc], str | None]) -> None:
         """Refuse every document for which *why(action)* returns a reason (a mapping error, 400)."""
@@ -141,6 +161,7 @@ class MemoryDocumentSink:
         return {i: dict(d.source) for i, d in self.indexes.get(index, {}).items()}
 
     def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        self._thawed.wait()
         with self._lock:
             self.calls.append(list(actions))
             if self.down:
