@@ -72,6 +72,7 @@ from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
+from .tablepurge import TablePurge
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
@@ -199,6 +200,14 @@ class Sidecar:
         self.batches = 0
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
+        #: What a TRUNCATE/DROP/RENAME of a watched table purges (binlog/tablepurge.py).
+        self.table_purge = TablePurge(
+            registry,
+            keys=applier.keys,
+            documents=applier.documents,
+            mysql=self._mysql,
+            default_schema=self._database,
+        )
 
     @classmethod
     def from_settings(
@@ -258,6 +267,7 @@ class Sidecar:
 
     def run(self) -> None:
         failures = 0
+        self.table_purge.log_notes()
         try:
             while not self._stop.is_set():
                 try:
@@ -390,6 +400,11 @@ class Sidecar:
                 self._save(point)
                 last_lock_check = last_save = time.monotonic()
                 continue
+            if source.table_statement is not None:
+                if not self._table_statement(source):
+                    return  # stopped before the purge was done: it is redone on restart
+                last_lock_check = last_save = time.monotonic()
+                continue
             now = time.monotonic()
             point = source.resume_point
             if self._idle_save_due(point, now - last_save):
@@ -404,6 +419,41 @@ class Sidecar:
         if self.saved is None or point != self.saved:
             self.lock.check()
             self._save(point)
+
+    def _table_statement(self, source: BinlogSource) -> bool:
+        """Purge what the TRUNCATE/DROP/RENAME the stream is held at took away, then pass it.
+
+        Runs between the batch before the statement (applied and saved) and the
+        first change after it (not read yet); the checkpoint moves past the
+        statement only once the purge is done (binlog/tablepurge.py says why
+        it is never handed off). False if stopped first.
+        """
+        held = source.table_statement
+        assert held is not None
+        attempts = 0
+        while True:
+            try:
+                self.table_purge.purge(held)
+                break
+            except TransientError as exc:
+                attempts += 1
+                delay = self.policy.handoff_backoff.delay(attempts)
+                log.error(
+                    "cachesync: purge after %r not done (%s); the stream waits before it, "
+                    "checkpoint kept at %s, retrying in %.1fs",
+                    held.describe(80),
+                    exc,
+                    self.saved,
+                    delay,
+                )
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return False
+                self.lock.check()
+        source.pass_table_statement()
+        self.lock.check()
+        self._save(source.resume_point)
+        return True
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
         saved = self.saved
