@@ -59,7 +59,9 @@ class RedisSink:
                 return int(self.client.unlink(*groups[0]))
             pipe = self.client.pipeline(transaction=False)
             for group in groups:
-                pipe.unlink(*group)
+                # execute_command, not pipe.unlink: redis-py's cluster pipeline refuses a
+                # multi-key unlink even when every key is in one slot, as each group is.
+                pipe.execute_command("UNLINK", *group)
             return sum(int(n) for n in pipe.execute())
         except (redis.RedisError, OSError) as exc:
             raise TransientError(
