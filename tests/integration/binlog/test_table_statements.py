@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from cachesync import Projection, Registry, Sync, resolve
 from cachesync.binlog.checkpoint import FileCheckpointStore, ResumePoint
 from cachesync.changes import BinlogPosition
 from cachesync.errors import TransientError
@@ -199,3 +200,94 @@ def test_the_checkpoint_stays_before_the_statement_until_the_purge_is_done(
         assert env.existing(old) == []
         env.assert_index_matches_table()
         assert set(env.documents()) == {"0"}
+
+
+def test_other_tables_and_temporary_tables_purge_nothing(
+    binlog_env: BinlogEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = binlog_env
+    caplog.set_level(logging.INFO, logger="cachesync.sidecar")
+    with running(env.sidecar()):
+        _insert(env, [1, 2, 3])
+        env.sync_point()
+        cached = _cache(env, [1, 2, 3])
+        env.sql("CREATE TABLE unrelated (id INT PRIMARY KEY)")
+        env.sql("TRUNCATE TABLE unrelated")
+        env.sql("RENAME TABLE unrelated TO unrelated2")
+        env.sql("DROP TABLE unrelated2")
+        conn = env.connect()
+        try:
+            with conn.cursor() as cur:  # a temporary table shadowing the watched name
+                cur.execute("CREATE TEMPORARY TABLE users (id INT PRIMARY KEY)")
+                cur.execute("TRUNCATE TABLE users")
+                cur.execute("DROP TEMPORARY TABLE users")
+        finally:
+            conn.close()
+        env.sql("ALTER TABLE users ADD COLUMN extra INT NULL")
+        env.sql("ALTER TABLE users RENAME COLUMN extra TO extra2")
+        env.sync_point()
+        assert env.existing(cached) == cached
+        env.assert_index_matches_table()
+    assert _purge_lines(caplog) == []
+
+
+def test_a_shared_index_is_emptied_and_the_other_table_read_again(binlog_env: BinlogEnv) -> None:
+    """Documents carry no table: the other writer's documents are restored from its table."""
+    env = binlog_env
+    registry = env.registry()
+    registry.add(
+        resolve(
+            f"tests.binlog.{env.schema}.Staff",
+            Sync(
+                keys=[models.key_prefix(env.schema) + "staff:{id}"],
+                search=Projection(
+                    index=env.index,
+                    id="staff-{id}",
+                    fields=list(models.DOC_FIELDS),
+                ),
+            ),
+            table="staff",
+            schema=env.schema,
+            columns=models.USER_COLUMNS,
+            primary_key=["id"],
+        )
+    )
+    env.sql(models.USERS_DDL.replace("CREATE TABLE users", "CREATE TABLE staff"))
+    with running(env.sidecar(registry=registry)):
+        _insert(env, list(range(1, 101)))
+        _insert(env, list(range(1, 51)), tag="staff", table="staff")
+        env.sync_point()
+        assert len(env.documents()) == 1 + 80 + 50
+        env.sql("TRUNCATE TABLE users")
+        env.sql(SENTINEL)
+        env.sql("UPDATE staff SET nickname = 'after' WHERE id = 7")
+        env.sync_point()
+        documents = env.documents()
+        staff = {i: d for i, d in documents.items() if i.startswith("staff-")}
+        assert set(documents) - set(staff) == {"0"}
+        assert len(staff) == 50 and staff["staff-7"]["nickname"] == "after"
+        assert staff["staff-8"]["username"] == "ustaff8"
+
+
+def test_a_template_without_literal_text_is_named_at_start_up(
+    binlog_env: BinlogEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = binlog_env
+    caplog.set_level(logging.WARNING, logger="cachesync.sidecar")
+    registry = Registry()
+    registry.add(
+        resolve(
+            f"tests.binlog.{env.schema}.Bare",
+            Sync(keys=["{id}", models.key_prefix(env.schema) + "user:{id}"]),
+            table="users",
+            schema=env.schema,
+            columns=models.USER_COLUMNS,
+            primary_key=["id"],
+        )
+    )
+    with running(env.sidecar(registry=registry)):
+        pass
+    notes = [r.getMessage() for r in caplog.records if "no literal text" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert "'{id}'" in notes[0] and f"tests.binlog.{env.schema}.Bare" in notes[0]
+    assert "NOT purged" in notes[0]
