@@ -52,8 +52,15 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         cli = shutil.which("redis-cli")
         assert cli is not None, "redis-cli is needed to create the test cluster"
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes)]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=60,

@@ -12,7 +12,9 @@ from cachesync.keys import KeyTemplate
 E, R = Effect.EMPTIED, Effect.REPLACED
 
 
-def names(statement: str, schema: str | None = "app") -> list[tuple[Effect, str | None, str | None]]:
+def names(
+    statement: str, schema: str | None = "app"
+) -> list[tuple[Effect, str | None, str | None]]:
     return [(e.effect, e.schema, e.table) for e in table_statement(statement, schema)]
 
 
@@ -34,11 +36,19 @@ def names(statement: str, schema: str | None = "app") -> list[tuple[Effect, str 
         ("DROP VIEW users", []),
         (
             "RENAME TABLE users TO users_old, users_new TO users",
-            [(E, "app", "users"), (R, "app", "users_old"), (E, "app", "users_new"), (R, "app", "users")],
+            [
+                (E, "app", "users"),
+                (R, "app", "users_old"),
+                (E, "app", "users_new"),
+                (R, "app", "users"),
+            ],
         ),
         ("RENAME TABLE IF EXISTS a WAIT 3 TO s.b", [(E, "app", "a"), (R, "s", "b")]),
         ("ALTER TABLE users RENAME TO people", [(E, "app", "users"), (R, "app", "people")]),
-        ("ALTER TABLE users ADD COLUMN x INT, RENAME AS s.people", [(E, "app", "users"), (R, "s", "people")]),
+        (
+            "ALTER TABLE users ADD COLUMN x INT, RENAME AS s.people",
+            [(E, "app", "users"), (R, "s", "people")],
+        ),
         ("ALTER TABLE users RENAME COLUMN a TO b", []),
         ("ALTER TABLE users RENAME INDEX a TO b, RENAME KEY c TO d", []),
         ("ALTER TABLE users ADD COLUMN x INT COMMENT 'drop table users'", []),
