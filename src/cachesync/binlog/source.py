@@ -37,6 +37,15 @@ XA transactions (details in :mod:`.xa`)
 * :attr:`resume_point` carries ``hold``, the start of the oldest held
   transaction; a source started from such a point first *catches up* from
   there (re-holding, applying nothing), so a prepared transaction survives restarts.
+
+TRUNCATE, DROP, RENAME (details in :mod:`.tabledrops`, :mod:`.tablepurge`)
+--------------------------------------------------------------------------
+* A QUERY event that empties or replaces a watched table holds the stream
+  *before* it: :meth:`BinlogSource.poll` returns what came before, then
+  nothing, and :attr:`BinlogSource.table_statement` names it until the caller
+  purged and called :meth:`BinlogSource.pass_table_statement`. Until then
+  :attr:`resume_point` is the statement's start, so a restart reads it again.
+  While catching up (changes already applied) such statements pass unheld.
 """
 
 from __future__ import annotations
