@@ -291,3 +291,21 @@ def test_a_template_without_literal_text_is_named_at_start_up(
     assert len(notes) == 1, notes
     assert "'{id}'" in notes[0] and f"tests.binlog.{env.schema}.Bare" in notes[0]
     assert "NOT purged" in notes[0]
+
+
+def test_drop_database_purges_its_watched_tables(binlog_env: BinlogEnv) -> None:
+    env = binlog_env
+    with running(env.sidecar()):
+        ids = list(range(1, 301))
+        _insert(env, ids)
+        env.sync_point()
+        old = _cache(env, ids)
+        env.sql(f"DROP DATABASE `{env.schema}`")
+        env.sql(f"CREATE DATABASE `{env.schema}`")
+        env.sql(f"USE `{env.schema}`")
+        env.create_users()
+        _insert(env, [1, 2], tag="again")
+        env.sync_point()
+        assert env.existing(old) == []
+        env.assert_index_matches_table()
+        assert set(env.documents()) == {"0", "1", "2"}
