@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import metrics
-from ..errors import PermanentError, SourceError
+from ..errors import PermanentError, SchemaError, SourceError, TransientError
 from ..keys import KeyTemplate
 from ..registry import Registry, TableSpec
 from ..sinks.base import DocumentSink, KeySink
@@ -192,9 +192,20 @@ class TablePurge:
                         prune=False,
                         at=at,
                     )
-                except SourceError as exc:
-                    if exc.context.get("code") not in (1146, 1814):
-                        raise
+                except (SourceError, TransientError) as exc:
+                    code = exc.context.get("code")
+                    if isinstance(exc, TransientError) and code != 1054:
+                        raise  # (PyMySQL calls an unknown column an OperationalError)
+                    if code not in (1146, 1814):
+                        # A table renamed in without a declared column, say: as for an
+                        # ALTER that drops one, stop; the restart after the fix redoes this.
+                        raise SchemaError(
+                            f"{spec.model}: re-reading {spec.table} after "
+                            f"{held.describe(80)!r} at {held.position} failed: {exc}; the "
+                            "sidecar stops before the statement and redoes it once fixed",
+                            model=spec.model,
+                            table=spec.table,
+                        ) from None
                     # Gone (or its tablespace discarded) by now: a later statement in
                     # the stream says why, and is handled in its turn.
                     log.info("cachesync: %s not re-read: %s", spec.table, exc)

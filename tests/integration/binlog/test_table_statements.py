@@ -17,7 +17,7 @@ import pytest
 from cachesync import Projection, Registry, Sync, resolve
 from cachesync.binlog.checkpoint import FileCheckpointStore, ResumePoint
 from cachesync.changes import BinlogPosition
-from cachesync.errors import TransientError
+from cachesync.errors import SchemaError, TransientError
 from cachesync.sinks import RedisSink
 from tests.integration.binlog import models
 from tests.integration.binlog.harness import BinlogEnv, running, wait_for
@@ -309,3 +309,35 @@ def test_drop_database_purges_its_watched_tables(binlog_env: BinlogEnv) -> None:
         assert env.existing(old) == []
         env.assert_index_matches_table()
         assert set(env.documents()) == {"0", "1", "2"}
+
+
+def test_a_table_renamed_in_without_a_declared_column_stops_the_sidecar(
+    binlog_env: BinlogEnv,
+) -> None:
+    """A clear SchemaError, the checkpoint before the swap, and after the fix it is redone."""
+    env = binlog_env
+    store = FileCheckpointStore(env.tmp / "checkpoint.json")
+    with (
+        pytest.raises(SchemaError, match="re-reading users after 'RENAME TABLE users TO") as raised,
+        running(env.sidecar(store=store)) as errors,
+    ):
+        _insert(env, [1, 2, 3])
+        env.sync_point()
+        env.sql(
+            models.USERS_DDL.replace("CREATE TABLE users", "CREATE TABLE users_new").replace(
+                "nickname VARCHAR(64) NOT NULL,", ""
+            )
+        )
+        env.sql("INSERT INTO users_new (id, user_name, email) VALUES (0, 'sentinel', NULL)")
+        env.sql("INSERT INTO users_new (id, user_name, email) VALUES (9, 'u9', NULL)")
+        env.sql("RENAME TABLE users TO users_old, users_new TO users")
+        wait_for(lambda: bool(errors), 60, "the sidecar to stop")
+    message = str(raised.value)
+    assert "nickname" in message and env.schema in message and "Traceback" not in message
+    cached = _cache(env, [1, 2, 3])
+    env.sql("ALTER TABLE users ADD COLUMN nickname VARCHAR(64) NOT NULL DEFAULT 'fixed'")
+    with running(env.sidecar(store=store)):
+        env.sync_point()
+        assert env.existing(cached) == []
+        env.assert_index_matches_table()
+        assert env.documents()["9"]["nickname"] == "fixed"
