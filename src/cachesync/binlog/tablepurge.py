@@ -147,11 +147,19 @@ class TablePurge:
     def purge(self, held: TableStatement) -> PurgeReport:
         """Purge keys, then documents, then re-read the tables that need it; log what was done."""
         report = PurgeReport()
-        reread: dict[str, TableSpec] = {e.spec.model: e.spec for e in held.effects if e.reread}
-        emptied = {e.spec.model for e in held.effects if not e.reread}
-        for effect in held.effects:
+        # A cascade parent the source reads only for its foreign keys has nothing to purge.
+        effects = [
+            e
+            for e in held.effects
+            if e.spec.key_templates or e.spec.projections or e.spec.invalidates is not None
+        ]
+        if not effects:
+            return report
+        reread: dict[str, TableSpec] = {e.spec.model: e.spec for e in effects if e.reread}
+        emptied = {e.spec.model for e in effects if not e.reread}
+        for effect in effects:
             self._purge_keys(effect.spec, report)
-        for effect in held.effects:
+        for effect in effects:
             for projection in effect.spec.projections:
                 if projection.index in report.documents or self.documents is None:
                     continue
@@ -162,7 +170,7 @@ class TablePurge:
                     if spec.model not in emptied:  # a sharer's documents went too
                         reread.setdefault(spec.model, spec)
         self._reread(held, list(reread.values()), report)
-        self._log(held, report)
+        self._log(held, effects, report)
         return report
 
     def _purge_keys(self, spec: TableSpec, report: PurgeReport) -> None:
@@ -218,14 +226,14 @@ class TablePurge:
         finally:
             conn.close()
 
-    def _log(self, held: TableStatement, report: PurgeReport) -> None:
+    def _log(self, held: TableStatement, effects: list[TableEffect], report: PurgeReport) -> None:
         keys = sum(report.keys.values())
         documents = sum(report.documents.values())
         metrics.inc("table_statements_total")
         metrics.inc("purged_keys_total", keys)
         metrics.inc("purged_documents_total", documents)
         level = logging.WARNING if report.uncovered else logging.INFO
-        tables = "; ".join(_effect(e) for e in held.effects)
+        tables = "; ".join(_effect(e) for e in effects)
         log.log(
             level,
             "cachesync: %s at %s (%s): purged %d key(s) [%s], %d document(s) [%s], re-read %s%s",
