@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
@@ -36,6 +36,7 @@ from ..changes import BinlogPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
+from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
 from . import server
@@ -83,7 +84,7 @@ class _Writer:
 
     def __init__(
         self,
-        sink: SearchSink,
+        sink: DocumentSink,
         attempts: int = 5,
         *,
         backoff: Backoff = WRITE_BACKOFF,
@@ -118,7 +119,7 @@ def reindex(
     spec: TableSpec,
     *,
     connection: Any,
-    search: SearchSink,
+    search: DocumentSink,
     registry: Registry | None = None,
     database: str | None = None,
     batch_size: int = 1000,
@@ -126,6 +127,7 @@ def reindex(
     progress: Progress | None = None,
     backoff: Backoff = WRITE_BACKOFF,
     sleep: Callable[[float], object] = time.sleep,
+    at: BinlogPosition | None = None,
 ) -> ReindexReport:
     """Rebuild every projection of *spec*; see the module docstring for why it is safe.
 
@@ -135,15 +137,19 @@ def reindex(
     (InnoDB's REPEATABLE READ would otherwise hide every concurrent delete).
     *database* is the schema of a spec declared without one. A bulk write that
     fails transiently is retried after *backoff*'s delays, waited with *sleep*.
+    *at*: write at this position instead of the server's current one (the
+    sidecar re-reads a table renamed in at the position of the RENAME, with
+    every later change still to stream; :mod:`.tablepurge`).
     """
     if not spec.projections:
         raise DeclarationError(f"{spec.model} declares no search projection: nothing to reindex")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     started = time.monotonic()
-    file, pos = server.master_status(connection)
-    at = BinlogPosition(file, pos, 0)
-    after = BinlogPosition(file, pos, 1)  # version P + 1, still below any later change
+    if at is None:
+        file, pos = server.master_status(connection)
+        at = BinlogPosition(file, pos, 0)
+    after = replace(at, row=at.row + 1)  # version P + 1, still below any later change
     report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
     schema = spec.schema or database
     table = qualified_table(schema, spec.table)
@@ -281,6 +287,8 @@ def _prune(
         return 0
     from elasticsearch import ApiError, TransportError, helpers
 
+    if not isinstance(writer.sink, SearchSink):
+        raise TypeError("pruning scans the index: it needs a SearchSink")
     client = writer.sink.client
     try:
         client.indices.refresh(index=projection.index, ignore_unavailable=True)

@@ -74,6 +74,7 @@ from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
+from .tablepurge import TablePurge
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
@@ -204,6 +205,14 @@ class Sidecar:
         self._lanes: Lanes | None = None  # the per-sink lanes, while leading
         self._last_save = self._last_lock_ping = time.monotonic()
         self._saved_changes = 0  # changes settled at the last save (per leadership term)
+        #: What a TRUNCATE/DROP/RENAME of a watched table purges (binlog/tablepurge.py).
+        self.table_purge = TablePurge(
+            registry,
+            keys=applier.keys,
+            documents=applier.documents,
+            mysql=self._mysql,
+            default_schema=self._database,
+        )
 
     @classmethod
     def from_settings(
@@ -263,6 +272,7 @@ class Sidecar:
 
     def run(self) -> None:
         failures = 0
+        self.table_purge.log_notes()
         try:
             while not self._stop.is_set():
                 try:
@@ -439,6 +449,11 @@ class Sidecar:
                 if self._save_settled(lanes, force=False):
                     last_lock_check = time.monotonic()
                 continue
+            if source.table_statement is not None:
+                if not self._table_statement(source, lanes):
+                    return  # stopped before the purge was done: it is redone on restart
+                last_lock_check = time.monotonic()
+                continue
             now = time.monotonic()
             if self._save_settled(lanes, force=not lanes.ledger.owing()):
                 last_lock_check = now
@@ -478,6 +493,47 @@ class Sidecar:
         self._save(point)
         if self.saved == point:
             self._saved_changes = changes
+        return True
+
+    def _table_statement(self, source: BinlogSource, lanes: Lanes) -> bool:
+        """Purge what the TRUNCATE/DROP/RENAME the stream is held at took away, then pass it.
+
+        Runs once the lanes have settled (and the checkpoint saved) everything
+        before the statement, and before the first change after it is read; the
+        checkpoint moves past the statement only once the purge is done
+        (binlog/tablepurge.py says why it is never handed off). False if stopped first.
+        """
+        held = source.table_statement
+        assert held is not None
+        while lanes.ledger.owing():
+            if self._stop.wait(0.01):
+                return False
+            lanes.check()
+            self._keep_lock()
+        self._save_settled(lanes, force=True)
+        attempts = 0
+        while True:
+            try:
+                self.table_purge.purge(held)
+                break
+            except TransientError as exc:
+                attempts += 1
+                delay = self.policy.handoff_backoff.delay(attempts)
+                log.error(
+                    "cachesync: purge after %r not done (%s); the stream waits before it, "
+                    "checkpoint kept at %s, retrying in %.1fs",
+                    held.describe(80),
+                    exc,
+                    self.saved,
+                    delay,
+                )
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return False
+                self.lock.check()
+        source.pass_table_statement()
+        lanes.submit((), source.resume_point, 0)  # nothing owed: settles at once
+        self._save_settled(lanes, force=True)
         return True
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:

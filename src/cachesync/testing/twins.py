@@ -18,6 +18,7 @@ error does (:class:`~cachesync.errors.PermanentError`).
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 from ..actions import Action, DeleteDoc, DeleteKeys, DocumentAction, IndexDoc, per_key
 from ..apply import Applier, ApplyReport, Failure, FailureHandler
 from ..binlog.checkpoint import CheckpointStore, StoredCheckpoint
+from ..changes import Position
 from ..deadletters import DeadLetterStore, PoisonChange
 from ..errors import CacheSyncError, HandOffError, PermanentError, TransientError
 from ..policies import RetryPolicy
@@ -98,8 +100,45 @@ class MemoryKeySink:
             self.deleted.extend(keys)
             return existed
 
+    def purge(self, pattern: str) -> int:
+        """Delete the stored keys matching the Redis glob *pattern* (``*``, ``?``, ``[...]``, ``\\``)."""
+        regex = _glob(pattern)
+        with self._lock:
+            if self.down:
+                raise TransientError(f"Redis SCAN MATCH {pattern!r} failed: twin is down")
+            matched = [k for k in self.values if regex.fullmatch(k)]
+        return self.delete(matched) if matched else 0
+
     def ping(self) -> bool:
         return not self.down
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a Redis glob pattern."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                body = "^" + body[1:] if body.startswith("^") else body
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -176,6 +215,17 @@ class MemoryDocumentSink:
                 if error is not None:
                     failures.append(DocumentFailure(action, error))
             return failures
+
+    def purge(self, index: str, position: Position) -> int:
+        """Delete every document of *index* stored with a version below *position*'s."""
+        with self._lock:
+            if self.down:
+                raise TransientError(f"Elasticsearch scan of {index} failed: twin is down")
+            ids = list(self.indexes.get(index, {}))
+        failures = self.apply([DeleteDoc(index, doc_id, position) for doc_id in ids])
+        if failures:
+            raise failures[0].error
+        return sum(1 for doc_id in ids if doc_id not in self.indexes.get(index, {}))
 
     def _apply_one(self, action: DocumentAction) -> CacheSyncError | None:
         for throttle in self._throttles:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
