@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Integer, MetaData, String, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from cachesync.connections import sqlalchemy_url
 from cachesync.contrib.sqlalchemy import Reads, cache_for, register, unregister

@@ -10,7 +10,8 @@ Declare on models you own with the :class:`CacheSyncModel` mixin::
                               when=lambda row: row["status"] == 1),
         )
 
-and with :func:`register` for models you don't (in an app's ``cachesync.py``,
+read through them with ``Article.cache.get(pk)`` (:mod:`.reads`), and declare
+with :func:`register` for models you don't (in an app's ``cachesync.py``,
 discovered at start-up)::
 
     register(User, keys=["user:{pk}", "user:by-name:{username}"])
@@ -26,7 +27,25 @@ registry, so a ``models.py`` can import the mixin.
 """
 
 from ...fastpath import no_sync
+from ...reads import Reads, cached
 from .conf import raw_key
 from .declarations import CacheSyncModel, register, unregister
 
-__all__ = ["CacheSyncModel", "no_sync", "raw_key", "register", "unregister"]
+
+def cache_for(model: object, reads: Reads | None = None) -> object:
+    """The read API of a declared model (``Model.cache`` on the mixin); see :mod:`.reads`."""
+    from .reads import cache_for as _cache_for
+
+    return _cache_for(model, reads)
+
+
+__all__ = [
+    "CacheSyncModel",
+    "Reads",
+    "cache_for",
+    "cached",
+    "no_sync",
+    "raw_key",
+    "register",
+    "unregister",
+]

@@ -8,8 +8,11 @@
 ``cachesync.E003`` the Redis cache alias cannot be used (unknown alias, not a
                    Redis cache, or given together with ``REDIS_URL``)
 ``cachesync.W001`` a model has ``__cachesync__`` without the ``CacheSyncModel`` mixin
-``cachesync.W002`` the Redis cache alias stores keys under a prefix, so keys
-                   written with Django's cache API are not the declared keys
+``cachesync.W002`` the key function of the Redis cache alias is not ``prefix +
+                   key + suffix`` (hashing, say), so keys written with Django's
+                   cache API cannot be named, hence not invalidated
+``cachesync.W004`` the alias uses ``raw_key`` but sets ``KEY_PREFIX``/``VERSION``,
+                   which ``raw_key`` ignores
 ``cachesync.W003`` no Redis is configured (no ``REDIS_URL``, ``CACHE_ALIAS`` or Redis
                    ``default`` cache): nothing deletes keys after commit
 =================  ==============================================================
@@ -84,19 +87,34 @@ def check_settings(
 def _check_key_function(alias: str) -> list[checks.CheckMessage]:
     from django.core.cache import caches
 
+    from .conf import key_affixes, raw_key
+
     try:
-        made = caches[alias].make_key("cachesync:probe")
+        cache = caches[alias]
     except Exception:  # the cache backend itself is broken: Django's own checks say so
         return []
-    if made == "cachesync:probe":
-        return []
+    conf = settings.CACHES.get(alias, {})
+    function = getattr(cache, "key_func", None)
+    if function is raw_key and (conf.get("KEY_PREFIX") or conf.get("VERSION", 1) != 1):
+        return [
+            checks.Warning(
+                f"CACHES[{alias!r}] sets KEY_PREFIX/VERSION, which KEY_FUNCTION raw_key ignores: "
+                "keys are stored verbatim",
+                hint="remove KEY_PREFIX/VERSION (put a namespace into the key templates), or "
+                "drop KEY_FUNCTION: with Django's default key function cachesync deletes the "
+                "prefixed keys too",
+                id="cachesync.W004",
+            )
+        ]
+    if key_affixes(cache.make_key) is not None:
+        return []  # prefix + key + suffix: the declarations delete the make_key() form too
     return [
         checks.Warning(
-            f"cache alias {alias!r} stores cache.set('k', ...) under {made.replace('cachesync:probe', 'k')!r}; "
-            "cachesync deletes exactly the keys its templates render, so keys written through "
-            "Django's cache API will not be invalidated",
-            hint=f"set 'KEY_FUNCTION': 'cachesync.contrib.django.raw_key' in CACHES[{alias!r}], "
-            "or write the prefix into the key templates",
+            f"the key function of cache alias {alias!r} is not prefix + key + suffix, so "
+            "cachesync cannot name the Redis keys of cache.set('k', ...): they will not be "
+            "invalidated",
+            hint=f"use Django's default key function or 'cachesync.contrib.django.raw_key' in "
+            f"CACHES[{alias!r}]",
             id="cachesync.W002",
         )
     ]

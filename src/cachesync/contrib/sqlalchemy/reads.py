@@ -212,7 +212,8 @@ class CacheDescriptor:
         return cache_for(owner)
 
     def __getattr__(self, name: str) -> Any:
-        raise DeclarationError(
+        # AttributeError, not DeclarationError: hasattr() probes (declarative scanning) must work.
+        raise AttributeError(
             f"Model.cache.{name}: this class is not a declared model (is it mapped, with "
             "__cachesync__ = Sync(keys=[...])?)"
         )
