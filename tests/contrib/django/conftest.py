@@ -36,8 +36,8 @@ from django.db import connection, connections  # noqa: E402
 
 from cachesync import config  # noqa: E402
 from cachesync.contrib.django import hooks  # noqa: E402
-from cachesync.contrib.django.conf import load_config  # noqa: E402
 from cachesync.contrib.django.apps import _bind_reads  # noqa: E402
+from cachesync.contrib.django.conf import load_config  # noqa: E402
 from cachesync.fastpath import fast_path  # noqa: E402
 from cachesync.reads import configure_reads  # noqa: E402
 

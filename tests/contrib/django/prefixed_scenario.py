@@ -14,7 +14,7 @@ import time
 
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.contrib.django.settings_prefixed"
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
