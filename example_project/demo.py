@@ -10,7 +10,6 @@ Elasticsearch-API servers, and the real ``manage.py cachesync_listen`` and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
