@@ -108,7 +108,7 @@ class ReadStore:
         serializer: Serializer | None = None,
         key_function: Callable[[str], str] | None = None,
     ) -> None:
-        self._client = client
+        self._given, self._client = client, client
         self._async_client = async_client
         self.serializer: Serializer = serializer or JsonSerializer()
         self.key_function = key_function
@@ -137,13 +137,13 @@ class ReadStore:
 
     def client(self) -> Any | None:
         """The redis-py client, or ``None`` when no Redis is configured."""
-        if self._client is not None:
-            return self._client
+        if self._given is not None:
+            return self._given
         with self._lock:
             settings = self._redis_settings()
             if settings is None:
                 return None
-            if self._client is None or self._settings is not settings:
+            if self._client is None or self._settings is not settings:  # (re)configured
                 self._client, self._settings = redis_client(settings), settings
             return self._client
 

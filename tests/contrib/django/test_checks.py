@@ -123,3 +123,13 @@ def test_a_key_function_cachesync_cannot_follow_is_a_warning() -> None:
     assert "not be invalidated" in message.msg
     assert "raw_key" in message.hint
     assert not message.is_serious()
+
+
+def test_redis_url_beside_a_prefixing_alias_on_the_same_redis_is_a_warning() -> None:
+    url = "redis://127.0.0.1:6379/0"
+    with override_settings(CACHES=_caches(KEY_PREFIX="shop"), CACHESYNC={"REDIS_URL": url}):
+        (message,) = check_settings()
+    assert message.id == "cachesync.W005" and "CACHE_ALIAS" in message.hint
+    other = {"REDIS_URL": "redis://127.0.0.1:6379/1"}  # another database: not the cache
+    with override_settings(CACHES=_caches(KEY_PREFIX="shop"), CACHESYNC=other):
+        assert check_settings() == []

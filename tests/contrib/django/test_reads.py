@@ -106,3 +106,25 @@ def test_default_key_function_with_prefix_and_version_save_update_and_raw_sql(
             assert step in scenario.stdout
     finally:
         listen.close()
+
+
+def test_json_serializer_round_trips_django_instances_and_fk_lookups(clean: Any) -> None:
+    from cachesync.contrib.django import Reads, cache_for
+    from cachesync.serializers import JsonSerializer
+
+    author = User.objects.create(username="bo")
+    article = Article.objects.create(title="T", slug="t-json", author=author, status=1)
+    reads = cache_for(Article, Reads(ttl=30, serializer=JsonSerializer()))
+    try:
+        assert reads.get(article.pk).title == "T"
+        assert clean.get(f"article:{article.pk}").startswith(b'{"__cachesync__":"model"')
+        hit = reads.get(article.pk)
+        assert type(hit) is Article and hit.author_id == author.pk and hit.slug == "t-json"
+        assert not hit._state.adding  # from_db: saving it updates the row
+        assert 0 < clean.pttl(f"article:{article.pk}") <= 30_000
+        # A related instance is accepted for a foreign key, as in a QuerySet filter.
+        key = reads.key(author=author, id=article.pk)
+        assert key == f"author:{author.pk}:article:{article.pk}"
+        assert reads.get_by(author=author, id=article.pk).pk == article.pk
+    finally:
+        cache_for(Article, Reads())

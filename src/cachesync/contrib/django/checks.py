@@ -13,6 +13,8 @@
                    cache API cannot be named, hence not invalidated
 ``cachesync.W004`` the alias uses ``raw_key`` but sets ``KEY_PREFIX``/``VERSION``,
                    which ``raw_key`` ignores
+``cachesync.W005`` ``REDIS_URL`` is given while a prefixing Redis cache alias uses
+                   the same Redis: that alias's entries are not invalidated
 ``cachesync.W003`` no Redis is configured (no ``REDIS_URL``, ``CACHE_ALIAS`` or Redis
                    ``default`` cache): nothing deletes keys after commit
 =================  ==============================================================
@@ -81,6 +83,34 @@ def check_settings(
     ]
     if config.ok and config.cache_alias is not None:
         messages.extend(_check_key_function(config.cache_alias))
+    elif config.ok and config.settings is not None and config.settings.redis_url is not None:
+        messages.extend(_check_prefixed_twins(config.settings.redis_url))
+    return messages
+
+
+def _check_prefixed_twins(redis_url: str) -> list[checks.CheckMessage]:
+    """A Redis cache alias on cachesync's own Redis, whose prefix cachesync was not told about."""
+    from django.core.cache import caches
+
+    from .conf import key_affixes, redis_url_from_cache
+
+    messages: list[checks.CheckMessage] = []
+    for alias in getattr(settings, "CACHES", {}) or {}:
+        try:
+            same = redis_url_from_cache(alias, settings.CACHES) == redis_url
+            affixes = key_affixes(caches[alias].make_key) if same else None
+        except Exception:  # not a Redis cache, or a broken one
+            continue
+        if same and (affixes is None or not affixes.identity):
+            messages.append(
+                checks.Warning(
+                    f"cache alias {alias!r} uses cachesync's Redis with a key prefix, but "
+                    "REDIS_URL is given instead of CACHE_ALIAS, so cache.set('k', ...) "
+                    "entries of that alias are not invalidated",
+                    hint=f"set CACHESYNC['CACHE_ALIAS'] = {alias!r} instead of REDIS_URL",
+                    id="cachesync.W005",
+                )
+            )
     return messages
 
 
