@@ -141,50 +141,13 @@ def _key_of(target: Any) -> Session | type[Session]:
     if type(target).__module__.startswith("sqlalchemy.ext.asyncio") or (
         isinstance(target, type) and target.__module__.startswith("sqlalchemy.ext.asyncio")
     ):
-        return _async_key_of(target)
+        from .aio import sync_target
+
+        return sync_target(target)
     raise ConfigurationError(
         "cachesync.contrib.sqlalchemy.install() expects a Session subclass, a sessionmaker, "
         "a scoped_session, a Session, an AsyncSession (class or instance), an "
         f"async_sessionmaker or an async_scoped_session, got {target!r}",
-        setting="install",
-    )
-
-
-class AsyncCacheSyncSession(Session):
-    """The ``sync_session_class`` :func:`install` gives an ``async_sessionmaker`` that had none.
-
-    An ``AsyncSession`` runs a plain :class:`Session` underneath; the hooks listen
-    on that one. A subclass of its own keeps the hooks to the sessions of the
-    installed maker, as installing a ``sessionmaker`` does.
-    """
-
-
-def _async_key_of(target: Any) -> Session | type[Session]:
-    """The synchronous session (class) an asyncio target runs on: where the hooks listen."""
-    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
-
-    if isinstance(target, async_scoped_session):
-        target = target.session_factory
-    if isinstance(target, AsyncSession):
-        return target.sync_session
-    if isinstance(target, type) and issubclass(target, AsyncSession):
-        return target.sync_session_class
-    if isinstance(target, async_sessionmaker):
-        sync_class = target.kw.get("sync_session_class")
-        if sync_class is None:
-            sync_class = type(
-                "AsyncCacheSyncSession", (AsyncCacheSyncSession,), {"__module__": __name__}
-            )
-            target.configure(sync_session_class=sync_class)
-        if not (isinstance(sync_class, type) and issubclass(sync_class, Session)):
-            raise ConfigurationError(
-                f"async_sessionmaker(sync_session_class={sync_class!r}) is not a Session class",
-                setting="install",
-            )
-        return sync_class
-    raise ConfigurationError(
-        f"install() cannot hook into {target!r}; give it an AsyncSession, an "
-        "async_sessionmaker or an async_scoped_session",
         setting="install",
     )
 
