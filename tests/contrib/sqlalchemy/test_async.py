@@ -276,7 +276,9 @@ def test_the_event_loop_is_not_blocked_by_the_fast_path_with_redis_frozen(
         f"{inline * 1000:.1f} ms with the delete inline"
     )
     assert inline >= TIMEOUT * 0.9, "the probe must see an inline delete block the loop"
-    assert off_loop < 0.1, f"cachesync blocked the event loop for {off_loop * 1000:.0f} ms"
+    # The guarantee, with room for a loaded machine: the loop never waits for Redis (the
+    # numbers themselves are printed above and by bench/reads.py).
+    assert off_loop < TIMEOUT / 2, f"cachesync blocked the event loop for {off_loop * 1000:.0f} ms"
 
 
 def test_aget_reads_through_on_redis_asyncio(
