@@ -304,12 +304,23 @@ class ModelReads:
             marker=serializer.marker,
         )
 
-    def read(self, lookup: Mapping[str, Any], loader: Callable[[], T]) -> T:
-        """The cached value for *lookup*, from *loader* on a miss (through a lease)."""
+    def read(
+        self,
+        lookup: Mapping[str, Any],
+        loader: Callable[[], T],
+        *,
+        may_fill: Callable[[str], bool] | None = None,
+    ) -> T:
+        """The cached value for *lookup*, from *loader* on a miss (through a lease).
+
+        *may_fill(key)* False: the loader's transaction may not see the committed
+        row (an old snapshot, its own uncommitted write), so the read bypasses the
+        cache: it loads and stores nothing.
+        """
         key = self.key(lookup)
         store = self.store
         client = store.client() if key is not None else None
-        if key is None or client is None:
+        if key is None or client is None or (may_fill is not None and not may_fill(key)):
             return loader()
         leases = self._leases(client, asynchronous=False)
         return cast(T, leases.cached(store.stored_key(key), loader))

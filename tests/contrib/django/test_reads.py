@@ -56,6 +56,23 @@ def test_a_save_invalidates_the_read_api_entries(clean: Any) -> None:
     assert Tag.cache.get(tag.pk).name == "new"
 
 
+def test_a_transaction_never_caches_its_own_uncommitted_write(clean: Any) -> None:
+    from django.db import transaction
+
+    tag = Tag.objects.create(name="committed")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tag.name = "never committed"
+        tag.save()
+        assert Tag.cache.get(tag.pk).name == "never committed"  # its own view...
+        assert not clean.exists(f"tag:{tag.pk}"), "...must not be cached"
+        raise RuntimeError("roll back")
+    assert Tag.cache.get(tag.pk).name == "committed"
+    clean.delete(f"tag:{tag.pk}")
+    with transaction.atomic():  # reading a row it did not write: READ COMMITTED, cached
+        assert Tag.cache.get(tag.pk).name == "committed"
+        assert clean.exists(f"tag:{tag.pk}")
+
+
 def test_async_views_aget_asave_adelete(clean: Any) -> None:
     tag = Tag.objects.create(name="async-1")
 

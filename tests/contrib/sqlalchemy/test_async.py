@@ -316,3 +316,42 @@ def test_aget_reads_through_on_redis_asyncio(
     finally:
         configure_reads(None)
         config.reset_settings()
+
+
+def test_aget_in_a_transaction_that_wrote_the_row_never_caches_the_uncommitted_value(
+    engine: Engine, world: World, fast: RecordingFastPath, redis_url: str, mysql_url: str,
+    redis_conn: redis.Redis,
+) -> None:  # fmt: skip
+    from cachesync import config
+
+    config.configure(redis_url=redis_url)
+    configure_reads(ReadStore())
+    key = world.user_keys(8, "fay")[0]
+
+    async def scenario(aengine: AsyncEngine) -> tuple[str, str]:
+        maker = _maker(aengine, fast, world)
+        try:
+            async with maker() as s:
+                s.add(world.User(id=8, username="fay", nickname="committed"))
+                await s.commit()
+            assert fast.wait_idle(10)
+            async with maker() as s:
+                user = await s.get(world.User, 8)
+                user.nickname = "uncommitted"
+                await s.flush()  # in this transaction only
+                seen = await world.User.cache.aget(8, session=s)
+                await s.rollback()
+            return seen.nickname, str(
+                (await world.User.cache.aget(8, session=maker)).nickname
+            )
+        finally:
+            uninstall(maker)
+
+    try:
+        seen, after = run(scenario, mysql_url)
+        assert seen == "committed", "read from a fresh session: committed data only"
+        assert after == "committed"
+        assert redis_conn.exists(key)
+    finally:
+        configure_reads(None)
+        config.reset_settings()

@@ -223,6 +223,28 @@ def test_a_commit_invalidates_what_the_read_api_cached(
         uninstall(Sessions)
 
 
+def test_a_session_in_a_transaction_never_fills_from_its_old_snapshot(
+    catalog: Catalog, store: ReadStore, redis_conn: redis.Redis, mariadb: Engine
+) -> None:
+    catalog.add(8, "sku-8")
+    Product = catalog.Product
+    reader = Session(mariadb)
+    try:
+        assert reader.get(Product, 8).price == Decimal("9.99")  # REPEATABLE READ snapshot now
+        with Session(mariadb) as writer:  # commits; its invalidation ran (nothing cached)
+            writer.get(Product, 8).price = Decimal("12.50")
+            writer.commit()
+        reader.expunge_all()
+        assert reader.get(Product, 8).price == Decimal("9.99"), "the reader's snapshot is old"
+        reader.expunge_all()
+        assert Product.cache.get(8, session=reader).price == Decimal("12.50")
+        assert reader.in_transaction()
+        cached = store.serializer.loads(redis_conn.get(f"{catalog.prefix}product:8"))
+        assert cached.price == Decimal("12.50"), "filled from the reader's old snapshot"
+    finally:
+        reader.close()
+
+
 def test_cached_decorator_on_a_declared_template_and_on_an_undeclared_one(
     catalog: Catalog, store: ReadStore, redis_conn: redis.Redis
 ) -> None:

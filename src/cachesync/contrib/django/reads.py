@@ -7,6 +7,13 @@ signal hooks normalise an instance (the field's database form), then reads
 through a lease (:class:`cachesync.reads.ModelReads`); a miss loads with
 ``Model._default_manager``.
 
+Inside ``transaction.atomic`` a miss is stored only when the load sees committed
+data: not when this transaction changed the row itself (its keys are pending
+until the commit; a rollback would leave the uncommitted row cached), and not
+on MySQL with an isolation level above READ COMMITTED (Django's default is READ
+COMMITTED), where the snapshot may predate an invalidation that already ran.
+Such a read loads and stores nothing.
+
 Where the values live is the default :class:`~cachesync.reads.ReadStore`, which
 ``AppConfig.ready()`` points at the cache alias cachesync takes its Redis from:
 the Redis key is ``caches[alias].make_key(key)`` and, for Django's own
@@ -102,7 +109,23 @@ class ModelCache:
             except does_not_exist:
                 return None
 
-        return self.reads.read(lookup, load)
+        return self.reads.read(lookup, load, may_fill=lambda key: self._may_fill(key, using))
+
+    def _may_fill(self, key: str, using: str | None) -> bool:
+        """May a miss loaded on this thread's connection be stored? (see the module docstring)"""
+        from django.db import connections, router
+
+        connection = connections[using or router.db_for_read(self.model)]
+        if not connection.in_atomic_block:
+            return True  # autocommit: the SELECT sees what is committed after the lease
+        if connection.vendor == "mysql" and getattr(connection, "isolation_level", None) not in (
+            "read committed",
+            "read uncommitted",
+        ):
+            return False  # REPEATABLE READ: the snapshot may predate an invalidation
+        from .levels import pending_keys
+
+        return key not in pending_keys(connection)  # its own write is not committed yet
 
     async def aget(self, pk: Any, *, using: str | None = None) -> Any:
         """:meth:`get` for async views, on ``redis.asyncio`` and Django's async ORM."""

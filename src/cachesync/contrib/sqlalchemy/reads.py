@@ -11,7 +11,11 @@ for :meth:`ModelCache.get_by`); a session factory (``sessionmaker``,
 
 A hit returns a *detached* instance with every column loaded (no session, so
 relationships are not loaded; ``session.merge(obj, load=False)`` attaches it).
-A miss returns the instance of the session that loaded it.
+A miss returns the instance of the session that loaded it. A session already in
+a transaction is not used for the load: its snapshot may predate an
+invalidation that already ran (MySQL's REPEATABLE READ), and it sees its own
+uncommitted changes, so a fill from it could stay stale; the load runs in a
+fresh session on the same bind instead (its instance is returned detached).
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ def _dialect_of(session: Any, model: type) -> Dialect | None:
         return sync.get_bind(mapper=sa_inspect(model)).dialect
     except Exception:  # an unbound session: the key is rendered for MySQL/MariaDB
         return None
+
+
+def _async_engine_of(session: Any, model: type) -> Any:
+    """The ``AsyncEngine`` an ``AsyncSession`` reads *model* from, or None (bound to a connection)."""
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    try:
+        bind = session.sync_session.get_bind(mapper=sa_inspect(model))
+    except Exception:
+        return None
+    return AsyncEngine(bind) if isinstance(bind, Engine) else None
 
 
 def _codec(declared: Declared) -> ModelCodec:
@@ -122,7 +138,21 @@ class ModelCache:
     def _read(self, lookup: dict[str, Any], session: SessionArg, load: Callable[[Any], Any]) -> Any:
         if isinstance(session, Session):
             self._with(session)
-            return self.reads.read(lookup, lambda: load(session))
+            if not session.in_transaction():
+                return self.reads.read(lookup, lambda: load(session))
+            # Its transaction may read from a snapshot taken before an invalidation that
+            # already happened (REPEATABLE READ), or see its own uncommitted changes: a fill
+            # from it could be stale for good. Fill from a fresh session on the same bind.
+            try:
+                bind = session.get_bind(mapper=sa_inspect(self.model))
+            except Exception:  # no bind to open a fresh session on: read, do not fill
+                return load(session)
+
+            def load_fresh() -> Any:
+                with Session(bind=bind) as fresh:
+                    return load(fresh)
+
+            return self.reads.read(lookup, load_fresh)
 
         def load_in_new_session() -> Any:
             with session() as opened:
@@ -160,7 +190,17 @@ class ModelCache:
 
         if isinstance(session, AsyncSession):
             self._with(session)
-            return await self.reads.aread(lookup, lambda: load(session))
+            if not session.in_transaction():
+                return await self.reads.aread(lookup, lambda: load(session))
+            engine = _async_engine_of(session, self.model)  # see _read(): fill from a fresh one
+            if engine is None:
+                return await load(session)
+
+            async def load_fresh() -> Any:
+                async with AsyncSession(engine) as fresh:
+                    return await load(fresh)
+
+            return await self.reads.aread(lookup, load_fresh)
 
         async def load_in_new_session() -> Any:
             async with session() as opened:
