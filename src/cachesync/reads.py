@@ -201,14 +201,25 @@ def current_store() -> ReadStore:
 
 
 _normalisers: dict[str, Normaliser] = {}
+_fill_guards: dict[str, Callable[[str], bool]] = {}
 
 
-def set_normaliser(model: str, normalise: Normaliser | None) -> None:
-    """Register how lookup values of *model* become stored forms (the ORM integrations do)."""
+def set_normaliser(
+    model: str, normalise: Normaliser | None, may_fill: Callable[[str], bool] | None = None
+) -> None:
+    """Register how lookup values of *model* become stored forms (the ORM integrations do).
+
+    *may_fill(key)*, when given, tells :func:`cached` whether a value loaded now
+    may be stored (see :meth:`ModelReads.read`).
+    """
     if normalise is None:
         _normalisers.pop(model, None)
     else:
         _normalisers[model] = normalise
+    if may_fill is None:
+        _fill_guards.pop(model, None)
+    else:
+        _fill_guards[model] = may_fill
 
 
 class ModelReads:
@@ -408,7 +419,12 @@ def cached(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return model_reads().read(lookup(args, kwargs), lambda: fn(*args, **kwargs))
+            reads = model_reads()
+            return reads.read(
+                lookup(args, kwargs),
+                lambda: fn(*args, **kwargs),
+                may_fill=_fill_guards.get(reads.spec.model),
+            )
 
         return cast(F, wrapper)
 

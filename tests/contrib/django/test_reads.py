@@ -67,6 +67,18 @@ def test_a_transaction_never_caches_its_own_uncommitted_write(clean: Any) -> Non
         assert not clean.exists(f"tag:{tag.pk}"), "...must not be cached"
         raise RuntimeError("roll back")
     assert Tag.cache.get(tag.pk).name == "committed"
+    from cachesync.contrib.django import cached
+
+    @cached("tag:by-name:{name}")
+    def tag_id(name: str) -> int:
+        return int(Tag.objects.get(name=name).pk)
+
+    with transaction.atomic():  # @cached follows the same rule
+        tag.name = "saved"
+        tag.save()
+        assert tag_id("saved") == tag.pk
+        assert not clean.exists("tag:by-name:saved")
+        transaction.set_rollback(True)
     clean.delete(f"tag:{tag.pk}")
     with transaction.atomic():  # reading a row it did not write: READ COMMITTED, cached
         assert Tag.cache.get(tag.pk).name == "committed"

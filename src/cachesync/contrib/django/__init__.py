@@ -26,10 +26,21 @@ Importing this package does not need configured settings or a ready app
 registry, so a ``models.py`` can import the mixin.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from ...fastpath import no_sync
-from ...reads import Reads, cached
+from ...reads import Reads, ReadStore
+from ...reads import cached as _cached
 from .conf import raw_key
-from .declarations import CacheSyncModel, register, unregister
+from .declarations import CacheSyncModel, register, state, unregister
+
+
+def cached(
+    template: str, *, reads: Reads | None = None, store: ReadStore | None = None
+) -> Callable[[Any], Any]:
+    """:func:`cachesync.reads.cached` on the registry the Django declarations resolve into."""
+    return _cached(template, reads=reads, registry=state.registry, store=store)
 
 
 def cache_for(model: object, reads: Reads | None = None) -> object:

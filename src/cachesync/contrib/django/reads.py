@@ -63,7 +63,9 @@ class ModelCache:
             table.spec, reads, templates=table.read_templates, normalise=self._normalise
         )
         register_model_codec(self.model, _codec(table))
-        set_normaliser(table.spec.model, self._normalise)
+        set_normaliser(
+            table.spec.model, self._normalise, may_fill=lambda key: self._may_fill(key, None)
+        )
 
     def _normalise(self, lookup: Mapping[str, Any]) -> Mapping[str, Any]:
         from django.db import connections, router
