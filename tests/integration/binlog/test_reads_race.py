@@ -161,63 +161,75 @@ def test_the_stale_set_race_deterministically(binlog_env: BinlogEnv, app: App) -
         assert app.cached_nickname(2) == "v2"
 
 
-def _stress(app: App, read: Callable[[int], str], *, ids: int, writes: int) -> tuple[int, int]:
-    """Readers with a slow loader against a raw-SQL writer; returns (stale, cached) at the end."""
+def _stress(
+    app: App, read: Callable[[int], str], *, ids: int, writes: int, rounds: int
+) -> tuple[int, int]:
+    """Readers with a slow loader against a raw-SQL writer, *rounds* times.
+
+    Returns (stale, cached) summed over the rounds' end states: each round ends
+    once the sidecar applied every write and the readers went on for a while; a
+    stale entry then is one that no later change will ever remove.
+    """
     env = app.env
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    stale = cached_total = 0
+    for round_ in range(rounds):
+        stop = threading.Event()
+        errors: list[BaseException] = []
 
-    def slow() -> None:
-        time.sleep(random.uniform(0.02, 0.1))  # between the SELECT and the fill: a slow loader
+        def reader(stop: threading.Event = stop, errors: list[BaseException] = errors) -> None:
+            rnd = random.Random()
+            while not stop.is_set():
+                try:
+                    read(rnd.randint(1, ids))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
 
-    def reader() -> None:
-        rnd = random.Random()
-        while not stop.is_set():
-            try:
-                read(rnd.randint(1, ids))
-            except BaseException as exc:
-                errors.append(exc)
-                return
-
-    app.hold = slow
-    threads = [threading.Thread(target=reader) for _ in range(6)]
-    for t in threads:
-        t.start()
-    try:
-        rnd = random.Random(7)
-        for n in range(writes):
-            env.sql("UPDATE users SET nickname = %s WHERE id = %s", (f"w{n}", rnd.randint(1, ids)))
-            time.sleep(0.005)
-        env.sync_point()  # every UPDATE's invalidation applied
-        time.sleep(0.2)  # readers go on for a while after the last invalidation
-    finally:
-        stop.set()
+        app.hold = lambda: time.sleep(random.uniform(0.02, 0.1))  # SELECT done, fill pending
+        threads = [threading.Thread(target=reader) for _ in range(6)]
         for t in threads:
-            t.join(60)
-        app.hold = None
-    assert not errors, errors[:3]
-    current = {int(r[0]): str(r[1]) for r in env.sql("SELECT id, nickname FROM users")}
-    cached = {i: app.cached_nickname(i) for i in range(1, ids + 1)}
-    present = {i: v for i, v in cached.items() if v is not None}
-    stale = sum(1 for i, v in present.items() if v != current[i])
-    return stale, len(present)
+            t.start()
+        try:
+            rnd = random.Random(round_)
+            for n in range(writes):
+                env.sql(
+                    "UPDATE users SET nickname = %s WHERE id = %s",
+                    (f"r{round_}w{n}", rnd.randint(1, ids)),
+                )
+                time.sleep(0.005)
+            env.sync_point()  # every UPDATE's invalidation applied
+            time.sleep(0.2)  # readers go on for a while after the last invalidation
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+            app.hold = None
+        assert not errors, errors[:3]
+        current = {int(r[0]): str(r[1]) for r in env.sql("SELECT id, nickname FROM users")}
+        cached = {i: app.cached_nickname(i) for i in range(1, ids + 1)}
+        present = {i: v for i, v in cached.items() if v is not None}
+        stale += sum(1 for i, v in present.items() if v != current[i])
+        cached_total += len(present)
+        env.redis.unlink(*[app.key(i) for i in range(1, ids + 1)])
+    return stale, cached_total
 
 
 def test_stress_read_api_ends_with_no_stale_entry_naive_beside_it(
     binlog_env: BinlogEnv, app: App
 ) -> None:
     env = binlog_env
-    ids, writes = 5, 300
+    ids, writes, rounds = 5, 150, 4
     for i in range(1, ids + 1):
         env.sql("INSERT INTO users VALUES (%s, %s, 'v0', NULL, 0)", (i, f"user{i}"))
     with running(env.sidecar()):
         env.sync_point()
-        naive_stale, naive_cached = _stress(app, app.naive_get, ids=ids, writes=writes)
-        env.redis.unlink(*[app.key(i) for i in range(1, ids + 1)])
-        api_stale, api_cached = _stress(app, app.api_get, ids=ids, writes=writes)
+        naive_stale, naive_cached = _stress(
+            app, app.naive_get, ids=ids, writes=writes, rounds=rounds
+        )
+        api_stale, api_cached = _stress(app, app.api_get, ids=ids, writes=writes, rounds=rounds)
     print(
-        f"\nstale-set stress ({ids} rows, {writes} raw-SQL updates, 6 readers, slow loader, live "
-        f"sidecar): plain get/set {naive_stale} stale of {naive_cached} cached; read API "
-        f"{api_stale} stale of {api_cached} cached"
+        f"\nstale-set stress ({rounds} rounds x {ids} rows, {writes} raw-SQL updates a round, "
+        f"6 readers, slow loader, live sidecar): plain get/set {naive_stale} stale of "
+        f"{naive_cached} cached; read API {api_stale} stale of {api_cached} cached"
     )
     assert api_stale == 0
