@@ -211,6 +211,7 @@ class _OnePollSource:
         self.polls = 0
         self.submitted_before_second_poll: bool | None = None
         self.resume_point = _point(0)
+        self.table_statement = None  # no TRUNCATE/DROP/RENAME held
 
     def poll(self, max_rows: int, max_wait: float) -> list[RowChange]:
         self.polls += 1
