@@ -62,6 +62,7 @@ from ..errors import (
     SourceConfigurationError,
     TransientError,
 )
+from ..health import Heartbeat, TurningEvent
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
@@ -72,6 +73,7 @@ from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
+from .status import SidecarReport
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
@@ -121,6 +123,13 @@ def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
     from ..outbox.store import OutboxStore
 
     return OutboxDeadLetterStore(OutboxStore.from_url(database))
+
+
+def _writes_to(spec: TableSpec, sink: str) -> bool:
+    """Whether changes of *spec*'s table lead to actions on *sink* (for the latency metric)."""
+    if sink == "redis":
+        return bool(spec.key_templates or spec.invalidates)
+    return bool(spec.projections)
 
 
 class _Unknowable(PartialDeadLetters):
@@ -186,7 +195,9 @@ class Sidecar:
         self._unknowable = _Unknowable(registry)
         self.partial_images = PartialImages(registry, MySQLRowReader(self._mysql), self._unknowable)
         self._reset = reset_checkpoint
-        self._stop = threading.Event()
+        #: Beaten whenever the loop (or the binlog reader) looks at its stop event: /healthz.
+        self.heartbeat = Heartbeat()
+        self._stop: threading.Event = TurningEvent(self.heartbeat)
         self._sleep = sleep or self._stop.wait
         self.lock = LeaderLock(
             self._mysql,
@@ -199,6 +210,34 @@ class Sidecar:
         self.batches = 0
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
+        #: Wall time before which every committed change is applied (honest lag; see
+        #: :meth:`lag_seconds`); ``None`` while not leading.
+        self.applied_through: float | None = None
+        self._reported = 0.0
+
+    # -- health -----------------------------------------------------------------------------
+
+    def lag_seconds(self) -> float:
+        """Seconds since the newest moment up to which every committed change was applied.
+
+        Measured against what the reader has seen (transactions of any table, and
+        the server's heartbeats while idle), never against the checkpoint's own
+        writes: about 0 while idle or when only other tables change, growing while
+        a batch is stuck or the reader falls behind. 0 for a standby.
+        """
+        through = self.applied_through
+        if not self.leading.is_set() or through is None:
+            return 0.0
+        return max(0.0, time.time() - through)
+
+    def ready(self, max_lag: float) -> tuple[bool, str]:
+        """``/readyz``: a leader with lag under *max_lag*, or a standby (its loop is alive)."""
+        if not self.leading.is_set():
+            return True, f"standby for pipeline {self.name!r} (lock {self.lock.name})"
+        lag = self.lag_seconds()
+        if lag > max_lag:
+            return False, f"leading, lag {lag:.1f}s above ready_max_lag {max_lag:g}s"
+        return True, f"leading, lag {lag:.1f}s"
 
     @classmethod
     def from_settings(
@@ -347,6 +386,7 @@ class Sidecar:
         if stored is None:
             self._save(start)
         self.saved = start
+        self.applied_through = start.commit_time
         self.leading.set()
         source = BinlogSource(
             self._mysql,
@@ -372,6 +412,7 @@ class Sidecar:
         max_delay = batch_policy.max_delay_ms / 1000.0
         last_lock_check = last_save = time.monotonic()
         while not self._stop.is_set():
+            self._report(source)
             batch = source.poll(batch_policy.max_rows, self.policy.idle_wait)
             if batch:
                 first = time.monotonic()
@@ -383,13 +424,15 @@ class Sidecar:
                     if not more:
                         break
                     batch.extend(more)
-                point = source.resume_point
+                point, through = source.resume_point, source.read_through
                 if not self._apply(batch):
                     return  # stopped while the batch could not be applied: not saved
+                self._applied(batch, through)
                 self.lock.check()
                 self._save(point)
                 last_lock_check = last_save = time.monotonic()
                 continue
+            self._applied((), source.read_through)
             now = time.monotonic()
             point = source.resume_point
             if self._idle_save_due(point, now - last_save):
@@ -404,6 +447,48 @@ class Sidecar:
         if self.saved is None or point != self.saved:
             self.lock.check()
             self._save(point)
+
+    def _applied(self, batch: Sequence[RowChange], through: float | None) -> None:
+        """Metrics of an applied *batch*, and how far the pipeline is now applied."""
+        if through is not None:
+            self.applied_through = max(self.applied_through or 0.0, through)
+        if not batch:
+            return
+        now = time.time()
+        metrics.observe("batch_rows", len(batch))
+        sinks: list[str] = []
+        if self.applier.keys is not None:
+            sinks.append("redis")
+        if self.applier.documents is not None:
+            sinks.append("elasticsearch")
+        for change in batch:
+            spec = self.registry.get(change.schema, change.table)
+            if spec is None or change.commit_time is None:
+                continue
+            for sink in sinks:
+                if _writes_to(spec, sink):
+                    metrics.observe(
+                        "invalidation_latency_seconds", max(0.0, now - change.commit_time), sink=sink
+                    )
+            if change.commit_time > (self.applied_through or 0.0):
+                self.applied_through = change.commit_time
+
+    def _report(self, source: BinlogSource) -> None:
+        """Save the status record :mod:`.status` reads, at most every ``REPORT_SECONDS``.
+
+        Another process (``cachesync status``) cannot ask this one for its lag, so
+        the sidecar writes it next to the checkpoint: what it has seen and how far
+        it has applied. A stale record means the sidecar stopped reporting.
+        """
+        now = time.time()
+        if now - self._reported < SidecarReport.INTERVAL:
+            return
+        self._reported = now
+        report = SidecarReport(source.seen, now, self.applied_through)
+        try:
+            self.store.save(report.store_name(self.name), report.encode(), self.applied_through)
+        except TransientError as exc:
+            log.debug("cachesync: status report not saved (%s)", exc)
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
         saved = self.saved
