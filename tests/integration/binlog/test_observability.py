@@ -28,7 +28,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachesync.outbox.store import OutboxStore
-from tests.integration.binlog import models
 from tests.integration.binlog.harness import ROOT, BinlogEnv, SidecarProcess, wait_for
 from tests.support import services as svc
 
@@ -123,6 +122,7 @@ def test_metrics_of_a_running_listen_during_writes(binlog_env: BinlogEnv) -> Non
         during = _scrape(port)
         env.sql("INSERT INTO users VALUES (999, 'rejected', 'R', 'r@x', 0)")
         wait_for(lambda: len(written) >= 40, 60, "40 writes")
+
     def applied_all() -> bool:
         m = _scrape(port)
         return m.get(("cachesync_changes_total", (("table", table),)), 0) >= len(written) + 1
