@@ -262,7 +262,7 @@ def _run_retry(args: argparse.Namespace) -> int:
             "max_poll_interval_ms": max(session, 300000),
         },
     )
-    health = _serve_health(settings, heartbeat, lambda: consumer.pending)
+    health = _serve_health(settings, heartbeat, consumer.pending)
     log.info(
         "cachesync retry: consuming %s as %s (dead letters to %s)%s",
         settings.resolved_retry_topic,

@@ -274,3 +274,84 @@ def test_lag_is_honest_idle_with_other_databases_busy_and_when_paused(
     finally:
         sidecar.kill()
         env.sql(f"DROP DATABASE IF EXISTS `{other}`")
+
+
+PASSWORDS = ("sidecar-pw", "redis-secret", "es-secret")
+
+
+def test_json_logs_of_a_run_with_passwords_everywhere(
+    binlog_env: BinlogEnv, kafka_bootstrap: str
+) -> None:
+    """One JSON object per line, no kafka-python chatter below WARNING, and no password,
+    with a password in the MariaDB, Redis and Elasticsearch URLs (the settings have no
+    Kafka SASL credentials to leak)."""
+    env = binlog_env
+    port = svc.free_port()
+    dead_redis = svc.free_port()
+    settings = _metrics_env(
+        env,
+        port,
+        CACHESYNC_REDIS_URL=f"redis://default:redis-secret@127.0.0.1:{dead_redis}/0",
+        CACHESYNC_ES_URL=env.es_url.replace("http://", "http://elastic:es-secret@"),
+        CACHESYNC_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        CACHESYNC_LOG_FORMAT="json",
+    )
+    sidecar = SidecarProcess(settings, env.tmp / "json.log").start()
+    try:
+        sidecar.wait_for_log("streaming binlog from", timeout=60)
+        env.sql("INSERT INTO users VALUES (1, 'ann', 'A', NULL, 0)")
+        sidecar.wait_for_log("handed", timeout=60)
+        assert _get(port, "/metrics")[0] == 200
+        assert sidecar.terminate() == 0
+    finally:
+        sidecar.kill()
+    lines = [line for line in sidecar.output().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines if not line.startswith("----- start")]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(r["level"] == "WARNING" and "handed" in r["message"] for r in records)
+    assert any("redis://default:***@" in r["message"] for r in records)
+    chatter = [r for r in records if r["logger"].startswith("kafka") and r["level"] == "INFO"]
+    assert chatter == []
+    for password in PASSWORDS:
+        assert password not in sidecar.output(), password
+
+
+def test_retry_consumer_serves_metrics_and_health(
+    binlog_env: BinlogEnv, kafka_bootstrap: str
+) -> None:
+    env = binlog_env
+    port = svc.free_port()
+    settings = _metrics_env(
+        env, port, CACHESYNC_KAFKA_BOOTSTRAP=kafka_bootstrap, CACHESYNC_OUTBOX_URL=env.root_url
+    )
+    OutboxStore.from_url(env.root_url).create_table()
+    log = env.tmp / "retry.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cachesync.cli", "retry", "--session-timeout-ms", "6000"],
+            env=settings,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def serving() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return _get(port, "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(serving, 90, "the retry consumer's /healthz")
+        assert _get(port, "/readyz")[0] == 200
+        m = _scrape(port)
+        assert m[("cachesync_retry_backlog", ())] == 0.0  # the consumer holds nothing
+        assert m[("cachesync_outbox_backlog", ())] == 0.0
+        assert m[("cachesync_dead_letters_total", ())] == 0.0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
