@@ -71,6 +71,20 @@ def test_histograms_and_gauges_read_at_scrape_time() -> None:
     assert _samples()[("cachesync_source_lag_seconds", ())] == 7.0
 
 
+def test_weighted_observations_count_each_row() -> None:
+    metrics.observe("invalidation_latency_seconds", 0.3, 1000, sink="elasticsearch")
+    metrics.observe("invalidation_latency_seconds", 0.0, 0, sink="elasticsearch")  # nothing
+    samples = _samples()
+    key = (("sink", "elasticsearch"),)
+    assert samples[("cachesync_invalidation_latency_seconds_count", key)] == 1000
+    assert samples[("cachesync_invalidation_latency_seconds_sum", key)] == pytest.approx(300.0)
+    assert samples[("cachesync_invalidation_latency_seconds_bucket", (("le", "0.25"), *key))] == 0
+    assert samples[("cachesync_invalidation_latency_seconds_bucket", (("le", "0.5"), *key))] == 1000
+    assert (
+        samples[("cachesync_invalidation_latency_seconds_bucket", (("le", "+Inf"), *key))] == 1000
+    )
+
+
 def test_a_gauge_nobody_measures_or_that_fails_reads_nan() -> None:
     assert math.isnan(_samples()[("cachesync_retry_backlog", ())])
 

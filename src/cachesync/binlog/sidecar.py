@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -461,20 +462,24 @@ class Sidecar:
             sinks.append("redis")
         if self.applier.documents is not None:
             sinks.append("elasticsearch")
-        for change in batch:
-            spec = self.registry.get(change.schema, change.table)
-            if spec is None or change.commit_time is None:
+        # Rows sharing a table and a commit time (whole seconds) share one observation.
+        groups = Counter(
+            (c.schema, c.table, c.commit_time) for c in batch if c.commit_time is not None
+        )
+        for (schema, table, commit_time), count in groups.items():
+            assert commit_time is not None
+            spec = self.registry.get(schema, table)
+            if spec is None:
                 continue
+            latency = max(0.0, now - commit_time)
             for sink in sinks:
                 if _writes_to(spec, sink):
-                    metrics.observe(
-                        "invalidation_latency_seconds", max(0.0, now - change.commit_time), sink=sink
-                    )
-            if change.commit_time > (self.applied_through or 0.0):
-                self.applied_through = change.commit_time
+                    metrics.observe("invalidation_latency_seconds", latency, count, sink=sink)
+            if commit_time > (self.applied_through or 0.0):
+                self.applied_through = commit_time
 
     def _report(self, source: BinlogSource) -> None:
-        """Save the status record :mod:`.status` reads, at most every ``REPORT_SECONDS``.
+        """Save the status record :mod:`.status` reads, at most every ``SidecarReport.INTERVAL``.
 
         Another process (``cachesync status``) cannot ask this one for its lag, so
         the sidecar writes it next to the checkpoint: what it has seen and how far
