@@ -62,6 +62,7 @@ from ..errors import (
     SchemaError,
     SourceConfigurationError,
     TransientError,
+    redact_url,
 )
 from ..health import Heartbeat, TurningEvent
 from ..policies import SidecarPolicy
@@ -215,6 +216,8 @@ class Sidecar:
         #: :meth:`lag_seconds`); ``None`` while not leading.
         self.applied_through: float | None = None
         self._reported = 0.0
+        #: Why the last attempt to lead failed (cleared once the lock server answers).
+        self._trouble: str | None = None
 
     # -- health -----------------------------------------------------------------------------
 
@@ -234,6 +237,9 @@ class Sidecar:
     def ready(self, max_lag: float) -> tuple[bool, str]:
         """``/readyz``: a leader with lag under *max_lag*, or a standby (its loop is alive)."""
         if not self.leading.is_set():
+            trouble = self._trouble
+            if trouble is not None:
+                return False, f"not streaming, retrying: {redact_url(trouble)}"
             return True, f"standby for pipeline {self.name!r} (lock {self.lock.name})"
         lag = self.lag_seconds()
         if lag > max_lag:
@@ -317,6 +323,7 @@ class Sidecar:
                 except TransientError as exc:
                     failures += 1
                     delay = self.policy.retry_backoff.delay(failures)
+                    self._trouble = str(exc)  # not ready: neither streaming nor a standby
                     log.warning("cachesync: %s; retrying in %.1fs", exc, delay)
                     self._sleep(delay)
                 finally:
@@ -330,7 +337,9 @@ class Sidecar:
         """Block until this sidecar holds the leader lock (True) or is stopped (False)."""
         announced = False
         while not self._stop.is_set():
-            if self.lock.try_acquire(self.policy.lock_wait):
+            acquired = self.lock.try_acquire(self.policy.lock_wait)
+            self._trouble = None  # the server answered: a standby is healthy
+            if acquired:
                 log.info("cachesync: leading pipeline %r (lock %s)", self.name, self.lock.name)
                 return True
             if not announced:

@@ -40,6 +40,8 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError:  # not listening (yet)
+        return 0, ""
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -355,3 +357,47 @@ def test_retry_consumer_serves_metrics_and_health(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_standby_is_ready_and_a_sidecar_without_its_database_is_not(
+    binlog_env: BinlogEnv,
+) -> None:
+    env = binlog_env
+    leader_port, standby_port, lost_port = svc.free_port(), svc.free_port(), svc.free_port()
+    leader = SidecarProcess(_metrics_env(env, leader_port), env.tmp / "leader.log").start()
+    leader.wait_for_log("streaming binlog from", timeout=60)
+    standby = SidecarProcess(_metrics_env(env, standby_port), env.tmp / "standby.log").start()
+    standby.wait_for_log("standby: another sidecar holds lock", timeout=60)
+    closed = svc.free_port()
+    lost = SidecarProcess(
+        _metrics_env(
+            env,
+            lost_port,
+            CACHESYNC_MYSQL_URL=f"mysql://cachesync_sidecar:sidecar-pw@127.0.0.1:{closed}/x",
+            CACHESYNC_NAME=f"{env.schema}-lost",
+        ),
+        env.tmp / "lost.log",
+    ).start()
+    try:
+        wait_for(lambda: _get(standby_port, "/readyz")[0] == 200, 30, "standby ready")
+        assert "standby" in json.loads(_get(standby_port, "/readyz")[1])["reason"]
+        assert _scrape(standby_port)[("cachesync_leader", ())] == 0.0
+        assert _scrape(standby_port)[("cachesync_source_lag_seconds", ())] == 0.0
+        assert _scrape(leader_port)[("cachesync_leader", ())] == 1.0
+
+        def lost_not_ready() -> bool:
+            assert lost.alive(), lost.output()
+            return _get(lost_port, "/readyz")[0] == 503
+
+        wait_for(lost_not_ready, 60, "/readyz 503 without the database")
+        reason = json.loads(_get(lost_port, "/readyz")[1])["reason"]
+        assert "not streaming, retrying" in reason and "sidecar-pw" not in reason
+        assert _get(lost_port, "/healthz")[0] == 200  # retrying with backoff is alive
+
+        # The leader goes: the standby takes over and says so.
+        assert leader.terminate() == 0
+        wait_for(lambda: _scrape(standby_port)[("cachesync_leader", ())] == 1.0, 60, "the takeover")
+        assert _get(standby_port, "/readyz")[0] == 200
+    finally:
+        for process in (leader, standby, lost):
+            process.kill()
