@@ -240,9 +240,9 @@ class BinlogSource:
                     self._sleep(delay)
                 break
         if out:
-            per_table = Counter(f"{c.schema}.{c.table}" for c in out)
-            for table, count in per_table.items():
-                metrics.inc("changes_total", count, table=table)
+            per_table = Counter((c.schema, c.table) for c in out)
+            for (schema, table), count in per_table.items():
+                metrics.inc("changes_total", count, table=f"{schema}.{table}")
         return out
 
     def close(self) -> None:
