@@ -147,6 +147,8 @@ class _Histogram:
         self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, count: int, labels: tuple[str, ...]) -> None:
+        if math.isnan(value):
+            return  # no bucket holds it, and a NaN sum would poison every later scrape
         index = next(i for i, bound in enumerate(self.bounds) if value <= bound)
         with self._lock:
             series = self._series.get(labels)
@@ -165,6 +167,8 @@ class _Histogram:
         family = self._family()
         with self._lock:
             series = {k: (list(v[0]), v[1][0]) for k, v in self._series.items()}
+        if not self.metric.labels and not series:  # an unlabelled histogram reads 0, not nothing
+            series[()] = ([0] * len(self.bounds), 0.0)
         for labels, (counts, total) in sorted(series.items()):
             cumulative, buckets = 0, []
             for bound, n in zip(self.bounds, counts, strict=True):

@@ -85,6 +85,12 @@ def test_weighted_observations_count_each_row() -> None:
     )
 
 
+def test_an_unobserved_histogram_reads_zero_and_nan_is_dropped() -> None:
+    assert _samples()[("cachesync_batch_rows_count", ())] == 0
+    metrics.observe("batch_rows", math.nan)
+    assert _samples()[("cachesync_batch_rows_sum", ())] == 0
+
+
 def test_a_gauge_nobody_measures_or_that_fails_reads_nan() -> None:
     assert math.isnan(_samples()[("cachesync_retry_backlog", ())])
 
