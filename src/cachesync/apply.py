@@ -167,6 +167,22 @@ def hand_off(report: ApplyReport, handler: FailureHandler) -> int:
     return len(report.failures)
 
 
+def _count_actions(report: ApplyReport) -> None:
+    """``actions_total{sink,result}``: per key on Redis, per document on Elasticsearch."""
+    failed_keys = sum(
+        len(f.action.keys) for f in report.failures if isinstance(f.action, DeleteKeys)
+    )
+    failed_documents = sum(1 for f in report.failures if not isinstance(f.action, DeleteKeys))
+    for sink, applied, failed in (
+        ("redis", report.keys_deleted, failed_keys),
+        ("elasticsearch", report.documents, failed_documents),
+    ):
+        if applied:
+            metrics.inc("actions_total", applied, sink=sink, result="applied")
+        if failed:
+            metrics.inc("actions_total", failed, sink=sink, result="failed")
+
+
 def _sink_error(exc: Exception, sink: str) -> CacheSyncError:
     """What a sink's exception means for its actions.
 
@@ -298,4 +314,5 @@ class Applier:
         report = ApplyReport()
         self._delete_keys([a for a in actions if isinstance(a, DeleteKeys)], report)
         self._write_documents([a for a in actions if not isinstance(a, DeleteKeys)], report)
+        _count_actions(report)
         return report

@@ -29,6 +29,7 @@ from typing import Any
 
 from .config import CONFIG_ENV, Settings, env_name
 from .errors import CacheSyncError, ConfigurationError, redact_url
+from .logs import setup_logging
 
 __all__ = [
     "at_least",
@@ -153,6 +154,21 @@ def _origin(exc: BaseException) -> str:
     return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb else ""
 
 
+def _log_format(args: argparse.Namespace) -> str:
+    """``log_format`` as the command will see it (flag, environment, config file).
+
+    Logging starts before the command reads its settings; a setting that fails
+    to load is reported by the command itself, so here it only means text.
+    """
+    flag = getattr(args, "setting_log_format", None)
+    if flag in ("text", "json"):
+        return str(flag)
+    try:
+        return settings_from_args(args).log_format
+    except CacheSyncError:
+        return "text"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cachesync",
@@ -173,10 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(getattr(args, "log_level", "INFO"), _log_format(args))
     handler: Any = args.handler
     command = " ".join(
         str(part) for part in (args.command, getattr(args, "dlq_command", None)) if part

@@ -164,6 +164,23 @@ class Settings:
         default=True,
         metadata=_doc("delete keys right after the ORM commit (the binlog path is the safety net)"),
     )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_doc(
+            "serve /metrics, /healthz and /readyz on this port (listen, retry, relay; "
+            "needs the metrics extra)"
+        ),
+    )
+    metrics_host: str = field(
+        default="0.0.0.0", metadata=_doc("address the metrics port listens on")
+    )
+    ready_max_lag: float = field(
+        default=30.0,
+        metadata=_doc("seconds of lag above which a leading sidecar's /readyz answers 503"),
+    )
+    log_format: str = field(
+        default="text", metadata=_doc("log lines as text or json (one object per line)")
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -213,7 +230,24 @@ class Settings:
                         f"host:port[,host:port], got {self.kafka_bootstrap!r}",
                         setting="kafka_bootstrap",
                     )
-        for name in ("redis_connect_timeout", "redis_socket_timeout", "es_timeout"):
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"setting metrics_port ({env_name('metrics_port')}) must be in 0..65535 "
+                f"(0: any free port), got {self.metrics_port}",
+                setting="metrics_port",
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError(
+                f"setting log_format ({env_name('log_format')}) must be text or json, "
+                f"got {self.log_format!r}",
+                setting="log_format",
+            )
+        for name in (
+            "redis_connect_timeout",
+            "redis_socket_timeout",
+            "es_timeout",
+            "ready_max_lag",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0 seconds", setting=name)
         if self.server_id is not None and not 1 <= self.server_id < 2**32:

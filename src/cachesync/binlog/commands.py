@@ -151,6 +151,7 @@ def _listen(args: argparse.Namespace) -> int:
     _require_mysql(settings)
     import_models(settings)
     sidecar = Sidecar.from_settings(settings, reset_checkpoint=args.reset_checkpoint)
+    health = _serve_health(settings, sidecar)
     log.info(
         "cachesync listen: pipeline %r (server_id %d%s), models %s, mysql %s, redis %s, es %s, "
         "batch %s",
@@ -176,6 +177,8 @@ def _listen(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if health is not None:
+            health.close()
     log.info(
         "cachesync: stopped after %d batch(es), %d change(s); checkpoint %s",
         sidecar.batches,
@@ -183,6 +186,29 @@ def _listen(args: argparse.Namespace) -> int:
         sidecar.saved,
     )
     return 0
+
+
+def _serve_health(settings: Settings, sidecar: Any) -> Any:
+    """``--metrics-port``: /metrics, /healthz and /readyz of this sidecar (else ``None``)."""
+    from .. import metrics
+    from ..health import HealthServer, Probe
+
+    if settings.metrics_port is None:
+        return None
+    metrics.gauge_function("source_lag_seconds", sidecar.lag_seconds)
+    metrics.gauge_function("leader", lambda: 1.0 if sidecar.leading.is_set() else 0.0)
+    if settings.outbox_database is not None:
+        from ..outbox.backlog import OutboxBacklog
+
+        backlog = OutboxBacklog.from_url(settings.outbox_database)
+        metrics.gauge_function("outbox_backlog", backlog.pending)
+        # Without a retry consumer in this process, what waits for a retry is what the
+        # sidecar parked in the outbox table.
+        metrics.gauge_function("retry_backlog", backlog.failed)
+    max_lag = settings.ready_max_lag
+    return HealthServer.from_settings(
+        settings, Probe(sidecar.heartbeat, lambda: sidecar.ready(max_lag))
+    )
 
 
 class _ProgressBar:

@@ -69,6 +69,7 @@ class _Entry:
     seq: int
     point: ResumePoint
     changes: int
+    through: float | None
 
 
 class Ledger:
@@ -87,14 +88,24 @@ class Ledger:
         self._seq = 0
         self._settled: ResumePoint | None = None
         self._settled_changes = 0
+        self._through: float | None = None
 
-    def open(self, point: ResumePoint, changes: int, lanes: Sequence[str]) -> int:
-        """Record a batch ending at *point* with work for *lanes*; its sequence number."""
+    def open(
+        self,
+        point: ResumePoint,
+        changes: int,
+        lanes: Sequence[str],
+        through: float | None = None,
+    ) -> int:
+        """Record a batch ending at *point* with work for *lanes*; its sequence number.
+
+        *through* is the source time before which every change is in this or an
+        earlier batch (the honest lag, :meth:`through`)."""
         with self._lock:
             self._seq += 1
             for name in lanes:
                 self._owed[name].append(self._seq)
-            self._entries.append(_Entry(self._seq, point, changes))
+            self._entries.append(_Entry(self._seq, point, changes, through))
             self._advance()
             return self._seq
 
@@ -115,11 +126,18 @@ class Ledger:
             entry = self._entries.popleft()
             self._settled = entry.point
             self._settled_changes += entry.changes
+            if entry.through is not None:
+                self._through = max(self._through or 0.0, entry.through)
 
     def settled(self) -> tuple[ResumePoint | None, int]:
         """The newest fully handled point, and how many changes have settled in all."""
         with self._lock:
             return self._settled, self._settled_changes
+
+    def through(self) -> float | None:
+        """The newest source time before which every change has settled."""
+        with self._lock:
+            return self._through
 
     def owing(self) -> bool:
         """True while some lane has unfinished work."""
@@ -132,6 +150,7 @@ class _Work:
     seq: int
     actions: list[Action]
     changes: int
+    done: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -192,8 +211,15 @@ class Lane:
 
     # -- reading thread -----------------------------------------------------------------
 
-    def submit(self, seq: int, actions: list[Action], changes: int) -> bool:
-        """Queue *actions* of batch *seq*; False if the sidecar stopped while waiting."""
+    def submit(
+        self,
+        seq: int,
+        actions: list[Action],
+        changes: int,
+        done: Callable[[str], None] | None = None,
+    ) -> bool:
+        """Queue *actions* of batch *seq*; False if the sidecar stopped while waiting.
+        *done(lane name)* is called on the lane thread once they are applied."""
         with self._cond:
             while (
                 self._queue.items
@@ -208,7 +234,7 @@ class Lane:
                 self._cond.wait(0.05)
                 self._keepalive()
             self.raise_error()
-            self._queue.items.append(_Work(seq, actions, changes))
+            self._queue.items.append(_Work(seq, actions, changes, done))
             self._queue.actions += len(actions)
             self._cond.notify_all()
         return True
@@ -321,6 +347,7 @@ class Lane:
                 actions = [a for w in taken for a in w.actions]
                 if self._apply(actions):
                     self._ledger.finish(self.name, [w.seq for w in taken])
+                    self._observe(taken)
                 with self._cond:
                     if self._busy_since is not None:
                         took = time.monotonic() - self._busy_since
@@ -333,6 +360,14 @@ class Lane:
                 self.error = exc
                 self._busy_since = None
                 self._cond.notify_all()
+
+    def _observe(self, taken: list[_Work]) -> None:
+        for work in taken:
+            if work.done is not None:
+                try:
+                    work.done(self.name)
+                except Exception:  # a metric must never stop a lane
+                    log.exception("cachesync: metrics of the %s lane failed", self.name)
 
     def _apply(self, actions: list[Action]) -> bool:
         """Apply and hand off; False if the sidecar stopped while the retry path refused."""
@@ -424,7 +459,15 @@ class Lanes:
             keepalive=self._keepalive,
         )
 
-    def submit(self, actions: Sequence[Action], point: ResumePoint, changes: int) -> bool:
+    def submit(
+        self,
+        actions: Sequence[Action],
+        point: ResumePoint,
+        changes: int,
+        *,
+        through: float | None = None,
+        done: Callable[[str], None] | None = None,
+    ) -> bool:
         """Hand *actions* (ending at *point*) to their lanes; False if stopped while waiting.
 
         Raises :class:`~cachesync.errors.ConfigurationError` for actions no sink
@@ -437,8 +480,10 @@ class Lanes:
         orphans = [a for name, group in split.items() if name not in self._lanes for a in group]
         if orphans:
             self._applier.apply(orphans)  # raises the ConfigurationError naming the setting
-        seq = self.ledger.open(point, changes, list(split))
-        return all(self._lanes[name].submit(seq, group, changes) for name, group in split.items())
+        seq = self.ledger.open(point, changes, list(split), through)
+        return all(
+            self._lanes[name].submit(seq, group, changes, done) for name, group in split.items()
+        )
 
     def check(self) -> None:
         """Re-raise, on the reading thread, what a lane thread died of."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -62,7 +63,9 @@ from ..errors import (
     SchemaError,
     SourceConfigurationError,
     TransientError,
+    redact_url,
 )
+from ..health import Heartbeat, TurningEvent
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
@@ -74,6 +77,7 @@ from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
+from .status import SidecarReport
 from .tablepurge import TablePurge
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
@@ -124,6 +128,13 @@ def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
     from ..outbox.store import OutboxStore
 
     return OutboxDeadLetterStore(OutboxStore.from_url(database))
+
+
+def _writes_to(spec: TableSpec, sink: str) -> bool:
+    """Whether changes of *spec*'s table lead to actions on *sink* (for the latency metric)."""
+    if sink == "redis":
+        return bool(spec.key_templates or spec.invalidates)
+    return bool(spec.projections)
 
 
 class _Unknowable(PartialDeadLetters):
@@ -189,7 +200,9 @@ class Sidecar:
         self._unknowable = _Unknowable(registry)
         self.partial_images = PartialImages(registry, MySQLRowReader(self._mysql), self._unknowable)
         self._reset = reset_checkpoint
-        self._stop = threading.Event()
+        #: Beaten whenever the loop (or the binlog reader) looks at its stop event: /healthz.
+        self.heartbeat = Heartbeat()
+        self._stop: threading.Event = TurningEvent(self.heartbeat)
         self._sleep = sleep or self._stop.wait
         self.lock = LeaderLock(
             self._mysql,
@@ -213,6 +226,39 @@ class Sidecar:
             mysql=self._mysql,
             default_schema=self._database,
         )
+        #: Wall time before which every committed change is applied (honest lag; see
+        #: :meth:`lag_seconds`); ``None`` while not leading.
+        self.applied_through: float | None = None
+        self._reported = 0.0
+        #: Why the last attempt to lead failed (cleared once the lock server answers).
+        self._trouble: str | None = None
+
+    # -- health -----------------------------------------------------------------------------
+
+    def lag_seconds(self) -> float:
+        """Seconds since the newest moment up to which every committed change was applied.
+
+        Measured against what the reader has seen (transactions of any table, and
+        the server's heartbeats while idle), never against the checkpoint's own
+        writes: about 0 while idle or when only other tables change, growing while
+        a batch is stuck or the reader falls behind. 0 for a standby.
+        """
+        through = self.applied_through
+        if not self.leading.is_set() or through is None:
+            return 0.0
+        return max(0.0, time.time() - through)
+
+    def ready(self, max_lag: float) -> tuple[bool, str]:
+        """``/readyz``: a leader with lag under *max_lag*, or a standby (its loop is alive)."""
+        if not self.leading.is_set():
+            trouble = self._trouble
+            if trouble is not None:
+                return False, f"not streaming, retrying: {redact_url(trouble)}"
+            return True, f"standby for pipeline {self.name!r} (lock {self.lock.name})"
+        lag = self.lag_seconds()
+        if lag > max_lag:
+            return False, f"leading, lag {lag:.1f}s above ready_max_lag {max_lag:g}s"
+        return True, f"leading, lag {lag:.1f}s"
 
     @classmethod
     def from_settings(
@@ -292,6 +338,7 @@ class Sidecar:
                 except TransientError as exc:
                     failures += 1
                     delay = self.policy.retry_backoff.delay(failures)
+                    self._trouble = str(exc)  # not ready: neither streaming nor a standby
                     log.warning("cachesync: %s; retrying in %.1fs", exc, delay)
                     self._sleep(delay)
                 finally:
@@ -305,7 +352,9 @@ class Sidecar:
         """Block until this sidecar holds the leader lock (True) or is stopped (False)."""
         announced = False
         while not self._stop.is_set():
-            if self.lock.try_acquire(self.policy.lock_wait):
+            acquired = self.lock.try_acquire(self.policy.lock_wait)
+            self._trouble = None  # the server answered: a standby is healthy
+            if acquired:
                 log.info("cachesync: leading pipeline %r (lock %s)", self.name, self.lock.name)
                 return True
             if not announced:
@@ -362,6 +411,7 @@ class Sidecar:
         if stored is None:
             self._save(start)
         self.saved = start
+        self.applied_through = start.commit_time
         self.leading.set()
         source = BinlogSource(
             self._mysql,
@@ -421,6 +471,8 @@ class Sidecar:
         last_lock_check = time.monotonic()
         while not self._stop.is_set():
             lanes.check()
+            self._track_applied(lanes, source)
+            self._report(source)
             # Work in the lanes, or settled but unsaved: come back soon to save it.
             busy = lanes.ledger.owing() or self._unsaved(lanes)
             wait = self.policy.checkpoint_interval if busy else self.policy.idle_wait
@@ -439,13 +491,16 @@ class Sidecar:
                     if not more:
                         break
                     batch.extend(more)
-                point = source.resume_point
+                point, through = source.resume_point, source.read_through
                 actions = self._plan(batch)
-                if actions is None or not lanes.submit(actions, point, len(batch)):
+                if actions is None or not lanes.submit(
+                    actions, point, len(batch), through=through, done=self._observer(batch)
+                ):
                     return  # stopped before the batch was planned or queued: not saved
                 self.batches += 1
                 self.rows += len(batch)
                 metrics.inc("batches_total")
+                metrics.observe("batch_rows", len(batch))
                 if self._save_settled(lanes, force=False):
                     last_lock_check = time.monotonic()
                 continue
@@ -535,6 +590,49 @@ class Sidecar:
         lanes.submit((), source.resume_point, 0)  # nothing owed: settles at once
         self._save_settled(lanes, force=True)
         return True
+
+    def _track_applied(self, lanes: Lanes, source: BinlogSource) -> None:
+        """How far the pipeline is applied, for the honest lag: everything the reader has
+        seen once the lanes owe nothing, else what the ledger has settled."""
+        through = lanes.ledger.through() if lanes.ledger.owing() else source.read_through
+        if through is not None:
+            self.applied_through = max(self.applied_through or 0.0, through)
+
+    def _observer(self, batch: Sequence[RowChange]) -> Callable[[str], None]:
+        """What a lane calls once it applied its part of *batch*: the latency histogram."""
+        # Rows sharing a table and a commit time (whole seconds) share one observation.
+        groups = Counter(
+            (c.schema, c.table, c.commit_time) for c in batch if c.commit_time is not None
+        )
+        registry = self.registry
+
+        def applied(lane: str) -> None:
+            sink = "redis" if lane == Lanes.KEYS else "elasticsearch"
+            now = time.time()
+            for (schema, table, commit_time), count in groups.items():
+                spec = registry.get(schema, table)
+                if spec is not None and commit_time is not None and _writes_to(spec, sink):
+                    latency = max(0.0, now - commit_time)
+                    metrics.observe("invalidation_latency_seconds", latency, count, sink=sink)
+
+        return applied
+
+    def _report(self, source: BinlogSource) -> None:
+        """Save the status record :mod:`.status` reads, at most every ``SidecarReport.INTERVAL``.
+
+        Another process (``cachesync status``) cannot ask this one for its lag, so
+        the sidecar writes it next to the checkpoint: what it has seen and how far
+        it has applied. A stale record means the sidecar stopped reporting.
+        """
+        now = time.time()
+        if now - self._reported < SidecarReport.INTERVAL:
+            return
+        self._reported = now
+        report = SidecarReport(source.seen, now, self.applied_through)
+        try:
+            self.store.save(report.store_name(self.name), report.encode(), self.applied_through)
+        except TransientError as exc:
+            log.debug("cachesync: status report not saved (%s)", exc)
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
         saved = self.saved

@@ -55,7 +55,7 @@ import re
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -151,6 +151,12 @@ class BinlogSource:
         self._last_packet = time.monotonic()
         self._parser = EventParser(self._only_tables, only_schemas)
         self._maps = TableMaps(self._params, registry, default_schema, self._parser)
+        #: Wall time before which every committed change has been returned by :meth:`poll`
+        #: (``None`` until known): advanced by transactions of every table, watched or not,
+        #: and by the server's heartbeats on an idle stream. The sidecar's honest lag.
+        self.read_through: float | None = None
+        #: End ``(file, offset)`` of the newest event read, whatever its table.
+        self.seen: tuple[str, int] | None = None
         #: Called with (schema, statement) for each DDL statement in the stream.
         self.on_ddl: Callable[[Any, str], object] | None = None
         # A TRUNCATE/DROP/RENAME of a watched table the stream is held at (tabledrops).
@@ -219,6 +225,10 @@ class BinlogSource:
                 wait = 0.0 if out else max(0.0, deadline - now)
                 if self._at_boundary and not framing.readable(self._conn, wait):
                     silence = time.monotonic() - self._last_packet
+                    if silence <= 2 * self._policy.heartbeat and not pending:
+                        # Heard from the server within a heartbeat and nothing more is
+                        # waiting: every change committed until now has been returned.
+                        self.read_through = time.time()
                     if silence > self._policy.read_timeout:
                         # The server sends a heartbeat every `heartbeat` s on an idle
                         # stream: this much silence means the connection is dead.
@@ -227,6 +237,10 @@ class BinlogSource:
                 self._step()
                 self._last_packet = time.monotonic()
                 self._failures = 0
+                if self._at_boundary and not pending and self._commit_time is not None:
+                    # Past a transaction of any table, watched or not, with nothing left to
+                    # return: changes committed before its (whole-second) time are all out.
+                    self.read_through = max(self.read_through or 0.0, self._commit_time)
             except TransientError as exc:
                 self._disconnect()
                 self._failures += 1
@@ -241,7 +255,9 @@ class BinlogSource:
                     self._sleep(delay)
                 break
         if out:
-            metrics.inc("changes_total", len(out))
+            per_table = Counter((c.schema, c.table) for c in out)
+            for (schema, table), count in per_table.items():
+                metrics.inc("changes_total", count, table=f"{schema}.{table}")
         return out
 
     def close(self) -> None:
@@ -331,6 +347,8 @@ class BinlogSource:
         if data[0] == 0xFE and len(data) < 9:  # EOF: the server ended the dump
             raise TransientError("the server closed the binlog stream")
         timestamp, kind, _server, size, end, _flags = framing.HEADER.unpack_from(data, 1)
+        if end:
+            self.seen = (self._file, end)
         if self._catchup is not None and end and kind not in framing.NOT_IN_FILE:
             self._end_catchup(end - size)
         try:

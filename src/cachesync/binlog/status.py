@@ -1,23 +1,85 @@
 """``cachesync status``: how far behind the sidecar is, and who leads.
 
-Lag in bytes is exact (binlog offsets; across files, the sizes from ``SHOW
-BINARY LOGS``). Lag in seconds is the age of the checkpoint's commit time while
-the sidecar is behind, 0 when it has caught up: an upper bound, since the oldest
-unhandled change may be younger than the last handled one.
+Honest lag comes from the sidecar itself: about once a second a streaming
+leader saves a :class:`SidecarReport` next to its checkpoint (the newest binlog
+position it has read, whatever the table, and the time before which every
+committed change is applied, advanced by other tables' transactions and by
+the server's heartbeats while idle). Measuring against the checkpoint instead
+is wrong both ways: the checkpoint only moves when there is something to
+save, and its own write is the newest event of an idle binlog, so an idle
+pipeline looked further behind every second.
+
+* Lag in seconds: from a fresh report (younger than :data:`SidecarReport.STALE`),
+  the lag it reported; from a stale one (the sidecar is stopped, paused or stuck
+  in a batch), the time since it last had everything applied, growing.
+* Lag in bytes: binlog written after the position the sidecar last reported
+  reading (exact offsets; across files, the sizes from ``SHOW BINARY LOGS``);
+  while idle, that is its own last report's write.
+* Without a report (no sidecar ever streamed with this version): the old upper
+  bound from the checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import DecodeError
 from . import server
 from .checkpoint import CheckpointStore, ResumePoint
 from .leader import LeaderLock, lock_name
 
-__all__ = ["StatusReport", "collect_status", "lag_bytes"]
+__all__ = ["SidecarReport", "StatusReport", "collect_status", "lag_bytes"]
+
+
+@dataclass(frozen=True)
+class SidecarReport:
+    """What a streaming sidecar last said about itself (saved in the checkpoint store).
+
+    ``seen`` is the end of the newest binlog event read, ``reported_at`` when the
+    report was written and ``applied_through`` the wall time before which every
+    committed change had been applied (``None`` before the first batch or idle poll).
+    """
+
+    seen: tuple[str, int] | None
+    reported_at: float
+    applied_through: float | None
+
+    #: How often the sidecar writes it (seconds).
+    INTERVAL: ClassVar[float] = 1.0
+    #: Older than this, the sidecar has stopped reporting: lag counts up from its last word.
+    STALE: ClassVar[float] = 5.0
+
+    @staticmethod
+    def store_name(pipeline: str) -> str:
+        """The checkpoint-store entry of *pipeline*'s report (beside its checkpoint)."""
+        return f"{pipeline}#status"
+
+    def encode(self) -> str:
+        seen = f"{self.seen[0]}:{self.seen[1]}" if self.seen else None
+        return json.dumps({"seen": seen, "at": round(self.reported_at, 3)})
+
+    @classmethod
+    def decode(cls, text: str, applied_through: float | None) -> SidecarReport | None:
+        try:
+            data = json.loads(text)
+            seen = None
+            if data.get("seen"):
+                file, _, pos = str(data["seen"]).rpartition(":")
+                seen = (file, int(pos))
+            return cls(seen, float(data["at"]), applied_through)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def lag_seconds(self, now: float) -> float | None:
+        """The lag as of *now*: as reported while fresh, counting up from it once stale."""
+        if self.applied_through is None:
+            return None
+        if now - self.reported_at <= self.STALE:
+            return max(0.0, self.reported_at - self.applied_through)
+        return max(0.0, now - self.applied_through)
 
 
 @dataclass
@@ -34,6 +96,9 @@ class StatusReport:
     leader_connection: int | None
     leader: str | None
     lock: str
+    read_position: str | None = None
+    reported_at: float | None = None
+    lag_from: str = "checkpoint"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +117,10 @@ class StatusReport:
             lag = f"{self.lag_bytes} bytes"
             if self.lag_seconds is not None:
                 lag += f", {self.lag_seconds:.1f} s"
+            if self.lag_from == "report":
+                lag += f" (sidecar read {self.read_position}, reported {when(self.reported_at)})"
+            else:
+                lag += " (from the checkpoint: no sidecar report)"
         return [
             f"pipeline     {self.name}",
             f"checkpoint   {self.checkpoint or 'none'} "
@@ -89,6 +158,7 @@ def collect_status(
         current = server.master_status(conn)
         files = server.binary_logs(conn)
         stored = store.load(name)
+        reported = store.load(SidecarReport.store_name(name))
         point = None
         if stored is not None:
             try:
@@ -112,13 +182,24 @@ def collect_status(
                 leader = f"{row[0]}@{row[1]}"
     finally:
         conn.close()
+    now = now or time.time()
     lag = seconds = None
-    if point is not None:
+    report = (
+        SidecarReport.decode(reported.position, reported.commit_time)
+        if reported is not None
+        else None
+    )
+    if report is not None and report.seen is not None:
+        seen = ResumePoint(report.seen[0], max(4, report.seen[1]))
+        lag = lag_bytes(seen, files, current)
+        seconds = report.lag_seconds(now)
+    elif point is not None:
+        report = None
         lag = lag_bytes(point, files, current)
         if lag == 0:
             seconds = 0.0
         elif point.commit_time is not None:
-            seconds = max(0.0, (now or time.time()) - point.commit_time)
+            seconds = max(0.0, now - point.commit_time)
     return StatusReport(
         name=name,
         checkpoint=stored.position if stored is not None else None,
@@ -130,4 +211,7 @@ def collect_status(
         leader_connection=holder,
         leader=leader,
         lock=lock_name(mysql.get("database"), name),
+        read_position=f"{report.seen[0]}:{report.seen[1]}" if report and report.seen else None,
+        reported_at=report.reported_at if report else None,
+        lag_from="report" if report else "checkpoint",
     )

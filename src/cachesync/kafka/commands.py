@@ -24,6 +24,7 @@ from typing import Any
 from ..cli import at_least, positive_float
 from ..connections import needed_sinks
 from ..errors import CacheSyncError, ConfigurationError, TransientError
+from ..health import HealthServer, Heartbeat, Probe, TurningEvent
 from ..policies import RelayPolicy, RetryPolicy
 from ..registry import default_registry
 
@@ -170,8 +171,10 @@ def _require_kafka(settings: Any) -> str:
     return bootstrap
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+def _stop_on_signals(heartbeat: Heartbeat | None = None) -> threading.Event:
+    """The loop's stop event, set by SIGTERM/SIGINT; a :class:`TurningEvent` beating
+    *heartbeat* (``/healthz``) every time the loop looks at it."""
+    stop: threading.Event = TurningEvent(heartbeat) if heartbeat is not None else threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
         log.info("cachesync: signal %d, stopping after the current batch", signum)
@@ -180,6 +183,27 @@ def _stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
     return stop
+
+
+def _serve_health(settings: Any, heartbeat: Heartbeat, retry_backlog: Any = None) -> Any:
+    """``--metrics-port``: /metrics, /healthz, /readyz of a retry consumer or relay.
+
+    Both are ready whenever their loop turns: neither has a standby state, and a
+    sink they cannot reach is what the retry path is for.
+    """
+    from .. import metrics
+
+    if settings.metrics_port is None:
+        return None
+    if settings.outbox_database is not None:
+        from ..outbox.backlog import OutboxBacklog
+
+        backlog = OutboxBacklog.from_url(settings.outbox_database)
+        metrics.gauge_function("outbox_backlog", backlog.pending)
+        metrics.gauge_function("retry_backlog", retry_backlog or backlog.failed)
+    elif retry_backlog is not None:
+        metrics.gauge_function("retry_backlog", retry_backlog)
+    return HealthServer.from_settings(settings, Probe(heartbeat))
 
 
 def _build_relay(settings: Any, policy: RelayPolicy) -> Any:
@@ -218,7 +242,8 @@ def _run_retry(args: argparse.Namespace) -> int:
             },
             partitions=args.partitions,
         )
-    stop = _stop_on_signals()
+    heartbeat = Heartbeat()
+    stop = _stop_on_signals(heartbeat)
     relay_thread: threading.Thread | None = None
     if not args.no_relay and settings.outbox_database:
         relay = _build_relay(settings, RelayPolicy(retry=policy))
@@ -237,6 +262,7 @@ def _run_retry(args: argparse.Namespace) -> int:
             "max_poll_interval_ms": max(session, 300000),
         },
     )
+    health = _serve_health(settings, heartbeat, consumer.pending)
     log.info(
         "cachesync retry: consuming %s as %s (dead letters to %s)%s",
         settings.resolved_retry_topic,
@@ -250,6 +276,8 @@ def _run_retry(args: argparse.Namespace) -> int:
         stop.set()
         if relay_thread is not None:
             relay_thread.join(timeout=30)
+        if health is not None:
+            health.close()
     return 0
 
 
@@ -274,7 +302,13 @@ def _run_relay(args: argparse.Namespace) -> int:
                 break
         print(f"relayed {total} outbox row(s); pending: {relay.store.counts()['pending']}")
         return 0
-    relay.run(_stop_on_signals())
+    heartbeat = Heartbeat()
+    health = _serve_health(settings, heartbeat)
+    try:
+        relay.run(_stop_on_signals(heartbeat))
+    finally:
+        if health is not None:
+            health.close()
     return 0
 
 
