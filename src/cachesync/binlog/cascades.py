@@ -150,6 +150,8 @@ class Cascades:
         each re-read costs a connection and catalogue queries on the reading thread, and a
         busy server runs DDL all day. A false match only costs one re-read."""
         schemas = {s.lower() for s in self._schemas()}
+        if isinstance(schema, bytes):  # the library's QueryEvent gives the raw bytes
+            schema = schema.decode("utf-8", "replace")
         text = str(query).lower()
         if not schemas or str(schema or "").lower() in schemas or any(s in text for s in schemas):
             self._dirty = True

@@ -212,6 +212,8 @@ class _OnePollSource:
         self.submitted_before_second_poll: bool | None = None
         self.resume_point = _point(0)
         self.table_statement = None  # no TRUNCATE/DROP/RENAME held
+        self.read_through: float | None = None
+        self.seen = None
 
     def poll(self, max_rows: int, max_wait: float) -> list[RowChange]:
         self.polls += 1
