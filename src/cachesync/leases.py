@@ -94,7 +94,10 @@ class Leases:
         A Redis failure never fails the read: the loader's value is returned uncached.
         """
         import redis
+        from redis.exceptions import RedisClusterException
 
+        # RedisClusterException: a Redis Cluster client that found no node to ask.
+        errors = (redis.RedisError, RedisClusterException, OSError)
         marker = _MARKER + secrets.token_hex(8).encode()
         deadline = time.monotonic() + self.lease_ms / 1000
         try:
@@ -107,12 +110,12 @@ class Leases:
                 if time.monotonic() >= deadline:  # the holder is slow or dead: load uncached
                     return loader()
                 self.sleep(self.wait)
-        except (redis.RedisError, OSError):
+        except errors:
             return loader()
         value = loader()
         try:
             self._fill(keys=[wire_key(key)], args=[marker, self.dumps(value), self.ttl_ms])
-        except (redis.RedisError, OSError) as exc:
+        except errors as exc:
             # The marker expires by itself after lease_ms; the read still succeeds.
             log.warning("cachesync lease: could not fill %r: %s", key, exc)
         return value

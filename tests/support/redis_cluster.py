@@ -137,7 +137,9 @@ class RedisClusterNodes:
         if self.pid(port) is not None:
             return
         if command(port, "PING") is not None:
-            raise ClusterError(f"redis cluster: port {port} is in use by a process we did not start")
+            raise ClusterError(
+                f"redis cluster: port {port} is in use by a process we did not start"
+            )
         d = self.node_dir(port)
         d.mkdir(parents=True, exist_ok=True)
         self._procs[port] = subprocess.Popen(
@@ -174,9 +176,7 @@ class RedisClusterNodes:
 
     def wait_ok(self, timeout: float = READY_TIMEOUT) -> None:
         """Until every node says ``cluster_state:ok``."""
-        self._wait(
-            lambda: all(_state(p) == "ok" for p in self.ports), "cluster_state:ok", timeout
-        )
+        self._wait(lambda: all(_state(p) == "ok" for p in self.ports), "cluster_state:ok", timeout)
 
     def kill_node(self, port: int) -> None:
         """SIGKILL one node (a crash: its append-only file keeps what it had acknowledged)."""

@@ -3,7 +3,10 @@
 Measured on the project's machine (see SERVICES.md): one UNLINK per key 13.7k
 keys/s, a pipeline of single-key UNLINKs 232k keys/s, one multi-key UNLINK of
 1000 keys 1.09M keys/s. So a batch is one pipeline of multi-key UNLINKs of at
-most ``chunk`` keys each, and on Redis Cluster one UNLINK per hash slot.
+most ``chunk`` keys each, and on Redis Cluster one UNLINK per hash slot (a
+multi-key command must stay in one slot, even on one node; the cluster pipeline
+sends each node its UNLINKs in one round trip). Keys that share a hash tag
+(``user:{42}:profile``, ``user:{42}:posts``) share a slot, hence one UNLINK.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class RedisSink:
         if not keys:
             return 0
         import redis
+        from redis.exceptions import RedisClusterException
 
         groups = self._groups(keys)
         try:
@@ -59,9 +63,13 @@ class RedisSink:
                 return int(self.client.unlink(*groups[0]))
             pipe = self.client.pipeline(transaction=False)
             for group in groups:
-                pipe.unlink(*group)
+                # execute_command: redis-py's cluster pipeline refuses a multi-key
+                # pipe.unlink() even when every key is in one slot; the raw command
+                # is routed by that slot, and the pipeline sends one round trip per node.
+                pipe.execute_command("UNLINK", *group)
             return sum(int(n) for n in pipe.execute())
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            # RedisClusterException: redis-py's cluster client found no node to ask.
             raise TransientError(
                 f"Redis UNLINK of {len(keys)} key(s) failed: {type(exc).__name__}: {exc}",
                 keys=len(keys),
@@ -69,8 +77,9 @@ class RedisSink:
 
     def ping(self) -> bool:
         import redis
+        from redis.exceptions import RedisClusterException
 
         try:
             return bool(self.client.ping())
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, RedisClusterException, OSError):
             return False
