@@ -25,9 +25,9 @@ from sqlalchemy import Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from cachesync import RetryPolicy, Settings, Sync, config, metrics
-from cachesync.errors import ConfigurationError, TransientError
 from cachesync.connections import redis_client, sql_engine
 from cachesync.contrib.sqlalchemy import CacheSyncMixin, install, uninstall
+from cachesync.errors import ConfigurationError, TransientError
 from cachesync.fastpath import fast_path
 from cachesync.kafka import RetryConsumer, RetryQueue
 from cachesync.leases import Leases
