@@ -131,19 +131,23 @@ class KeyReport:
 
 
 def consistency(consistent: int, total: int) -> str:
-    """``"N of M consistent (99.9%)"``: the share rounded DOWN, so drift never shows 100%."""
+    """``"N of M consistent (99.9%)"``: rounded DOWN, with every leading nine shown.
+
+    ``99999 of 100000`` is ``99.999%``, never a rounded-up ``100.0%``.
+    """
     if total == 0:
         return "0 of 0 consistent (nothing to compare)"
     if consistent == total:
         return f"{total} of {total} consistent (100%)"
-    share = consistent * 100 / total
+
+    def digits(places: int) -> int:  # the share times 10**places, exactly, rounded down
+        return consistent * 100 * 10**places // total
+
     places = 1
-    while int(share * 10**places) / 10**places >= 100 or (
-        share > 0 and int(share * 10**places) == 0
-    ):
+    while digits(places + 1) % 10 == 9 and places < 15:
         places += 1
-    shown = int(share * 10**places) / 10**places
-    return f"{consistent} of {total} consistent ({shown:.{places}f}%)"
+    whole, fraction = divmod(digits(places), 10**places)
+    return f"{consistent} of {total} consistent ({whole}.{fraction:0{places}d}%)"
 
 
 def table_rows(
