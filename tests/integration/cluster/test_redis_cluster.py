@@ -249,3 +249,40 @@ def test_a_cluster_down_at_start_up_is_a_redis_error_at_first_use(
     fine = redis_client(Settings(redis_url=cluster.url, redis_cluster=True))
     assert RedisSink(fine).ping()
     fine.close()
+
+
+def test_verify_finds_and_deletes_orphan_keys_on_every_node(
+    cluster_client: RedisCluster, mysql_url: str
+) -> None:
+    import pymysql
+
+    from cachesync import resolve
+    from cachesync.connections import mysql_params
+    from cachesync.verify import verify_keys
+
+    table = unique("cl_verify").replace("-", "_")
+    conn = pymysql.connect(**mysql_params(mysql_url), autocommit=True)
+    spec = resolve(
+        "ClusterVerify",
+        Sync(keys=[f"cl:{table}:{{id}}"]),
+        table=table,
+        columns={"id": "id"},
+        primary_key=["id"],
+    )
+    try:
+        with conn.cursor() as c:
+            c.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
+            c.executemany(f"INSERT INTO {table} VALUES (%s)", [(i,) for i in range(50)])
+        live = [f"cl:{table}:{i}" for i in range(50)]
+        gone = [f"cl:{table}:{i}" for i in range(50, 110)]  # rows that no longer exist
+        assert len(nodes_of(cluster_client, gone)) == 3
+        for key in live + gone:
+            cluster_client.set(key, "cached")
+        report = verify_keys(conn, cluster_client, spec, repair=True)
+        assert (report.cached, sorted(report.orphans)) == (50, sorted(gone))
+        assert report.repaired == len(gone)
+        assert verify_keys(conn, cluster_client, spec).ok
+    finally:
+        with conn.cursor() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()
