@@ -141,7 +141,7 @@ def consistency(consistent: int, total: int) -> str:
         return f"{total} of {total} consistent (100%)"
 
     def digits(places: int) -> int:  # the share times 10**places, exactly, rounded down
-        return consistent * 100 * 10**places // total
+        return int(consistent * 100 * 10**places // total)
 
     places = 1
     while digits(places + 1) % 10 == 9 and places < 15:

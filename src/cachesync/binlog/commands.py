@@ -266,29 +266,15 @@ def _verify(args: argparse.Namespace) -> int:
         if args.models
         else default_registry.tables()
     )
-    idle = [s for s in specs if not s.projections and not (s.key_templates and with_redis)]
-    if args.models and idle:
-        reasons = [
-            f"{s.model} declares keys but redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set"
-            if s.key_templates
-            else f"{s.model} declares no search projection and no keys"
-            for s in idle
-        ]
-        raise ConfigurationError(f"nothing to verify: {'; '.join(reasons)}")
-    specs = [s for s in specs if s not in idle]
-    if not specs:
-        raise ConfigurationError(
-            "nothing to verify: no model declares a search projection"
-            + (
-                ""
-                if with_redis
-                else ", and redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set"
-            )
-            + " (--models / CACHESYNC_MODELS names the modules that declare them)"
-        )
+    # Connected first: an unreachable database is named whatever the declarations say.
+    conn = server.connect(params, what=_MYSQL)
+    try:
+        specs = _verifiable(specs, named=bool(args.models), with_redis=with_redis)
+    except ConfigurationError:
+        conn.close()
+        raise
     es = elasticsearch_client(settings) if any(s.projections for s in specs) else None
     redis = redis_client(settings) if with_redis and any(s.key_templates for s in specs) else None
-    conn = server.connect(params, what=_MYSQL)
     checked = drift = repaired = broken = 0
     try:
         # Recorded BEFORE the rows are read, as reindex does: repairs carry this
@@ -346,6 +332,33 @@ def _verify(args: argparse.Namespace) -> int:
             f"{broken} model(s) could not be verified (see above); the others were checked"
         )
     return 0 if drift == 0 or (args.repair and repaired == drift) else 1
+
+
+def _verifiable(specs: list[TableSpec], *, named: bool, with_redis: bool) -> list[TableSpec]:
+    """The models verify can check; :class:`ConfigurationError` when a named one (or all) has nothing."""
+    from ..errors import ConfigurationError
+
+    idle = [s for s in specs if not s.projections and not (s.key_templates and with_redis)]
+    if named and idle:
+        reasons = [
+            f"{s.model} declares keys but redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set"
+            if s.key_templates
+            else f"{s.model} declares no search projection and no keys"
+            for s in idle
+        ]
+        raise ConfigurationError(f"nothing to verify: {'; '.join(reasons)}")
+    specs = [s for s in specs if s not in idle]
+    if not specs:
+        raise ConfigurationError(
+            "nothing to verify: no model declares a search projection"
+            + (
+                " or cache keys"
+                if with_redis
+                else ", and redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set for keys"
+            )
+            + " (--models / CACHESYNC_MODELS names the modules that declare them)"
+        )
+    return specs
 
 
 def _verify_error(
