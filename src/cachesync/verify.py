@@ -35,7 +35,7 @@ from .registry import ResolvedProjection, TableSpec
 from .selects import column_types, select_list, stored_row, utc_session
 from .sinks.elasticsearch import SearchSink
 from .sinks.redis import RedisSink
-from .sqltext import qualified_table
+from .sqltext import qualified_table, quote
 from .sqltypes import ColumnType
 
 __all__ = [
@@ -102,10 +102,11 @@ class KeyReport:
     cached: int = 0
     #: Cached values that differ from the loader's (only with a loader).
     stale: list[str] = field(default_factory=list)
-    #: Keys matching the templates that no row renders (looked for without a sample only).
+    #: Keys matching the templates that no row renders.
     orphans: list[str] = field(default_factory=list)
+    #: Templates whose orphans a sample could not look for (see :func:`verify_keys`).
+    unsearched: list[str] = field(default_factory=list)
     compared: bool = False
-    scanned: bool = False
     repaired: int = 0
 
     @property
@@ -122,7 +123,9 @@ class KeyReport:
 
     def summary(self) -> str:
         values = "values compared" if self.compared else "values not compared (no loader)"
-        orphans = f"{len(self.orphans)} orphans" if self.scanned else "orphans not looked for"
+        orphans = f"{len(self.orphans)} orphans"
+        if self.unsearched:
+            orphans += f" (not looked for under {', '.join(self.unsearched)})"
         return (
             f"keys: {self.rows} rows, {self.keys} keys, {self.cached} cached, "
             f"{len(self.stale)} stale, {orphans}; {values}"
@@ -298,17 +301,31 @@ def _repair_index(
 # ---------------------------------------------------------------------------------------------
 
 
-def _pattern(template: KeyTemplate, spec: TableSpec, types: Mapping[str, ColumnType]) -> str:
-    """A regular expression a key of *template* matches (integer fields as digits)."""
+def _pattern(
+    template: KeyTemplate, spec: TableSpec, types: Mapping[str, ColumnType], *, named: bool = False
+) -> str:
+    """A regular expression a key of *template* matches (integer fields as digits).
+
+    *named*: each field's first occurrence is a group named after it, a repeat
+    a back-reference.
+    """
     import string
 
     parts: list[str] = []
+    seen: set[str] = set()
     for literal, name, _spec, _conversion in string.Formatter().parse(template.text):
         parts.append(re.escape(literal))
         if name is not None:
             column = spec.columns.get(name, name)
             kind = types.get(column, ColumnType("other")).kind
-            parts.append(r"-?\d+" if kind == "int" else r".+")
+            body = r"-?\d+" if kind == "int" else r".+"
+            if named and name in seen:
+                parts.append(f"(?P={name})")
+            elif named:
+                parts.append(f"(?P<{name}>{body})")
+            else:
+                parts.append(body)
+            seen.add(name)
     return "".join(parts)
 
 
@@ -338,11 +355,16 @@ def verify_keys(
     """Compare Redis with the keys *spec*'s rows render; delete what is wrong if *repair*.
 
     A cached key is stale when *loader* is given and its value differs from the
-    loader's for the row (a lease marker, a fill in flight, is neither). Without
-    *sample*, keys matching a template (SCAN by its literal text) that no row
-    renders are orphans, unless a template of one of *others* (the other
-    models) matches them too: cachesync cannot tell whose such a key is.
-    Deleting is always safe: the next read loads the row again.
+    loader's for the row (a lease marker, a fill in flight, is neither). Keys
+    matching a template (SCAN by its literal text) that no row renders are
+    orphans, unless a template of one of *others* (the other models) matches
+    them too: cachesync cannot tell whose such a key is. Without *sample* every
+    such key is compared with the keys of all rows; with it, up to *sample*
+    keys per template are parsed back into their field values and looked up
+    (``WHERE column = value``), for templates whose fields a ``SELECT`` can
+    compare as text (integers, strings, ENUM, DECIMAL, dates; at most one field
+    that is not an integer, so a key parses one way only). Deleting is always
+    safe: the next read loads the row again.
     """
     report = KeyReport(spec.model)
     with connection.cursor() as cursor:
@@ -373,12 +395,19 @@ def verify_keys(
             if loader(template, row) != value:
                 report.stale.append(key)
     report.compared = loader is not None
-    if sample is None:
-        report.scanned = True
-        report.orphans = sorted(_orphan_keys(connection, redis, spec, types, set(rendered), others))
+    found = _orphan_keys(connection, redis, spec, types, set(rendered), others, sample)
+    report.orphans = sorted(found)
+    if sample is not None:
+        report.unsearched = [
+            t.text for t in spec.key_templates if _lookup(connection, spec, types, t) is None
+        ]
     if repair and not report.ok:
         report.repaired = RedisSink(redis).delete(report.stale + report.orphans)
     return report
+
+
+#: Column kinds whose key text a SELECT compares equal to the stored value.
+_LOOKUP_KINDS = frozenset({"int", "char", "text", "enum", "decimal", "date", "datetime"})
 
 
 def _orphan_keys(
@@ -388,6 +417,7 @@ def _orphan_keys(
     types: Mapping[str, ColumnType],
     rendered: set[str],
     others: Sequence[TableSpec],
+    sample: int | None,
 ) -> set[str]:
     own = [re.compile(_pattern(t, spec, types)) for t in spec.key_templates]
     foreign: list[re.Pattern[str]] = []
@@ -399,6 +429,12 @@ def _orphan_keys(
         foreign += [re.compile(_pattern(t, other, their)) for t in other.key_templates]
     orphans: set[str] = set()
     for template in spec.key_templates:
+        lookup = None
+        if sample is not None:
+            lookup = _lookup(connection, spec, types, template)
+            if lookup is None:
+                continue
+        candidates = 0
         for raw in redis.scan_iter(match=_glob(template), count=1000):
             key = bytes(raw).decode("utf-8", "surrogateescape")
             if key in rendered or key in orphans:
@@ -408,5 +444,42 @@ def _orphan_keys(
             value = redis.get(raw)
             if value is not None and value.startswith(_LEASE_MARKER):
                 continue  # a fill in flight for a row this scan may not have seen yet
+            if lookup is not None:
+                candidates += 1
+                if lookup(key):
+                    continue
             orphans.add(key)
+            if sample is not None and candidates >= sample:
+                break
     return orphans
+
+
+def _lookup(
+    connection: Any, spec: TableSpec, types: Mapping[str, ColumnType], template: KeyTemplate
+) -> Callable[[str], bool] | None:
+    """``key -> a row renders it``, by the fields the key spells; ``None`` if it cannot tell."""
+    kinds = [types.get(spec.columns[f], ColumnType("other")).kind for f in template.fields]
+    if any(k not in _LOOKUP_KINDS for k in kinds) or sum(k != "int" for k in kinds) > 1:
+        return None
+    parse = re.compile(_pattern(template, spec, types, named=True))
+    names = spec.column_names
+    where = " AND ".join(f"{quote(spec.columns[f])} = %s" for f in template.fields)
+    sql = (
+        f"SELECT {select_list(names, types)} FROM {qualified_table(spec.schema, spec.table)} "
+        f"WHERE {where} LIMIT 100"
+    )
+
+    def rendered_by_a_row(key: str) -> bool:
+        match = parse.fullmatch(key)
+        if match is None:
+            return False
+        with connection.cursor() as cursor, utc_session(cursor):
+            cursor.execute(sql, [match[f] for f in template.fields])
+            found = cursor.fetchall()
+        rows = (
+            spec.row_from_columns(stored_row(dict(zip(names, r, strict=True)), types))
+            for r in found
+        )
+        return any(template.render(row) == key for row in rows)
+
+    return rendered_by_a_row

@@ -94,15 +94,18 @@ def test_verify_keys_finds_stale_and_orphan_keys_and_repairs_exactly_them(
         assert (report.rows, report.keys, report.cached) == (5, 10, 3)
         assert report.stale == [f"{prefix}:user:2"]
         assert report.orphans == [f"{prefix}:by-name:ann", f"{prefix}:user:99"]
-        assert report.compared and report.scanned and not report.ok
+        assert report.compared and not report.ok
         assert (report.checked, report.drift) == (5, 3)
         assert "3 cached, 1 stale, 2 orphans; values compared" in report.summary()
 
         blind = verify_keys(conn, cache, spec)  # no loader: values are not compared
         assert blind.stale == [] and not blind.compared
         assert "values not compared (no loader)" in blind.summary()
-        sampled = verify_keys(conn, cache, spec, loader=loader, sample=2)
-        assert sampled.rows == 2 and sampled.orphans == [] and not sampled.scanned
+        # A sample: up to 3 orphan candidates per template (here: all of them) are parsed
+        # back into their fields and looked up; the cached keys of live rows are not orphans.
+        sampled = verify_keys(conn, cache, spec, loader=loader, sample=3, others=[other])
+        assert sampled.rows == 3 and sampled.unsearched == []
+        assert sampled.orphans == [f"{prefix}:by-name:ann", f"{prefix}:user:99"]
 
         cache.delete(f"{prefix}:user:99")  # gone before this verify: not reported
 

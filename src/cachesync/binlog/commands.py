@@ -92,8 +92,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "compare them with the index and with Redis (a key no row renders any more "
             "should be gone). Prints 'N of M consistent'. Exit status 1 when something "
             "differs (0 when --repair fixed all of it), 2 when a model could not be checked "
-            "or has nothing to check. Orphans are looked for only without --sample, and only "
-            "make sense when one model writes the index."
+            "or has nothing to check. Orphan documents are looked for only without --sample, "
+            "and only make sense when one model writes the index; orphan keys of a sample "
+            "are looked up by the fields the key spells."
         ),
     )
     verify.add_argument("models", nargs="*", metavar="MODEL", help="models (default: all)")
