@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
 from .errors import CacheSyncError, PermanentError, TransientError
 from .registry import Registry, TableSpec, default_registry
-from .selects import FLOAT_WIDENING, column_types, stored_row, utc_session
+from .selects import DOUBLE_ZERO, column_types, stored_row, utc_session
 from .sqltypes import ColumnType
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def _listed(column: Any, ctype: ColumnType | None) -> Any:
     if ctype is not None and ctype.kind == "float":
         import sqlalchemy as sa
 
-        return (column + sa.literal_column(FLOAT_WIDENING.strip(" +"))).label(column.name)
+        return (column + sa.literal_column(DOUBLE_ZERO)).label(column.name)
     return column
 
 

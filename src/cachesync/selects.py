@@ -32,10 +32,10 @@ from . import values
 from .sqltext import quote
 from .sqltypes import ColumnType
 
-__all__ = ["FLOAT_WIDENING", "column_types", "select_list", "stored_row", "utc_session"]
+__all__ = ["DOUBLE_ZERO", "column_types", "select_list", "stored_row", "utc_session"]
 
-#: What is added to a FLOAT column so the server sends it as an exact DOUBLE.
-FLOAT_WIDENING = " + 0e0"
+#: Added to a FLOAT column so the server sends it as an exact DOUBLE (a DOUBLE literal).
+DOUBLE_ZERO = "0e0"
 
 _TYPES = (
     "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
@@ -82,7 +82,7 @@ def _check_clauses(cursor: Any, schema: str | None, table: str) -> list[str]:
 def select_expression(column: str, ctype: ColumnType | None) -> str:
     """One item of a select list: the quoted column, a FLOAT widened (named as the column)."""
     if ctype is not None and ctype.kind == "float":
-        return f"{quote(column)}{FLOAT_WIDENING} AS {quote(column)}"
+        return f"{quote(column)} + {DOUBLE_ZERO} AS {quote(column)}"
     return quote(column)
 
 
