@@ -286,3 +286,45 @@ def test_verify_finds_and_deletes_orphan_keys_on_every_node(
         with conn.cursor() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")
         conn.close()
+
+
+def _move_slot(cluster: RedisClusterNodes, slot: int, source: int, target: int) -> None:
+    """Migrate *slot* with its keys from node *source* to node *target* (ports), as a
+    resharding does, announcing the new owner to every node."""
+    ids = {p: (command(p, "CLUSTER", "MYID") or b"").decode() for p in cluster.ports}
+    assert command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source]) == b"OK"
+    assert command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target]) == b"OK"
+    client = RedisCluster(host="127.0.0.1", port=source)
+    try:
+        node = client.get_node(host="127.0.0.1", port=source)
+        keys = client.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000, target_nodes=node)
+        if keys:
+            client.get_redis_connection(node).execute_command(
+                "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+            )
+    finally:
+        client.close()
+    for port in cluster.ports:
+        assert command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target]) == b"OK"
+
+
+def test_a_slot_moved_under_the_sink_is_followed(
+    cluster: RedisClusterNodes, cluster_client: RedisCluster
+) -> None:
+    """The sink sends each node its UNLINKs directly; a slot resharded since the client
+    read the topology answers MOVED, and those keys go through the cluster client."""
+    keys = [f"{{cl:moving}}:{i}" for i in range(20)] + [f"cl:staying:{i}" for i in range(200)]
+    for key in keys:
+        cluster_client.set(key, "cached")
+    slot = cluster_client.keyslot(keys[0])
+    source = int(cluster_client.get_node_from_key(keys[0]).port)
+    target = next(p for p in cluster.ports if p != source)
+    _move_slot(cluster, slot, source, target)
+    try:
+        assert int(cluster_client.get_node_from_key(keys[0]).port) == source  # stale topology
+        assert RedisSink(cluster_client).delete(keys) == len(keys)
+        assert not any(cluster_client.exists(k) for k in keys)
+        assert int(cluster_client.get_node_from_key(keys[0]).port) == target  # read again
+    finally:
+        _move_slot(cluster, slot, target, source)
+        cluster.wait_ok()
