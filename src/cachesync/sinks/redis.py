@@ -33,6 +33,8 @@ class RedisSink:
 
         self.client = client
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
+        # Per-node delivery needs the cluster client's topology; *cluster* alone only groups.
+        self._by_node = self.cluster and isinstance(client, RedisCluster)
         self.chunk = chunk
 
     def _groups(self, keys: Sequence[str]) -> list[list[bytes]]:
@@ -59,7 +61,7 @@ class RedisSink:
 
         groups = self._groups(keys)
         try:
-            if self.cluster:
+            if self._by_node:
                 return self._delete_by_node(groups)
             if len(groups) == 1:
                 return int(self.client.unlink(*groups[0]))
