@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from .actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
 from .changes import Position
+from .errors import PermanentError
 from .keys import KeyTemplate, wire_key
 from .registry import ResolvedProjection, TableSpec
 from .selects import column_types, select_list, stored_row, utc_session
@@ -392,7 +393,14 @@ def verify_keys(
             if loader is None or value.startswith(_LEASE_MARKER):
                 continue
             template, row = rendered[key]
-            if loader(template, row) != value:
+            try:
+                expected = loader(template, row)
+            except Exception as exc:  # the application's function: name it, not a traceback
+                raise PermanentError(
+                    f"{spec.model}: the loader raised {type(exc).__name__}: {exc} for key {key!r}",
+                    model=spec.model,
+                ) from exc
+            if expected is not None and expected != value:
                 report.stale.append(key)
     report.compared = loader is not None
     found = _orphan_keys(connection, redis, spec, types, set(rendered), others, sample)

@@ -100,6 +100,13 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     verify.add_argument("models", nargs="*", metavar="MODEL", help="models (default: all)")
     verify.add_argument("--sample", type=at_least(1), help="check N random rows instead of all")
     verify.add_argument(
+        "--loader",
+        metavar="MODULE:FUNCTION",
+        help="what the read path caches under a key: FUNCTION(template, row) -> bytes, or None "
+        "when it caches nothing there (row keyed by attribute, template.text its key "
+        "template); cached values are compared with it. Without it only presence is checked",
+    )
+    verify.add_argument(
         "--repair",
         action="store_true",
         help="write what differs at the current binlog position's version (newer changes win); "
@@ -267,6 +274,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.models
         else default_registry.tables()
     )
+    loader = _loader(args.loader) if args.loader else None
     # Connected first: an unreachable database is named whatever the declarations say.
     conn = server.connect(params, what=_MYSQL)
     try:
@@ -299,6 +307,7 @@ def _verify(args: argparse.Namespace) -> int:
                             redis,
                             spec,
                             sample=args.sample,
+                            loader=loader,
                             repair=args.repair,
                             others=default_registry.tables(),
                             rows=rows,
@@ -333,6 +342,32 @@ def _verify(args: argparse.Namespace) -> int:
             f"{broken} model(s) could not be verified (see above); the others were checked"
         )
     return 0 if drift == 0 or (args.repair and repaired == drift) else 1
+
+
+def _loader(text: str) -> Any:
+    """The ``--loader MODULE:FUNCTION`` callable; :class:`ConfigurationError` naming what is wrong."""
+    import importlib
+
+    from ..errors import ConfigurationError
+
+    module, _, name = text.partition(":")
+    if not module or not name:
+        raise ConfigurationError(
+            f"--loader {text!r}: expected MODULE:FUNCTION, e.g. myapp.cache:load"
+        )
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"--loader {text!r}: no module named {exc.name!r}") from None
+    except AttributeError:
+        raise ConfigurationError(f"--loader {text!r}: module {module} has no {name!r}") from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"--loader {text!r}: importing {module} raised {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(found):
+        raise ConfigurationError(f"--loader {text!r}: {name} is not a function")
+    return found
 
 
 def _verifiable(specs: list[TableSpec], *, named: bool, with_redis: bool) -> list[TableSpec]:

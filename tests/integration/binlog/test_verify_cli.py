@@ -136,3 +136,51 @@ def test_verify_of_a_model_with_nothing_to_verify_says_so(
         assert result.returncode == 2, (args, output)
         assert "redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set" in result.stderr, output
         assert "Traceback" not in output
+
+
+LOADER = """
+import json
+
+
+def load(template, row):
+    if "by-name" in template.text:
+        return None  # this application caches only user:{id}
+    return json.dumps({"username": row["username"], "nickname": row["nickname"]}).encode()
+
+
+def broken(template, row):
+    raise RuntimeError("no cache for you")
+"""
+
+
+def test_verify_compares_cached_values_with_a_loader(binlog_env: BinlogEnv, tmp_path: Path) -> None:
+    env = binlog_env
+    (tmp_path / "cs_verify_loader.py").write_text(LOADER)
+    settings = env.settings_env(PYTHONPATH=f"{tmp_path}:{ROOT}")
+    env.sql("INSERT INTO users VALUES (1, 'ann', 'A', NULL, 0), (2, 'bo', 'B', NULL, 0)")
+    assert _cli(settings, "reindex", "User", "--quiet").returncode == 0
+    prefix = f"{env.schema}:user"
+    env.redis.set(f"{prefix}:1", '{"username": "ann", "nickname": "A"}')
+    env.redis.set(f"{prefix}:2", '{"username": "bo", "nickname": "OLD"}')  # stale
+    env.redis.set(f"{prefix}:by-name:bo", "whatever the application keeps")
+    result = _cli(settings, "verify", "User", "--loader", "cs_verify_loader:load")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "3 cached, 1 stale, 0 orphans; values compared" in result.stdout
+    assert f"stale: {prefix}:2" in result.stdout
+    repaired = _cli(settings, "verify", "User", "--loader", "cs_verify_loader:load", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "1 of 1 repaired" in repaired.stdout
+    assert env.existing([f"{prefix}:2", f"{prefix}:1"]) == [f"{prefix}:1"]
+
+    for loader, message in (
+        ("cs_verify_loader", "expected MODULE:FUNCTION"),
+        ("cs_no_such_module:load", "no module named 'cs_no_such_module'"),
+        ("cs_verify_loader:nope", "module cs_verify_loader has no 'nope'"),
+        ("cs_verify_loader:broken", "the loader raised RuntimeError: no cache for you"),
+    ):
+        env.redis.set(f"{prefix}:2", "x")
+        bad = _cli(settings, "verify", "User", "--loader", loader)
+        output = bad.stdout + bad.stderr
+        assert bad.returncode == 2, (loader, output)
+        assert message in output and "Traceback" not in output, (loader, output)
