@@ -38,10 +38,16 @@ def redis_client(settings: Settings) -> redis.Redis:
     ``redis_url`` has no default: a guessed ``localhost:6379`` would receive the
     deletes meant for the application's real cache, so its absence is a
     :class:`ConfigurationError` naming the setting.
+
+    With ``redis_cluster = true``, ``redis_url`` names any one node
+    (``redis://node1:6379/0``; a cluster has only database 0): the client learns
+    the others from it. It does so at its first command, not here, like the
+    single-node client: a cluster that is down when the sidecar starts or the
+    application first commits is an ordinary Redis error later (retried,
+    handed off, logged), never a crash at start-up or in a commit hook.
     """
     url = settings.require("redis_url", "to delete cache keys")
     import redis as redis_lib
-    from redis.cluster import RedisCluster
 
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.redis_connect_timeout,
@@ -50,9 +56,64 @@ def redis_client(settings: Settings) -> redis.Redis:
         "health_check_interval": 0,
     }
     if settings.redis_cluster:
-        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+        database = urlsplit(url).path.strip("/")
+        if database not in ("", "0"):
+            raise ConfigurationError(
+                f"redis_url names database {database}, but a Redis Cluster has only "
+                "database 0 (redis_cluster is true): use redis://host:port/0",
+                setting="redis_url",
+            )
+        cluster: redis_lib.Redis = _cluster_client(url, options)
+        return cluster
     client: redis_lib.Redis = redis_lib.Redis.from_url(url, retry=None, **options)
     return client
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> Any:
+    """A ``RedisCluster`` that asks for its nodes at its first command (see :func:`redis_client`).
+
+    redis-py's own constructor connects at once and raises ``RedisClusterException``
+    (not a ``RedisError``) when no node answers. This subclass runs that
+    constructor on the first attribute the instance lacks, i.e. at the first
+    command, turning that failure into ``redis.ConnectionError``; it stays a
+    ``RedisCluster`` for ``isinstance`` (:class:`~cachesync.sinks.redis.RedisSink`
+    groups keys by hash slot for it).
+    """
+    import threading
+
+    import redis as redis_lib
+    from redis.cluster import RedisCluster
+    from redis.connection import Encoder  # type: ignore[attr-defined]
+    from redis.exceptions import RedisClusterException
+
+    class DeferredRedisCluster(RedisCluster):
+        def __init__(self) -> None:  # the real constructor runs at first use
+            self.__dict__.update(
+                _cachesync_options={"url": url, **options},
+                _cachesync_lock=threading.Lock(),
+                _cachesync_ready=False,
+                # Leases.register_script asks for the encoder before any command.
+                encoder=Encoder("utf-8", "strict", False),  # type: ignore[no-untyped-call]
+            )
+
+        def __getattr__(self, name: str) -> Any:
+            state = self.__dict__
+            if name.startswith("__") or "_cachesync_lock" not in state or state["_cachesync_ready"]:
+                raise AttributeError(name)
+            with state["_cachesync_lock"]:
+                if not state["_cachesync_ready"]:
+                    try:
+                        RedisCluster.__init__(self, **state["_cachesync_options"])
+                    except RedisClusterException as exc:
+                        raise redis_lib.ConnectionError(str(exc)) from exc
+                    state["_cachesync_ready"] = True
+            return object.__getattribute__(self, name)
+
+        def close(self) -> None:
+            if self.__dict__.get("_cachesync_ready"):
+                super().close()
+
+    return DeferredRedisCluster()
 
 
 def any_reachable(bootstrap: str, *, timeout: float) -> bool:

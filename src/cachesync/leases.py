@@ -68,8 +68,10 @@ return 0
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
+    from redis.exceptions import RedisClusterException
 
-    return (redis.RedisError, OSError, asyncio.TimeoutError)
+    # RedisClusterException: a Redis Cluster client that found no node to ask.
+    return (redis.RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class _LeaseConfig:

@@ -13,19 +13,24 @@ change that queued the action; versions still settle races between writers.
 
 The reader talks SQL through SQLAlchemy Core with lightweight ``table()``
 constructs (no reflection, no metadata), so the same code serves MySQL/MariaDB,
-PostgreSQL and SQLite.
+PostgreSQL and SQLite. On MySQL/MariaDB the rows come back in their stored
+forms (:mod:`cachesync.selects`), so the re-read document and keys equal those
+the binlog path renders for the same row.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
 from .errors import CacheSyncError, PermanentError, TransientError
 from .registry import Registry, TableSpec, default_registry
+from .selects import DOUBLE_ZERO, column_types, stored_row, utc_session
+from .sqltypes import ColumnType
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -83,6 +88,7 @@ class SqlRowReader(RowReader):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.mysql = engine.dialect.name in ("mysql", "mariadb")
 
     def fetch(
         self, spec: TableSpec, refs: Sequence[RowRef]
@@ -99,7 +105,13 @@ class SqlRowReader(RowReader):
         found: dict[RowRef, Mapping[str, Any] | None] = {}
         unique = list(dict.fromkeys(refs))
         try:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, self._session(conn, schema, spec.table) as types:
+                listed = [_listed(table.c[n], types.get(n)) for n in names]
+
+                def select(where: Any) -> list[dict[str, Any]]:
+                    rows = conn.execute(sa.select(*listed).where(where)).mappings()
+                    return [stored_row(dict(row), types) for row in rows]
+
                 for start in range(0, len(unique), _CHUNK):
                     chunk = unique[start : start + _CHUNK]
                     wanted = {_pk_tuple(r, pk): r for r in chunk}
@@ -107,16 +119,16 @@ class SqlRowReader(RowReader):
                         where = key_cols[0].in_([k[0] for k in wanted])
                     else:
                         where = sa.tuple_(*key_cols).in_(list(wanted))
-                    for row in conn.execute(sa.select(table).where(where)).mappings():
+                    for row in select(where):
                         ref = wanted.get(tuple(row[c] for c in pk))
                         if ref is not None:
-                            found[ref] = dict(row)
+                            found[ref] = row
                     for ref in chunk:
                         if ref in found:
                             continue
                         cond = sa.and_(*(col == ref.primary_key.get(col.name) for col in key_cols))
-                        one = conn.execute(sa.select(table).where(cond)).mappings().first()
-                        found[ref] = dict(one) if one is not None else None
+                        one = select(cond)
+                        found[ref] = one[0] if one else None
         except Exception as exc:
             from sqlalchemy import exc as sa_exc
 
@@ -124,6 +136,48 @@ class SqlRowReader(RowReader):
                 raise translate_db_error(exc, f"re-reading {spec.table}") from exc
             raise
         return found
+
+    @contextlib.contextmanager
+    def _session(
+        self, conn: Any, schema: str | None, table: str
+    ) -> Iterator[Mapping[str, ColumnType]]:
+        """The column types of *table*, the block run in a UTC session (MySQL/MariaDB only).
+
+        The engine may be shared with the outbox (the relay), whose writes must
+        keep the session's own zone: it is put back after the read.
+        """
+        if not self.mysql:
+            yield {}
+            return
+        cursor = _Cursor(conn)
+        types = column_types(cursor, schema, table)
+        with utc_session(cursor):
+            yield types
+
+
+class _Cursor:
+    """The two DB-API cursor methods :mod:`cachesync.selects` uses, on a SQLAlchemy
+    connection (so errors arrive wrapped, as :func:`translate_db_error` expects)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.rows: list[Any] = []
+
+    def execute(self, sql: str, args: Any = None) -> None:
+        result = self.conn.exec_driver_sql(sql, args) if args else self.conn.exec_driver_sql(sql)
+        self.rows = list(result.fetchall()) if result.returns_rows else []
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+
+def _listed(column: Any, ctype: ColumnType | None) -> Any:
+    """A column of the select list: FLOAT widened to an exact DOUBLE, named as the column."""
+    if ctype is not None and ctype.kind == "float":
+        import sqlalchemy as sa
+
+        return (column + sa.literal_column(DOUBLE_ZERO)).label(column.name)
+    return column
 
 
 class Refresher:

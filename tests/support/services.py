@@ -40,8 +40,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 try:
+    from tests.support import redis_cluster
     from tests.support.ports import port_in_use_message
 except ImportError:  # run as a script (scripts/services): tests/support is sys.path[0]
+    import redis_cluster  # type: ignore[no-redef]
     from ports import port_in_use_message  # type: ignore[no-redef]
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +69,8 @@ MARIADB_DATADIR = MARIADB_DIR / "data"
 MARIADB_INIT_MARKER = MARIADB_DIR / "initialized"
 REDIS_DIR = SERVICES_DIR / "redis"
 ES_DIR = SERVICES_DIR / "es"
+#: The three-node Redis Cluster (tests/support/redis_cluster.py), started on demand.
+REDIS_CLUSTER_DIR = SERVICES_DIR / "redis-cluster"
 
 DATABASES = ("cachesync", "cachesync_test")
 TEST_DATABASE = "cachesync_test"
@@ -809,6 +813,8 @@ def stop_all(verbose: bool = False) -> None:
                 t0 = time.monotonic()
                 result = _mariadb_stop() if name == "mariadb" else _simple_stop(name)
                 _say(f"{name:8} {result} ({time.monotonic() - t0:.2f}s)")
+            if REDIS_CLUSTER_DIR.exists():
+                redis_cluster_nodes().stop()  # started by the cluster tests or cluster-start
     finally:
         _quiet = old
 
@@ -1101,6 +1107,22 @@ def _cleanup() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def redis_cluster_nodes() -> redis_cluster.RedisClusterNodes:
+    """This checkout's three-node Redis Cluster (ports from the port offset), not started."""
+    return redis_cluster.RedisClusterNodes(
+        REDIS_CLUSTER_DIR, redis_server=_redis_bin(), redis_cli=_which("redis-cli")
+    )
+
+
+def start_redis_cluster() -> tuple[redis_cluster.RedisClusterNodes, bool]:
+    """Start (or find running) the Redis Cluster; ``(nodes, started by this call)``."""
+    _redis_bin()
+    try:
+        return redis_cluster.start_cluster(REDIS_CLUSTER_DIR)
+    except redis_cluster.ClusterError as exc:
+        raise ServiceError(str(exc)) from None
+
+
 def _print_urls() -> None:
     for key, value in urls().items():
         print(f"{key}={value}")
@@ -1127,19 +1149,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif cmd == "env":
             for key, value in urls().items():
                 print(f"export {key}={value}")
+        elif cmd == "cluster-start":
+            t0 = time.monotonic()
+            nodes = redis_cluster_nodes()
+            nodes.detached = True
+            try:
+                nodes.start()
+            except redis_cluster.ClusterError as exc:
+                raise ServiceError(str(exc)) from None
+            print(f"redis cluster ready in {time.monotonic() - t0:.2f}s on ports "
+                  f"{', '.join(map(str, nodes.ports))}")  # fmt: skip
+            print(f"CACHESYNC_REDIS_URL={nodes.url}\nCACHESYNC_REDIS_CLUSTER=true")
+        elif cmd == "cluster-stop":
+            redis_cluster_nodes().stop()
+            print("redis cluster stopped")
+        elif cmd == "cluster-status":
+            states = redis_cluster_nodes().status()
+            for port, state in states.items():
+                print(f"redis-cluster node {port}: {state}")
+            return 0 if all(s == "ok" for s in states.values()) else 3
         elif cmd == "reset":
             stop_all(verbose=True)
             shutil.rmtree(SERVICES_DIR, ignore_errors=True)
             print(f"removed {SERVICES_DIR}")
         else:
             print(
-                "usage: services.py {start|stop|status|env|restart|reset}\n"
+                "usage: services.py {start|stop|status|env|restart|reset|cluster-start|"
+                "cluster-stop|cluster-status}\n"
                 "  start    start (or verify) MariaDB, Redis, Kafka (tansu), ES (noida-db)\n"
                 "  stop     stop what this checkout started\n"
                 "  status   print each service up/down (exit 3 unless all are up)\n"
                 "  env      print export lines for the connection settings\n"
                 "  restart  stop, then start\n"
-                "  reset    stop and delete .services/ (all data)",
+                "  reset    stop and delete .services/ (all data)\n"
+                "  cluster-start|cluster-stop|cluster-status   the three-node Redis Cluster\n"
+                "           (the cluster tests start it themselves)",
                 file=sys.stderr,
             )
             return 2

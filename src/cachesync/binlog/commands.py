@@ -86,20 +86,31 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     verify = subparsers.add_parser(
         "verify",
         parents=[parent],
-        help="compare Elasticsearch with the tables: missing, stale and orphan documents",
+        help="compare Elasticsearch and Redis with the tables: missing, stale and orphan entries",
         description=(
-            "Render every row's projection with the same code the sidecar uses and compare "
-            "it with the index. Exit status 1 when something differs (0 after --repair). "
-            "Orphans are looked for only without --sample, and only make sense when one "
-            "model writes the index."
+            "Render every row's projection and keys with the same code the sidecar uses and "
+            "compare them with the index and with Redis (a key no row renders any more "
+            "should be gone). Prints 'N of M consistent'. Exit status 1 when something "
+            "differs (0 when --repair fixed all of it), 2 when a model could not be checked "
+            "or has nothing to check. Orphan documents are looked for only without --sample, "
+            "and only make sense when one model writes the index; orphan keys of a sample "
+            "are looked up by the fields the key spells."
         ),
     )
     verify.add_argument("models", nargs="*", metavar="MODEL", help="models (default: all)")
     verify.add_argument("--sample", type=at_least(1), help="check N random rows instead of all")
     verify.add_argument(
+        "--loader",
+        metavar="MODULE:FUNCTION",
+        help="what the read path caches under a key: FUNCTION(template, row) -> bytes, or None "
+        "when it caches nothing there (row keyed by attribute, template.text its key "
+        "template); cached values are compared with it. Without it only presence is checked",
+    )
+    verify.add_argument(
         "--repair",
         action="store_true",
-        help="write what differs at the current binlog position's version (newer changes win)",
+        help="write what differs at the current binlog position's version (newer changes win); "
+        "delete stale and orphan keys",
     )
     verify.set_defaults(handler=_verify)
 
@@ -275,58 +286,154 @@ def _reindex(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from ..changes import BinlogPosition
-    from ..connections import elasticsearch_client, mysql_params
-    from ..verify import verify_index
+    from ..connections import elasticsearch_client, mysql_params, redis_client
+    from ..errors import ConfigurationError
+    from ..verify import consistency, table_rows, verify_index, verify_keys
     from . import server
 
     settings = settings_from_args(args)
     params = mysql_params(_require_mysql(settings))
     import_models(settings)
+    with_redis = settings.redis_url is not None
     specs = (
         [default_registry.for_model(m) for m in args.models]
         if args.models
-        else [s for s in default_registry.tables() if s.projections]
+        else default_registry.tables()
     )
-    es = elasticsearch_client(settings)
+    loader = _loader(args.loader) if args.loader else None
+    # Connected first: an unreachable database is named whatever the declarations say.
     conn = server.connect(params, what=_MYSQL)
-    clean, broken = True, 0
+    try:
+        specs = _verifiable(specs, named=bool(args.models), with_redis=with_redis)
+    except ConfigurationError:
+        conn.close()
+        raise
+    es = elasticsearch_client(settings) if any(s.projections for s in specs) else None
+    redis = redis_client(settings) if with_redis and any(s.key_templates for s in specs) else None
+    checked = drift = repaired = broken = 0
     try:
         # Recorded BEFORE the rows are read, as reindex does: repairs carry this
         # version, so anything the sidecar streams meanwhile is newer and wins.
         file, pos = server.master_status(conn)
         repair_at = BinlogPosition(file, pos, 0) if args.repair else None
         for spec in specs:
-            for projection in spec.projections:
-                try:
-                    conn.commit()  # a fresh snapshot per index
-                    report = verify_index(
-                        conn, es, spec, projection, sample=args.sample, repair_at=repair_at
+            try:
+                conn.commit()  # a fresh snapshot per model
+                rows = list(table_rows(conn, spec, sample=args.sample))
+                reports: list[Any] = [
+                    verify_index(
+                        conn, es, spec, p, sample=args.sample, repair_at=repair_at, rows=rows
                     )
-                except Exception as exc:
-                    # One broken model (a missing table...) must not hide the others' answers.
-                    message = _model_error(exc, spec, params.get("database"), settings.es_url or "")
-                    print(f"{spec.model} -> error: {message}")
-                    broken += 1
-                    continue
+                    for p in spec.projections
+                ]
+                if redis is not None and spec.key_templates:
+                    reports.append(
+                        verify_keys(
+                            conn,
+                            redis,
+                            spec,
+                            sample=args.sample,
+                            loader=loader,
+                            repair=args.repair,
+                            others=default_registry.tables(),
+                            rows=rows,
+                        )
+                    )
+            except Exception as exc:
+                # One broken model (a missing table...) must not hide the others' answers.
+                message = _verify_error(exc, spec, params.get("database"), settings)
+                print(f"{spec.model} -> error: {message}")
+                broken += 1
+                continue
+            for report in reports:
                 print(f"{spec.model} -> {report.summary()}")
-                for label, ids in (
-                    ("missing", report.missing),
-                    ("stale", report.stale),
-                    ("orphans", report.orphans),
-                ):
+                for label in ("missing", "stale", "orphans", "ahead"):
+                    ids = getattr(report, label, [])
                     if ids:
                         print(f"  {label}: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
-                clean &= report.ok or report.repaired == (
-                    len(report.missing) + len(report.stale) + len(report.orphans)
-                )
+                checked += report.checked
+                drift += report.drift
+                repaired += report.repaired
     finally:
         conn.close()
-        es.close()
+        if es is not None:
+            es.close()
+        if redis is not None:
+            redis.close()
+    print(consistency(checked - drift, checked))
+    if args.repair and drift:
+        print(f"{repaired} of {drift} repaired" + ("" if repaired == drift else "; verify again"))
     if broken:
         raise SourceError(
-            f"{broken} model index(es) could not be verified (see above); the others were checked"
+            f"{broken} model(s) could not be verified (see above); the others were checked"
         )
-    return 0 if clean else 1
+    return 0 if drift == 0 or (args.repair and repaired == drift) else 1
+
+
+def _loader(text: str) -> Any:
+    """The ``--loader MODULE:FUNCTION`` callable; :class:`ConfigurationError` naming what is wrong."""
+    import importlib
+
+    from ..errors import ConfigurationError
+
+    module, _, name = text.partition(":")
+    if not module or not name:
+        raise ConfigurationError(
+            f"--loader {text!r}: expected MODULE:FUNCTION, e.g. myapp.cache:load"
+        )
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"--loader {text!r}: no module named {exc.name!r}") from None
+    except AttributeError:
+        raise ConfigurationError(f"--loader {text!r}: module {module} has no {name!r}") from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"--loader {text!r}: importing {module} raised {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(found):
+        raise ConfigurationError(f"--loader {text!r}: {name} is not a function")
+    return found
+
+
+def _verifiable(specs: list[TableSpec], *, named: bool, with_redis: bool) -> list[TableSpec]:
+    """The models verify can check; :class:`ConfigurationError` when a named one (or all) has nothing."""
+    from ..errors import ConfigurationError
+
+    idle = [s for s in specs if not s.projections and not (s.key_templates and with_redis)]
+    if named and idle:
+        reasons = [
+            f"{s.model} declares keys but redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set"
+            if s.key_templates
+            else f"{s.model} declares no search projection and no keys"
+            for s in idle
+        ]
+        raise ConfigurationError(f"nothing to verify: {'; '.join(reasons)}")
+    specs = [s for s in specs if s not in idle]
+    if not specs:
+        raise ConfigurationError(
+            "nothing to verify: no model declares a search projection"
+            + (
+                " or cache keys"
+                if with_redis
+                else ", and redis_url (--redis-url / CACHESYNC_REDIS_URL) is not set for keys"
+            )
+            + " (--models / CACHESYNC_MODELS names the modules that declare them)"
+        )
+    return specs
+
+
+def _verify_error(
+    exc: BaseException, spec: TableSpec, database: str | None, settings: Settings
+) -> str:
+    """:func:`_model_error`, and Redis failures named with the setting."""
+    if type(exc).__module__.startswith("redis"):
+        return (
+            f"Redis at {redact_url(settings.redis_url or '')} (redis_url / CACHESYNC_REDIS_URL) "
+            f"failed for the keys of {spec.model}: {type(exc).__name__}: "
+            f"{redact_url(str(exc))[:300]}"
+        )
+    return _model_error(exc, spec, database, settings.es_url or "")
 
 
 def _status(args: argparse.Namespace) -> int:

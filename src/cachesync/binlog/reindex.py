@@ -20,7 +20,9 @@ Safe while the sidecar streams, because of the order of operations:
    Only done when no other model writes to the same index.
 
 Rows are read with PyMySQL through the ORM-neutral :class:`TableSpec` (its
-column map), so Django and SQLAlchemy models are rebuilt the same way.
+column map), so Django and SQLAlchemy models are rebuilt the same way, in a UTC
+session and in their stored forms (:mod:`cachesync.selects`): a reindexed
+document equals the one the binlog path writes for the same row.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from ..changes import BinlogPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
+from ..selects import column_types, select_list, stored_row, utc_session
 from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
+from ..sqltypes import ColumnType
 from . import server
 
 __all__ = ["WRITE_BACKOFF", "ReindexReport", "reindex"]
@@ -145,6 +149,29 @@ def reindex(
         raise DeclarationError(f"{spec.model} declares no search projection: nothing to reindex")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
+        types = column_types(cur, spec.schema or database, spec.table)
+    with connection.cursor() as session, utc_session(session):
+        return _reindex(
+            spec, connection, search, registry, database, batch_size, prune, progress,
+            backoff, sleep, types, at,
+        )  # fmt: skip
+
+
+def _reindex(
+    spec: TableSpec,
+    connection: Any,
+    search: DocumentSink,
+    registry: Registry | None,
+    database: str | None,
+    batch_size: int,
+    prune: bool,
+    progress: Progress | None,
+    backoff: Backoff,
+    sleep: Callable[[float], object],
+    types: Mapping[str, ColumnType],
+    at: BinlogPosition | None,
+) -> ReindexReport:
     started = time.monotonic()
     if at is None:
         file, pos = server.master_status(connection)
@@ -155,7 +182,7 @@ def reindex(
     table = qualified_table(schema, spec.table)
     columns = list(spec.column_names)
     pk = list(spec.primary_key_columns())
-    select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
+    select = f"SELECT {select_list(columns, types)} FROM {table}"
     order = " ORDER BY " + ", ".join(quote(c) for c in pk)
     writer = _Writer(search, backoff=backoff, sleep=sleep)
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
@@ -180,17 +207,20 @@ def reindex(
         with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
             connection.commit()
             cur.execute(sql, args)
-            images = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
-        if not images:
+            raw = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+        if not raw:
             break
-        cursor_key = tuple(images[-1][c] for c in pk)
+        # Keys go back into SQL as the server sent them (a stored FLOAT 1.1 is not the
+        # column's 1.100000023841858); rows are rendered from their stored forms.
+        cursor_key = tuple(raw[-1][c] for c in pk)
+        images = [(tuple(r[c] for c in pk), stored_row(r, types)) for r in raw]
         produced = _documents(spec, images, at)
         writer.write([a for a, _key in produced])
         for action, _key in produced:
             written[action.index].add(action.doc_id)
         report.rows += len(images)
         report.documents += len(produced)
-        stale = _recheck(spec, connection, table, columns, pk, produced, after)
+        stale = _recheck(spec, connection, table, columns, types, pk, produced, after)
         if stale:
             writer.write(stale)
             report.deleted += len(stale)
@@ -208,21 +238,26 @@ def reindex(
 
 
 def _documents(
-    spec: TableSpec, images: Iterable[Mapping[str, Any]], at: BinlogPosition
+    spec: TableSpec,
+    images: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
+    at: BinlogPosition,
 ) -> list[tuple[IndexDoc, tuple[Any, ...]]]:
-    """``(IndexDoc, primary key)`` for every row and projection whose ``when`` holds."""
+    """``(IndexDoc, primary key as read)`` for every row and projection whose ``when`` holds.
+
+    *images* are ``(primary key as read, stored image)`` pairs.
+    """
     pk = spec.primary_key_columns()
     out: list[tuple[IndexDoc, tuple[Any, ...]]] = []
-    for image in images:
+    for key, image in images:
         row = spec.row_from_columns(image)
-        key = tuple(image[c] for c in pk)
+        stored_key = tuple(image[c] for c in pk)
         for projection in spec.projections:
             if not projection.matches(row):
                 continue
             doc_id = projection.doc_id(row)
             if doc_id is None:
                 continue
-            ref = RowRef(spec.schema, spec.table, dict(zip(pk, key, strict=True)))
+            ref = RowRef(spec.schema, spec.table, dict(zip(pk, stored_key, strict=True)))
             out.append((IndexDoc(projection.index, doc_id, projection.document(row), at, ref), key))
     return out
 
@@ -232,6 +267,7 @@ def _recheck(
     connection: Any,
     table: str,
     columns: Sequence[str],
+    types: Mapping[str, ColumnType],
     pk: Sequence[str],
     produced: Sequence[tuple[IndexDoc, tuple[Any, ...]]],
     after: BinlogPosition,
@@ -240,7 +276,7 @@ def _recheck(
     if not produced:
         return []
     keys = list(dict.fromkeys(key for _doc, key in produced))
-    select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
+    select = f"SELECT {select_list(columns, types)} FROM {table}"
     if len(pk) == 1:
         sql = f"{select} WHERE {quote(pk[0])} IN %s"
         args: Any = ([k[0] for k in keys],)
@@ -254,10 +290,8 @@ def _recheck(
     with server.translate_errors(f"re-reading {spec.table}"), connection.cursor() as cur:
         connection.commit()  # a fresh snapshot: the point is to see what changed meanwhile
         cur.execute(sql, args)
-        current = {
-            tuple(row[columns.index(c)] for c in pk): dict(zip(columns, row, strict=True))
-            for row in cur.fetchall()
-        }
+        raw = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+        current = {tuple(r[c] for c in pk): stored_row(r, types) for r in raw}
     stale: list[DocumentAction] = []
     for doc, key in produced:
         image = current.get(key)

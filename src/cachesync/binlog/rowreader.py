@@ -7,6 +7,10 @@ One ``IN (...)`` query per table and chunk of 500 keys; a key the batched query
 does not return under an exactly equal primary key (case-insensitive
 collations, PAD SPACE) is read again on its own, so the DATABASE decides
 equality and an existing row is never mistaken for a deleted one.
+
+Rows come back in their stored forms (:mod:`cachesync.selects`: a UTC session,
+FLOAT widened, every value converted by its column type), so the partial
+image they complete renders as a full binlog image would.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from ..actions import RowRef
 from ..errors import TransientError
 from ..registry import TableSpec
 from ..reread import RowReader
+from ..selects import column_types, select_list, stored_row
 from ..sqltext import qualified_table, quote
+from ..sqltypes import ColumnType
 from . import server
 
 __all__ = ["MySQLRowReader"]
@@ -50,16 +56,17 @@ class MySQLRowReader(RowReader):
             conn = self._connection()
             try:
                 with server.translate_errors(f"re-reading {spec.table}"), conn.cursor() as cur:
+                    types = column_types(cur, refs[0].schema or spec.schema, spec.table)
                     for start in range(0, len(unique), _CHUNK):
                         chunk = unique[start : start + _CHUNK]
                         wanted = {wanted_key(r, pk): r for r in chunk}
-                        for row in self._select(cur, table, pk, list(wanted)):
+                        for row in self._select(cur, table, pk, list(wanted), types):
                             ref = wanted.get(tuple(row.get(c) for c in pk))
                             if ref is not None:
                                 found[ref] = row
                         for ref in chunk:
                             if ref not in found:
-                                one = self._select(cur, table, pk, [wanted_key(ref, pk)])
+                                one = self._select(cur, table, pk, [wanted_key(ref, pk)], types)
                                 found[ref] = one[0] if one else None
             except TransientError:
                 self.close()
@@ -68,18 +75,29 @@ class MySQLRowReader(RowReader):
 
     @staticmethod
     def _select(
-        cur: Any, table: str, pk: Sequence[str], keys: list[tuple[Any, ...]]
+        cur: Any,
+        table: str,
+        pk: Sequence[str],
+        keys: list[tuple[Any, ...]],
+        types: Mapping[str, ColumnType],
     ) -> list[dict[str, Any]]:
         columns = ", ".join(quote(c) for c in pk)
         row_sql = "(" + ", ".join(["%s"] * len(pk)) + ")"
-        sql = f"SELECT * FROM {table} WHERE ({columns}) IN ({', '.join([row_sql] * len(keys))})"
-        cur.execute(sql, [v for key in keys for v in key])
+        # Every column the table has (a partial image may need any of them), FLOAT widened.
+        listed = select_list(list(types), types) if types else "*"
+        where = f"({columns}) IN ({', '.join([row_sql] * len(keys))})"
+        cur.execute(f"SELECT {listed} FROM {table} WHERE {where}", [v for key in keys for v in key])
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return [stored_row(dict(zip(names, row, strict=True)), types) for row in cur.fetchall()]
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = server.connect(self._params, what="MySQL (re-reading partial row images)")
+            # Its own connection, so the session can stay UTC (TIMESTAMPs as stored).
+            self._conn = server.connect(
+                self._params,
+                what="MySQL (re-reading partial row images)",
+                init_command="SET time_zone = '+00:00'",
+            )
         return self._conn
 
     def close(self) -> None:

@@ -3,7 +3,10 @@
 Measured on the project's machine (see SERVICES.md): one UNLINK per key 13.7k
 keys/s, a pipeline of single-key UNLINKs 232k keys/s, one multi-key UNLINK of
 1000 keys 1.09M keys/s. So a batch is one pipeline of multi-key UNLINKs of at
-most ``chunk`` keys each, and on Redis Cluster one UNLINK per hash slot.
+most ``chunk`` keys each, and on Redis Cluster one UNLINK per hash slot (a
+multi-key command must stay in one slot, even on one node), sent to each node
+through its own connection as one pipelined round trip. Keys that share a hash tag
+(``user:{42}:profile``, ``user:{42}:posts``) share a slot, hence one UNLINK.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class RedisSink:
 
         self.client = client
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
+        # Per-node delivery needs the cluster client's topology; *cluster* alone only groups.
+        self._by_node = self.cluster and isinstance(client, RedisCluster)
         self.chunk = chunk
 
     def _groups(self, keys: Sequence[str]) -> list[list[bytes]]:
@@ -52,9 +57,12 @@ class RedisSink:
         if not keys:
             return 0
         import redis
+        from redis.exceptions import RedisClusterException
 
         groups = self._groups(keys)
         try:
+            if self._by_node:
+                return self._delete_by_node(groups)
             if len(groups) == 1:
                 return int(self.client.unlink(*groups[0]))
             pipe = self.client.pipeline(transaction=False)
@@ -63,7 +71,8 @@ class RedisSink:
                 # multi-key unlink even when every key is in one slot, as each group is.
                 pipe.execute_command("UNLINK", *group)
             return sum(int(n) for n in pipe.execute())
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            # RedisClusterException: redis-py's cluster client found no node to ask.
             raise TransientError(
                 f"Redis UNLINK of {len(keys)} key(s) failed: {type(exc).__name__}: {exc}",
                 keys=len(keys),
@@ -77,6 +86,7 @@ class RedisSink:
         however many keys match. Raises :class:`TransientError` if the walk broke.
         """
         import redis
+        from redis.exceptions import RedisClusterException
 
         deleted = 0
         match = wire_key(pattern)
@@ -93,7 +103,7 @@ class RedisSink:
                         deleted += self.delete([_text(k) for k in found])
                     if not cursor:
                         break
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             raise TransientError(
                 f"Redis SCAN MATCH {pattern!r} failed after deleting {deleted} key(s): "
                 f"{type(exc).__name__}: {exc}",
@@ -101,12 +111,55 @@ class RedisSink:
             ) from exc
         return deleted
 
+    def _delete_by_node(self, groups: list[list[bytes]]) -> int:
+        """One plain pipeline per node of its slots' UNLINKs; anything odd through the cluster.
+
+        redis-py's cluster pipeline costs about 100 us per command in Python
+        (measured here: 9.8k keys/s for batches of 1000 keys on 1000 slots, 26k
+        this way), so each node's UNLINKs go through that node's own connection.
+        A slot that moved meanwhile (MOVED/ASK), a node that does not answer or a
+        cluster that is down sends that node's groups through redis-py's cluster
+        pipeline instead, after reading the topology again: it follows
+        redirections and waits out a failover as the cluster client does, and
+        raises if the cluster is still unusable.
+        """
+        by_node: dict[str, tuple[Any, list[list[bytes]]]] = {}
+        for group in groups:
+            node = self.client.get_node_from_key(group[0])
+            by_node.setdefault(node.name, (node, []))[1].append(group)
+        deleted = 0
+        rerouted: list[list[bytes]] = []
+        for node, node_groups in by_node.values():
+            try:
+                pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+                for group in node_groups:
+                    pipe.execute_command("UNLINK", *group)
+                results = pipe.execute(raise_on_error=False)
+            except Exception:  # the node is unreachable: let the cluster client decide
+                rerouted += node_groups
+                continue
+            for group, result in zip(node_groups, results, strict=True):
+                if isinstance(result, Exception):  # MOVED/ASK, TRYAGAIN, CLUSTERDOWN...
+                    rerouted.append(group)
+                else:
+                    deleted += int(result)
+        if rerouted:
+            self.client.nodes_manager.initialize()
+            pipe = self.client.pipeline(transaction=False)
+            for group in rerouted:
+                # execute_command: the cluster pipeline refuses a multi-key pipe.unlink()
+                # even when every key is in one slot; the raw command is routed by it.
+                pipe.execute_command("UNLINK", *group)
+            deleted += sum(int(n) for n in pipe.execute())
+        return deleted
+
     def ping(self) -> bool:
         import redis
+        from redis.exceptions import RedisClusterException
 
         try:
             return bool(self.client.ping())
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, RedisClusterException, OSError):
             return False
 
 

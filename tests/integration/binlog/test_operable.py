@@ -253,7 +253,7 @@ def test_a_missing_table_is_named_and_verify_reports_the_others(
     assert "Traceback" not in output
     assert "User -> " in result.stdout and "0 missing, 0 stale, 0 orphans" in result.stdout
     assert f"tests.ghosts.Ghost -> error: {missing}" in result.stdout
-    assert "1 model index(es) could not be verified" in result.stderr
+    assert "1 model(s) could not be verified" in result.stderr
 
 
 def test_reindex_and_verify_name_an_unreachable_elasticsearch(binlog_env: BinlogEnv) -> None:
