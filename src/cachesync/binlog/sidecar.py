@@ -64,7 +64,7 @@ from ..errors import (
 )
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
-from . import guards, server
+from . import guards, positions, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
 from .leader import LeaderLock, lock_name
@@ -311,8 +311,7 @@ class Sidecar:
 
     def _first_point(self, conn: Any) -> ResumePoint:
         """The server's current position, for a pipeline without a checkpoint."""
-        file, pos = server.master_status(conn)
-        start = ResumePoint(file, pos, None, time.time())
+        start = positions.first_point(conn, time.time())
         log.info(
             "cachesync: no checkpoint %r: starting at the current position %s "
             "(rows written before are not replayed; use `cachesync reindex` for search indexes)",
@@ -325,6 +324,8 @@ class Sidecar:
         stored = self._stored_point()
         conn = server.connect(self._mysql, what="MySQL")
         try:
+            if stored is not None:  # a file+position checkpoint gets its GTID state
+                stored = positions.upgrade(conn, stored, self.name)
             guards.check_server(
                 conn,
                 tables=self._watched(),
