@@ -28,6 +28,7 @@ current batch finish, saves the checkpoint and returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +55,7 @@ from ..deadletters import (
     salvage_keys,
 )
 from ..errors import (
+    CacheSyncError,
     ConfigurationError,
     HandOffError,
     LeadershipLost,
@@ -171,8 +173,14 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
         reset_checkpoint: bool = False,
         sleep: Callable[[float], object] | None = None,
+        servers: Sequence[Mapping[str, Any]] = (),
+        store_follows: bool = False,
     ) -> None:
         self._mysql = dict(mysql)
+        #: Servers to fail over to (binlog/failover.py); the checkpoint table moves along
+        #: with the server followed when *store_follows*.
+        self._servers = [dict(p) for p in servers] or [self._mysql]
+        self._store_follows = store_follows
         self._database: str | None = self._mysql.get("database")
         self.registry = registry
         self.applier = applier
@@ -211,9 +219,10 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
     ) -> Sidecar:
         """A sidecar wired from :class:`Settings` (what ``cachesync listen`` runs)."""
-        from ..connections import mysql_params
+        from ..connections import mysql_hosts
 
         mysql_url = settings.require("mysql_url", "to stream its binlog")
+        servers = mysql_hosts(mysql_url)
         registry = registry if registry is not None else default_registry
         if not registry.tables():
             raise ConfigurationError(
@@ -230,7 +239,9 @@ class Sidecar:
         )
         handler = on_failure or default_failure_handler(settings)
         return cls(
-            mysql=mysql_params(mysql_url),
+            mysql=servers[0],
+            servers=servers,
+            store_follows=settings.checkpoint_url is None,
             registry=registry,
             applier=applier,
             on_failure=ReportingFailureHandler(
@@ -261,6 +272,8 @@ class Sidecar:
         try:
             while not self._stop.is_set():
                 try:
+                    if len(self._servers) > 1:
+                        self._follow()
                     if not self._acquire():
                         return
                     failures = 0
@@ -285,6 +298,31 @@ class Sidecar:
         finally:
             self.partial_images.close()
             self.store.close()
+
+    def _follow(self) -> None:
+        """Follow the writable server that has the checkpoint (binlog/failover.py)."""
+        from .checkpoint import TableCheckpointStore
+        from .failover import choose, describe
+
+        wanted = self.saved.gtid if self.saved is not None else None
+        if wanted is None and not self._store_follows:
+            with contextlib.suppress(CacheSyncError):
+                stored = self.store.load(self.name)
+                if stored is not None:
+                    wanted = ResumePoint.decode(stored.position).gtid
+        chosen = dict(choose(self._servers, wanted, current=self._mysql))
+        if describe(chosen) == describe(self._mysql):
+            return
+        self.lock.close()
+        self.partial_images.close()
+        self._mysql = chosen
+        self.lock = LeaderLock(
+            chosen, self.lock.name, session_timeout=self.policy.lock_session_timeout
+        )
+        self.partial_images = PartialImages(self.registry, MySQLRowReader(chosen), self._unknowable)
+        if self._store_follows:
+            self.store.close()
+            self.store = TableCheckpointStore(chosen)
 
     def _acquire(self) -> bool:
         """Block until this sidecar holds the leader lock (True) or is stopped (False)."""
@@ -357,6 +395,7 @@ class Sidecar:
             default_schema=self._database,
             policy=self.policy.reconnect,
             stop=self._stop,
+            give_up_after=3 if len(self._servers) > 1 else None,
         )
         source.on_ddl = self._cascades.schema_changed
         try:
