@@ -84,6 +84,9 @@ CHECKPOINT_TABLE_SQL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
     updated_at DATETIME(6) NOT NULL
 )"""
 
+#: ``position VARCHAR(255)``: see :meth:`TableCheckpointStore.save`.
+_POSITION_WIDTH = 255
+
 _RESUME = re.compile(
     r"^binlog:(?P<file>[^:+@]+):(?P<pos>\d+)(?:\+(?P<end>\d+)\.(?P<row>\d+))?"
     r"(?:@(?P<hfile>[^:+@]+):(?P<hpos>\d+))?$"
@@ -253,6 +256,7 @@ class TableCheckpointStore(CheckpointStore):
         self._table = table
         self._conn: Any = None
         self._ensured = False
+        self._width = _POSITION_WIDTH
 
     def describe(self) -> str:
         p = self._params
@@ -292,6 +296,14 @@ class TableCheckpointStore(CheckpointStore):
                             setting="checkpoint_url",
                         ) from None
                     raise
+            cur.execute(
+                "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+                "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'position'",
+                (self._table,),
+            )
+            row = cur.fetchone()
+            if row is not None and row[0]:
+                self._width = int(row[0])
         self._ensured = True
 
     def _error(self, exc: BaseException, trouble: str = "") -> CacheSyncError:
@@ -340,6 +352,16 @@ class TableCheckpointStore(CheckpointStore):
         return StoredCheckpoint(name, row[0], row[1], float(row[2]))
 
     def save(self, name: str, position: str, commit_time: float | None = None) -> None:
+        self._connection()  # reads the column's width
+        if len(position) > self._width:
+            # Only MySQL GTID sets naming many server UUIDs get this long.
+            raise ConfigurationError(
+                f"checkpoint {name!r} ({len(position)} characters) does not fit the "
+                f"{self._width} characters of {self._table}.position ({self.describe()}); "
+                f"widen it: ALTER TABLE {self._table} MODIFY position VARCHAR(4096) NOT NULL, "
+                "or use checkpoint_url=file:/path",
+                setting="checkpoint_url",
+            )
         with self._cursor() as cur:
             cur.execute(
                 f"INSERT INTO {self._table} (name, position, commit_time, updated_at) "

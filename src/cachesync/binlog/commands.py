@@ -248,10 +248,10 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..changes import BinlogPosition
     from ..connections import elasticsearch_client, mysql_params
     from ..verify import verify_index
     from . import server
+    from .positions import current_position
 
     settings = settings_from_args(args)
     params = mysql_params(_require_mysql(settings))
@@ -267,8 +267,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         # Recorded BEFORE the rows are read, as reindex does: repairs carry this
         # version, so anything the sidecar streams meanwhile is newer and wins.
-        file, pos = server.master_status(conn)
-        repair_at = BinlogPosition(file, pos, 0) if args.repair else None
+        repair_at = current_position(conn) if args.repair else None
         for spec in specs:
             for projection in spec.projections:
                 try:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pymysql
 
-from ..changes import BinlogPosition, GtidPosition, Position
+from ..changes import BinlogPosition, GtidPosition
 from ..errors import SourceConfigurationError, TransientError
 from . import framing, server
 from .checkpoint import ResumePoint
@@ -96,7 +96,7 @@ def first_point(conn: Any, commit_time: float) -> ResumePoint:
     return ResumePoint(file, pos, None, commit_time, gtid=state)
 
 
-def current_position(conn: Any) -> Position:
+def current_position(conn: Any) -> BinlogPosition | GtidPosition:
     """Where documents written now (reindex, repair) belong: below every later change."""
     flavour = server.gtid_flavour(conn)
     if flavour is not None:

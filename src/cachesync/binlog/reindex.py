@@ -25,6 +25,7 @@ column map), so Django and SQLAlchemy models are rebuilt the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
-from ..changes import BinlogPosition
+from ..changes import BinlogPosition, GtidPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
 from . import server
+from .positions import current_position
 
 __all__ = ["WRITE_BACKOFF", "ReindexReport", "reindex"]
 
@@ -58,7 +60,7 @@ class ReindexReport:
 
     model: str
     indexes: list[str]
-    position: BinlogPosition
+    position: BinlogPosition | GtidPosition
     rows: int = 0
     documents: int = 0
     deleted: int = 0
@@ -141,9 +143,9 @@ def reindex(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     started = time.monotonic()
-    file, pos = server.master_status(connection)
-    at = BinlogPosition(file, pos, 0)
-    after = BinlogPosition(file, pos, 1)  # version P + 1, still below any later change
+    # GTID servers: the GTID state's version, as the stream's (binlog/positions.py).
+    at = current_position(connection)
+    after = dataclasses.replace(at, row=1)  # version P + 1, still below any later change
     report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
     schema = spec.schema or database
     table = qualified_table(schema, spec.table)
@@ -202,7 +204,7 @@ def reindex(
 
 
 def _documents(
-    spec: TableSpec, images: Iterable[Mapping[str, Any]], at: BinlogPosition
+    spec: TableSpec, images: Iterable[Mapping[str, Any]], at: BinlogPosition | GtidPosition
 ) -> list[tuple[IndexDoc, tuple[Any, ...]]]:
     """``(IndexDoc, primary key)`` for every row and projection whose ``when`` holds."""
     pk = spec.primary_key_columns()
@@ -228,7 +230,7 @@ def _recheck(
     columns: Sequence[str],
     pk: Sequence[str],
     produced: Sequence[tuple[IndexDoc, tuple[Any, ...]]],
-    after: BinlogPosition,
+    after: BinlogPosition | GtidPosition,
 ) -> list[DocumentAction]:
     """Deletes for written documents whose row changed in a way that removes the document."""
     if not produced:
@@ -272,7 +274,7 @@ def _prune(
     spec: TableSpec,
     projection: ResolvedProjection,
     written: set[str],
-    after: BinlogPosition,
+    after: BinlogPosition | GtidPosition,
 ) -> int:
     """Delete documents no row produced, when *spec* is the index's only writer."""
     writers = registry.for_index(projection.index) if registry is not None else [(spec, projection)]

@@ -4,6 +4,11 @@ Lag in bytes is exact (binlog offsets; across files, the sizes from ``SHOW
 BINARY LOGS``). Lag in seconds is the age of the checkpoint's commit time while
 the sidecar is behind, 0 when it has caught up: an upper bound, since the oldest
 unhandled change may be younger than the last handled one.
+
+With GTIDs the checkpoint's file may be another server's (after a failover):
+lag is then counted in transactions, the difference of the GTID states'
+weights (exact on MySQL; on MariaDB exact while sequence numbers have no gaps),
+and bytes are shown only when the checkpoint's file is on this server.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..errors import DecodeError
 from . import server
 from .checkpoint import CheckpointStore, ResumePoint
 from .leader import LeaderLock, lock_name
+from .positions import server_state
 
 __all__ = ["StatusReport", "collect_status", "lag_bytes"]
 
@@ -30,6 +36,7 @@ class StatusReport:
     checkpoint_updated_at: float | None
     server_position: str
     lag_bytes: int | None
+    lag_transactions: int | None
     lag_seconds: float | None
     leader_connection: int | None
     leader: str | None
@@ -48,10 +55,15 @@ class StatusReport:
                 f" ({self.leader})" if self.leader else ""
             )
         lag = "unknown (no checkpoint)"
+        parts = []
+        if self.lag_transactions is not None:
+            parts.append(f"{self.lag_transactions} transactions")
         if self.lag_bytes is not None:
-            lag = f"{self.lag_bytes} bytes"
-            if self.lag_seconds is not None:
-                lag += f", {self.lag_seconds:.1f} s"
+            parts.append(f"{self.lag_bytes} bytes")
+        if parts and self.lag_seconds is not None:
+            parts.append(f"{self.lag_seconds:.1f} s")
+        if parts:
+            lag = ", ".join(parts)
         return [
             f"pipeline     {self.name}",
             f"checkpoint   {self.checkpoint or 'none'} "
@@ -88,6 +100,8 @@ def collect_status(
     try:
         current = server.master_status(conn)
         files = server.binary_logs(conn)
+        flavour = server.gtid_flavour(conn)
+        state = server_state(conn, flavour) if flavour is not None else None
         stored = store.load(name)
         point = None
         if stored is not None:
@@ -112,10 +126,15 @@ def collect_status(
                 leader = f"{row[0]}@{row[1]}"
     finally:
         conn.close()
-    lag = seconds = None
+    lag = seconds = transactions = None
     if point is not None:
-        lag = lag_bytes(point, files, current)
-        if lag == 0:
+        if point.gtid is None or any(f.name == point.file for f in files):
+            lag = lag_bytes(point, files, current)
+        if point.gtid is not None and state is not None and state.flavour == point.gtid.flavour:
+            transactions = (
+                0 if point.gtid.covers(state) else max(0, state.weight - point.gtid.weight)
+            )
+        if lag == 0 or transactions == 0:
             seconds = 0.0
         elif point.commit_time is not None:
             seconds = max(0.0, (now or time.time()) - point.commit_time)
@@ -124,8 +143,10 @@ def collect_status(
         checkpoint=stored.position if stored is not None else None,
         checkpoint_store=store.describe(),
         checkpoint_updated_at=stored.updated_at if stored is not None else None,
-        server_position=f"{current[0]}:{current[1]}",
+        server_position=f"{current[0]}:{current[1]}"
+        + (f" (GTID {state})" if state is not None else ""),
         lag_bytes=lag,
+        lag_transactions=transactions,
         lag_seconds=seconds,
         leader_connection=holder,
         leader=leader,

@@ -6,8 +6,11 @@ import pymysql
 import pytest
 
 from cachesync.binlog import BinlogSource, ResumePoint
+from cachesync.binlog.checkpoint import TableCheckpointStore
+from cachesync.binlog.gtid import parse_state
 from cachesync.binlog.positions import current_position, first_point, upgrade
 from cachesync.changes import BinlogPosition, GtidPosition, RowChange
+from cachesync.errors import ConfigurationError
 from tests.integration.binlog.harness import BinlogEnv, next_server_id
 from tests.integration.binlog.test_source import FAST_RECONNECT, _drain
 
@@ -133,3 +136,25 @@ def test_versions_grow_with_the_gtid_state_and_reindex_writes_below_later_change
     # Every file+position version of this server is smaller (the upgrade keeps indexes valid).
     file, pos = env.master_status()
     assert BinlogPosition(file, pos, 4095).version < versions[0]
+
+
+def test_a_checkpoint_too_long_for_the_table_is_refused_until_the_column_is_widened(
+    binlog_env: BinlogEnv,
+) -> None:
+    """MySQL GTID sets naming many server UUIDs outgrow VARCHAR(255): said, not truncated."""
+    env = binlog_env
+    state = ",".join(f"{i:08x}-0000-4000-8000-000000000000:1-99999" for i in range(8))
+    text = ResumePoint("binlog.000001", 4, gtid=parse_state("mysql", state)).encode()
+    assert len(text) > 255
+    store = TableCheckpointStore(env.root)
+    try:
+        with pytest.raises(ConfigurationError, match="ALTER TABLE cachesync_checkpoint MODIFY"):
+            store.save("long", text)
+        env.sql("ALTER TABLE cachesync_checkpoint MODIFY position VARCHAR(4096) NOT NULL")
+        store.close()
+        store = TableCheckpointStore(env.root)
+        store.save("long", text)
+        stored = store.load("long")
+        assert stored is not None and ResumePoint.decode(stored.position).encode() == text
+    finally:
+        store.close()
