@@ -28,6 +28,8 @@ import pytest
 import redis as redis_lib
 from elasticsearch import Elasticsearch
 
+from cachesync.binlog.checkpoint import ResumePoint
+from cachesync.binlog.gtid import MariaDBGtidState
 from tests.integration.binlog.harness import BinlogEnv, SidecarProcess
 from tests.support import services as svc
 from tests.support.replica import ReplicaPair
@@ -168,17 +170,21 @@ def test_restarted_against_the_promoted_replica_with_the_same_checkpoint(
     assert second.terminate() == 0
 
 
+@pytest.mark.parametrize("checkpoint", ["file", "table"])
 def test_multi_host_url_follows_the_promoted_replica_without_a_restart(
-    pair: ReplicaPair, services: dict[str, str], tmp_path: Path
+    pair: ReplicaPair, services: dict[str, str], tmp_path: Path, checkpoint: str
 ) -> None:
+    """With the default checkpoint table (in the watched database) the checkpoint moves along."""
     env = _env(pair, services, tmp_path)
+    # The table checkpoint needs a user that may write it (the sidecar user may only read).
+    auth = "root" if checkpoint == "table" else f"{svc.SIDECAR_USER}:{svc.SIDECAR_PASSWORD}"
     both = (
-        f"mysql://{svc.SIDECAR_USER}:{svc.SIDECAR_PASSWORD}@{svc.HOST}:{pair.primary.port},"
-        f"{svc.HOST}:{pair.replica.port}/{env.schema}"
+        f"mysql://{auth}@{svc.HOST}:{pair.primary.port},{svc.HOST}:{pair.replica.port}/{env.schema}"
     )
-    sidecar = SidecarProcess(
-        env.settings_env(CACHESYNC_MYSQL_URL=both), tmp_path / "sidecar.log"
-    ).start()
+    settings = env.settings_env(CACHESYNC_MYSQL_URL=both)
+    if checkpoint == "table":
+        del settings["CACHESYNC_CHECKPOINT_URL"]
+    sidecar = SidecarProcess(settings, tmp_path / "sidecar.log").start()
     sidecar.wait_for_log("streaming binlog from")
     touched, versions = _before_failover(env, sidecar)
     _fail_over(pair)
@@ -195,6 +201,14 @@ def test_multi_host_url_follows_the_promoted_replica_without_a_restart(
     _assert_converged(promoted, touched, versions)
     assert sidecar.starts == 1 and sidecar.alive()
     assert sidecar.terminate() == 0
+    if checkpoint == "table":
+        saved = pair.replica.sql(
+            "SELECT position FROM cachesync_checkpoint WHERE name = %s", (env.schema,), env.schema
+        )
+        point = ResumePoint.decode(saved[0][0]) if saved else None
+        assert point is not None and point.file.startswith("replica-bin"), saved
+        assert point.gtid is not None
+        assert MariaDBGtidState.parse(pair.replica.gtid_binlog_pos()).covers(point.gtid)
 
 
 def test_a_server_behind_the_checkpoint_is_refused_with_a_clear_error(
