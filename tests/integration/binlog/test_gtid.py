@@ -13,6 +13,9 @@ from cachesync.changes import BinlogPosition, GtidPosition, RowChange
 from cachesync.errors import ConfigurationError
 from tests.integration.binlog.harness import BinlogEnv, next_server_id
 from tests.integration.binlog.test_source import FAST_RECONNECT, _drain
+from tests.integration.binlog.test_xa import XA, _xid, xa
+
+__all__ = ["xa"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.services
 
@@ -158,3 +161,33 @@ def test_a_checkpoint_too_long_for_the_table_is_refused_until_the_column_is_wide
         assert stored is not None and ResumePoint.decode(stored.position).encode() == text
     finally:
         store.close()
+
+
+def test_held_xa_rows_resume_inside_the_commit_with_gtid_positions(
+    binlog_env: BinlogEnv, xa: XA
+) -> None:
+    """The hold is a GTID state too: a restart half-way through an XA COMMIT's rows."""
+    env = binlog_env
+    conn = _conn(env)
+    start = first_point(conn, 0.0)
+    conn.close()
+    xid = _xid(env, "gtid")
+    xa.prepare(
+        xid,
+        ["INSERT INTO users VALUES (3, 'carol', 'C', NULL, 0)",
+         "INSERT INTO users VALUES (5, 'eve', 'E', NULL, 0)"],
+    )  # fmt: skip
+    env.sql("INSERT INTO users VALUES (4, 'dan', 'D', NULL, 0)")
+    xa.commit(xid)
+    with _source(env, start) as first:
+        plain = _take(first, 1)
+        held = _take(first, 1)
+        middle = ResumePoint.decode(first.resume_point.encode())
+    assert middle.hold_gtid is not None and isinstance(middle.handled, GtidPosition)
+    with _source(env, middle) as second:
+        rest = _drain(second, 1)
+        assert second.held == 0 and second.resume_point.hold is None
+    assert _ids(plain + held + rest) == [4, 3, 5]
+    positions = [c.position for c in plain + held + rest]
+    assert all(isinstance(p, GtidPosition) for p in positions)
+    assert [p.version for p in positions] == sorted({p.version for p in positions})  # type: ignore[union-attr]
