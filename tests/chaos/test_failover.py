@@ -24,13 +24,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pymysql
 import pytest
 import redis as redis_lib
 from elasticsearch import Elasticsearch
 
 from cachesync.binlog.checkpoint import ResumePoint
 from cachesync.binlog.gtid import MariaDBGtidState
+from cachesync.binlog.positions import first_point
+from cachesync.changes import GtidPosition
 from tests.integration.binlog.harness import BinlogEnv, SidecarProcess
+from tests.integration.binlog.test_gtid import _ids, _source, _take, _write
+from tests.integration.binlog.test_source import _drain
 from tests.support import services as svc
 from tests.support.replica import ReplicaPair
 
@@ -236,3 +241,34 @@ def test_a_server_behind_the_checkpoint_is_refused_with_a_clear_error(
     assert second.proc.wait(60) == 2
     out = second.output().rsplit("----- start 1 -----", 1)[-1]
     assert "has not reached" in out and "Traceback" not in out, out
+
+
+def test_a_resume_inside_a_transaction_on_another_server_replays_that_transaction(
+    pair: ReplicaPair, services: dict[str, str], tmp_path: Path
+) -> None:
+    """Rows events may be split otherwise on another server: at-least-once, never a skip."""
+    env = _env(pair, services, tmp_path)
+    conn = pymysql.connect(**env.sidecar_params)
+    try:
+        start = first_point(conn, 0.0)
+    finally:
+        conn.close()
+    _write(env, 1, 40)
+    _write(env, 41, 10)
+    with _source(env, start) as source:
+        first = _take(source, 15)
+        inside = source.resume_point
+    assert isinstance(inside.handled, GtidPosition)
+    pair.wait_caught_up()
+    replica = _on(
+        env,
+        pair.replica.url(database=env.schema),
+        pair.replica.url(svc.SIDECAR_USER, svc.SIDECAR_PASSWORD, env.schema),
+    )
+    with _source(replica, inside) as source:
+        rest = _drain(source, 50)
+    assert _ids(first) == list(range(1, 16))
+    assert _ids(rest) == list(range(1, 51)), "the transaction in progress is replayed whole"
+    # On the server the point was taken on, the resume is exact.
+    with _source(env, inside) as source:
+        assert _ids(_drain(source, 35)) == list(range(16, 51))

@@ -340,11 +340,24 @@ class BinlogSource:
                 return  # a hold that predates GTIDs: only its own server has it
             hold = positions.locate(settings, self._server_id, catchup.hold_gtid)
             target = positions.locate(settings, self._server_id, catchup.gtid)
-            self._catchup = replace(catchup, file=target[0], pos=target[1], hold=hold)
+            handled = catchup.handled if target == (catchup.file, catchup.pos) else None
+            self._catchup = replace(
+                catchup, file=target[0], pos=target[1], hold=hold, handled=handled
+            )
             self._gtids = catchup.hold_gtid
             self._group_states[hold] = catchup.hold_gtid
             return
-        self._file, self._txn_start = positions.locate(settings, self._server_id, self._gtids)
+        located = positions.locate(settings, self._server_id, self._gtids)
+        if self._handled is not None and located != (self._file, self._txn_start):
+            # Another server (or a rotated file): its rows events may be split otherwise,
+            # so the transaction in progress is replayed whole (idempotent effects).
+            log.info(
+                "cachesync: the transaction after GTID state %s starts at %s:%d here, not at "
+                "%s:%d: replaying it from its start",
+                self._gtids, *located, self._file, self._txn_start,
+            )  # fmt: skip
+            self._handled = self._skip = None
+        self._file, self._txn_start = located
 
     def _disconnect(self) -> None:
         reader, self._reader, self._conn = self._reader, None, None
