@@ -272,3 +272,23 @@ def test_a_resume_inside_a_transaction_on_another_server_replays_that_transactio
     # On the server the point was taken on, the resume is exact.
     with _source(env, inside) as source:
         assert _ids(_drain(source, 35)) == list(range(16, 51))
+
+
+def test_reading_a_replicas_binlog_offloads_the_primary(
+    pair: ReplicaPair, services: dict[str, str], tmp_path: Path
+) -> None:
+    """A single server in mysql_url is followed even read-only: the sidecar reads the replica."""
+    env = _env(pair, services, tmp_path)
+    pair.wait_caught_up()
+    on_replica = env.settings_env(
+        CACHESYNC_MYSQL_URL=pair.replica.url(svc.SIDECAR_USER, svc.SIDECAR_PASSWORD, env.schema)
+    )
+    sidecar = SidecarProcess(on_replica, tmp_path / "sidecar.log").start()
+    sidecar.wait_for_log("streaming binlog from binlog:replica-bin.")
+    keys = _insert(env, range(1, 101))  # written to the primary
+    keys += _touch(env, range(1, 51), "r")
+    keys += _delete(env, range(51, 61))
+    env.sync_point()
+    assert env.existing(keys) == []
+    env.assert_index_matches_table()
+    assert sidecar.terminate() == 0
