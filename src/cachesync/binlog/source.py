@@ -145,6 +145,7 @@ class BinlogSource:
         self._gtids: GtidState | None = start.gtid
         self._gtid: str | None = None
         self._weight = 0
+        self._next: GtidState | None = None
         self._seen = False
         self._event_no = 0
         self._group_states: dict[tuple[str, int], GtidState] = {}
@@ -444,7 +445,8 @@ class BinlogSource:
         self._gtid = gtid
         self._seen = state.contains(gtid)
         if not self._seen:
-            self._weight = state.add(gtid).weight
+            self._next = state.add(gtid)  # the state once this transaction is passed
+            self._weight = self._next.weight
         elif self._catchup is None:
             log.info("cachesync: passing over %s, handled before (GTID state %s)", gtid, state)
 
@@ -452,7 +454,7 @@ class BinlogSource:
         self._group = None
         gtid, self._gtid = self._gtid, None
         if gtid is not None and self._gtids is not None and not self._seen:
-            self._gtids = self._gtids.add(gtid)
+            self._gtids = self._next
         self._seen = False
         if end:
             self._txn_start = end
