@@ -349,7 +349,11 @@ class BinlogSource:
             self._group_states[hold] = catchup.hold_gtid
             return
         located = positions.locate(settings, self._server_id, self._gtids)
-        if self._handled is not None and located != (self._file, self._txn_start):
+        # The same file, at or after the recorded start (which is the rotation's offset 4
+        # for a file's first transaction): the server the point was taken on.
+        if self._handled is not None and (
+            located[0] != self._file or located[1] < self._txn_start
+        ):
             # Another server (or a rotated file): its rows events may be split otherwise,
             # so the transaction in progress is replayed whole (idempotent effects).
             log.info(
