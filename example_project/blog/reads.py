@@ -1,8 +1,11 @@
-"""Cached reads of the blog, in the two styles cachesync supports.
+"""Cached reads of the blog, in the styles cachesync supports.
 
-* :func:`article` uses :class:`cachesync.leases.Leases`: read-through with a
-  lease token, so a reader that loaded an old row just before a write can never
-  put it back into the cache after cachesync deleted the key.
+* :func:`article` uses the read API's ``@cached`` on the declared template
+  ``article:{id}``: read-through with a lease token, so a reader that loaded an
+  old row just before a write can never put it back into the cache after
+  cachesync deleted the key, and the key is the one the declaration invalidates
+  (a typo in it fails at the first call, not silently). ``Article.cache.get(pk)``
+  does the same for the model instance itself.
 * :func:`latest` uses Django's cache API (``cache.get_or_set``): fine for data
   where a short-lived stale read is acceptable; ``KEY_FUNCTION = raw_key`` in
   settings makes its Redis key the declared ``articles:latest``.
@@ -12,22 +15,13 @@ Both read the Redis that cachesync invalidates (``CACHES["default"]``).
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from django.core.cache import cache as django_cache
 
-from cachesync import get_settings
-from cachesync.connections import redis_client
-from cachesync.leases import Leases
+from cachesync.contrib.django import Reads, cached
 
 from .models import PUBLISHED, Article
-
-
-@cache
-def leases() -> Leases:
-    """One lease helper per process, on cachesync's own Redis client (explicit timeouts)."""
-    return Leases(redis_client(get_settings()), ttl=3600)
 
 
 def _article_dict(a: Article) -> dict[str, Any]:
@@ -42,14 +36,11 @@ def _article_dict(a: Article) -> dict[str, Any]:
     }
 
 
-def article(pk: int) -> dict[str, Any] | None:
-    """One article as the page shows it, cached under ``article:{pk}``."""
-
-    def load() -> dict[str, Any] | None:
-        found = Article.objects.select_related("author").filter(pk=pk).first()
-        return _article_dict(found) if found is not None else None
-
-    return leases().cached(f"article:{pk}", load)
+@cached("article:{id}", reads=Reads(ttl=3600))
+def article(id: int) -> dict[str, Any] | None:
+    """One article as the page shows it, cached under the declared ``article:{id}``."""
+    found = Article.objects.select_related("author").filter(pk=id).first()
+    return _article_dict(found) if found is not None else None
 
 
 def latest(limit: int = 10) -> list[dict[str, Any]]:

@@ -61,7 +61,14 @@ class FailureHandler(ABC):
     If it cannot, it raises :class:`HandOffError`; it never drops silently. It may
     block (a broker round trip) but should bound its own wait. Each failure's
     action carries one cache key or one document (:func:`cachesync.actions.per_key`).
+
+    ``durable`` is False for a handler that can never take work (it only logs
+    and refuses): callers then do not offer it work the sink might still apply.
     """
+
+    @property
+    def durable(self) -> bool:
+        return True
 
     @abstractmethod
     def handle(self, failures: Sequence[Failure]) -> None: ...
@@ -69,6 +76,10 @@ class FailureHandler(ABC):
 
 class LoggingFailureHandler(FailureHandler):
     """Logs and refuses: for setups without a retry queue, failures stop the checkpoint."""
+
+    @property
+    def durable(self) -> bool:
+        return False
 
     def handle(self, failures: Sequence[Failure]) -> None:
         for f in failures:
@@ -115,6 +126,10 @@ class ReportingFailureHandler(FailureHandler):
         self.target = target
         self.throttle = throttle or Throttle(interval)
         self.log = logger or log
+
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
 
     def handle(self, failures: Sequence[Failure]) -> None:
         self.inner.handle(failures)

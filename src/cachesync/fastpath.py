@@ -12,11 +12,14 @@ logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from . import metrics
 from .actions import DeleteKeys
@@ -64,6 +67,10 @@ class FastPath:
     their tests (``capture_invalidations``) work before Redis is configured.
     """
 
+    #: Batches waiting for a worker thread (an asyncio commit's deletes) before new ones are
+    #: dropped: a frozen Redis must not pile up work without bound; the sidecar deletes them.
+    max_pending = 1000
+
     def __init__(
         self, applier: Applier | None = None, failure_handler: FailureHandler | None = None
     ) -> None:
@@ -71,6 +78,9 @@ class FastPath:
         self._handler = failure_handler
         self._lock = threading.Lock()
         self._warned = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
 
     def configure(
         self, *, applier: Applier | None = None, failure_handler: FailureHandler | None = None
@@ -158,6 +168,64 @@ class FastPath:
             )
         except Exception:
             log.exception("cachesync fast path: the failure handler raised")
+
+
+    def deliver_soon(self, keys: Iterable[str]) -> None:
+        """:meth:`deliver`, but off the event loop when called on one.
+
+        An ``AsyncSession`` commits on the event loop's thread; a Redis call there
+        would stall every coroutine for up to ``redis_socket_timeout``. On a thread
+        running an event loop the batch goes to a small worker pool (two threads,
+        at most :attr:`max_pending` batches waiting; beyond that a batch is dropped
+        with a WARNING, and the binlog sidecar deletes its keys). Elsewhere it is
+        delivered at once, as :meth:`deliver` does.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.deliver(keys)
+            return
+        batch = tuple(dict.fromkeys(keys))
+        if not batch:
+            return
+        with self._lock:
+            if self._pending >= self.max_pending:
+                metrics.inc("fast_path_failures_total", len(batch))
+                log.warning(
+                    "cachesync fast path: %d batches already wait for Redis; %d key(s) left to "
+                    "the binlog sidecar",
+                    self._pending,
+                    len(batch),
+                )
+                return
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(2, thread_name_prefix="cachesync-fastpath")
+            self._pending += 1
+            executor = self._executor
+        executor.submit(self._deliver_pending, batch)
+
+    def _deliver_pending(self, batch: tuple[str, ...]) -> None:
+        try:
+            self.deliver(batch)
+        finally:
+            with self._lock:
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every batch :meth:`deliver_soon` handed to a worker is delivered.
+
+        For tests and orderly shutdown; True when nothing is pending any more.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
 
 
 _REFUSE = LoggingFailureHandler()

@@ -13,20 +13,27 @@ An invalidation is a plain ``UNLINK`` of the key, which also removes the marker,
 so the stale write fails. Nothing else in cachesync needs to know about leases.
 Concurrent misses collapse: a reader that finds someone else's marker waits for
 the value instead of hitting the database too.
+
+:class:`Leases` runs on a redis-py client, :class:`AsyncLeases` on a
+``redis.asyncio`` one with the same scripts, so a coroutine never blocks its
+event loop on Redis. The model-level read API (:mod:`cachesync.reads`) is built
+on these two; use them directly for keys the declarations do not name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .errors import DecodeError
 from .keys import wire_key
 
-__all__ = ["Leases"]
+__all__ = ["AsyncLeases", "Leases"]
 
 T = TypeVar("T")
 log = logging.getLogger("cachesync.leases")
@@ -59,12 +66,55 @@ return 0
 """
 
 
-class Leases:
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+class _LeaseConfig:
+    """What :class:`Leases` and :class:`AsyncLeases` share: TTL, lease length, serialisation."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float | None,
+        lease_ms: int,
+        wait: float,
+        dumps: Callable[[Any], bytes | str],
+        loads: Callable[[bytes], Any],
+        marker: bytes,
+    ) -> None:
+        if lease_ms <= 0:
+            raise ValueError("lease_ms must be > 0")
+        self.ttl_ms = int(ttl * 1000) if ttl else 0
+        self.lease_ms = lease_ms
+        self.wait = wait
+        self.dumps = dumps
+        self.loads = loads
+        self.marker = marker
+
+    def new_marker(self) -> bytes:
+        return self.marker + secrets.token_hex(8).encode()
+
+    def decode(self, key: str, data: bytes) -> tuple[bool, Any]:
+        """``(True, value)``, or ``(False, None)`` for bytes this serialiser cannot read."""
+        try:
+            return True, self.loads(data)
+        except (DecodeError, ValueError) as exc:
+            log.warning("cachesync lease: %r holds a value that cannot be read (%s)", key, exc)
+            return False, None
+
+
+class Leases(_LeaseConfig):
     """``leases.cached(key, loader)``: read-through with lease tokens and collapsed misses.
 
-    *dumps*/*loads* serialise values (JSON by default; a serialised value must not
-    start with a NUL byte). *lease_ms* bounds how long a crashed loader can hold a
-    key: after it, the marker expires and the next reader loads again.
+    *dumps*/*loads* serialise values (JSON by default); *marker* is the prefix of
+    lease markers, which no serialised value may start with (the default one
+    starts with a NUL byte, which neither JSON nor pickle ever does). *lease_ms*
+    bounds how long a crashed loader can hold a key: after it, the marker
+    expires and the next reader loads again; a reader waiting on another's lease
+    waits at most that long, then loads without caching.
     """
 
     def __init__(
@@ -77,13 +127,12 @@ class Leases:
         dumps: Callable[[Any], bytes | str] = lambda v: json.dumps(v, separators=(",", ":")),
         loads: Callable[[bytes], Any] = json.loads,
         sleep: Callable[[float], None] = time.sleep,
+        marker: bytes = _MARKER,
     ) -> None:
+        super().__init__(
+            ttl=ttl, lease_ms=lease_ms, wait=wait, dumps=dumps, loads=loads, marker=marker
+        )
         self.client = client
-        self.ttl_ms = int(ttl * 1000) if ttl else 0
-        self.lease_ms = lease_ms
-        self.wait = wait
-        self.dumps = dumps
-        self.loads = loads
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
         self._fill = client.register_script(_FILL)
@@ -91,28 +140,104 @@ class Leases:
     def cached(self, key: str, loader: Callable[[], T]) -> T:
         """The value of *key*, loading and caching it on a miss.
 
-        A Redis failure never fails the read: the loader's value is returned uncached.
+        A Redis failure never fails the read: the loader's value is returned
+        uncached, after at most one Redis socket timeout.
         """
-        import redis
-
-        marker = _MARKER + secrets.token_hex(8).encode()
+        errors = _redis_errors()
+        marker = self.new_marker()
         deadline = time.monotonic() + self.lease_ms / 1000
+        wire = wire_key(key)
+        leased = False
         try:
             while True:
-                reply = self._acquire(keys=[wire_key(key)], args=[marker, self.lease_ms, _MARKER])
+                reply = self._acquire(keys=[wire], args=[marker, self.lease_ms, self.marker])
                 if reply[0] == 0:
-                    return self.loads(reply[1])  # type: ignore[no-any-return]
+                    ok, value = self.decode(key, reply[1])
+                    if ok:
+                        return value  # type: ignore[no-any-return]
+                    break  # unreadable: load, never overwrite what another writer put there
                 if reply[0] == 1:
+                    leased = True
                     break
                 if time.monotonic() >= deadline:  # the holder is slow or dead: load uncached
-                    return loader()
+                    break
                 self.sleep(self.wait)
-        except (redis.RedisError, OSError):
-            return loader()
+        except errors:
+            pass  # Redis is down or frozen: serve the read from the loader
         value = loader()
+        if not leased:
+            return value
         try:
-            self._fill(keys=[wire_key(key)], args=[marker, self.dumps(value), self.ttl_ms])
-        except (redis.RedisError, OSError) as exc:
+            data = self.dumps(value)
+        except TypeError as exc:  # the value cannot be stored: serve it, say why once per read
+            log.error("cachesync lease: %r not cached: %s", key, exc)
+            return value
+        try:
+            self._fill(keys=[wire], args=[marker, data, self.ttl_ms])
+        except errors as exc:
             # The marker expires by itself after lease_ms; the read still succeeds.
+            log.warning("cachesync lease: could not fill %r: %s", key, exc)
+        return value
+
+
+class AsyncLeases(_LeaseConfig):
+    """:class:`Leases` for asyncio on a ``redis.asyncio`` client: ``await leases.cached(key, loader)``.
+
+    *loader* is a coroutine function. The same scripts, markers and guarantees
+    as :class:`Leases`; waiting for another reader's lease uses ``asyncio.sleep``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        ttl: float | None = 300.0,
+        lease_ms: int = 3000,
+        wait: float = 0.02,
+        dumps: Callable[[Any], bytes | str] = lambda v: json.dumps(v, separators=(",", ":")),
+        loads: Callable[[bytes], Any] = json.loads,
+        marker: bytes = _MARKER,
+    ) -> None:
+        super().__init__(
+            ttl=ttl, lease_ms=lease_ms, wait=wait, dumps=dumps, loads=loads, marker=marker
+        )
+        self.client = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._fill = client.register_script(_FILL)
+
+    async def cached(self, key: str, loader: Callable[[], Awaitable[T]]) -> T:
+        """The value of *key*, awaiting *loader* and caching its value on a miss."""
+        errors = _redis_errors()
+        marker = self.new_marker()
+        deadline = time.monotonic() + self.lease_ms / 1000
+        wire = wire_key(key)
+        leased = False
+        try:
+            while True:
+                reply = await self._acquire(keys=[wire], args=[marker, self.lease_ms, self.marker])
+                if reply[0] == 0:
+                    ok, value = self.decode(key, reply[1])
+                    if ok:
+                        return value  # type: ignore[no-any-return]
+                    break  # unreadable: load, never overwrite what another writer put there
+                if reply[0] == 1:
+                    leased = True
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(self.wait)
+        except errors:
+            pass
+        value = await loader()
+        if not leased:
+            return value
+        try:
+            data = self.dumps(value)
+        except TypeError as exc:  # the value cannot be stored: serve it, say why once per read
+            log.error("cachesync lease: %r not cached: %s", key, exc)
+            return value
+        try:
+            await self._fill(keys=[wire], args=[marker, data, self.ttl_ms])
+        except errors as exc:
             log.warning("cachesync lease: could not fill %r: %s", key, exc)
         return value

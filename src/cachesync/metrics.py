@@ -28,9 +28,13 @@ CATALOGUE: dict[str, str] = {
     "outbox_relayed_total": "outbox entries applied or published by the relay",
     "checkpoints_total": "checkpoints saved",
     "batches_total": "batches applied by the sidecar",
+    "lane_handoffs_total": "actions a stuck sink lane handed to the retry path unapplied",
     "partial_images_total": "row changes logged with partial row images (binlog_row_image != FULL)",
     "partial_rereads_total": "rows re-read by primary key to complete partial row images",
     "partial_unknowable_total": "partial-image changes with a value that cannot be known (dead-lettered)",
+    "table_statements_total": "TRUNCATE/DROP/RENAME statements of watched tables purged",
+    "purged_keys_total": "cache keys deleted by pattern after a TRUNCATE/DROP/RENAME",
+    "purged_documents_total": "documents deleted after a TRUNCATE/DROP/RENAME",
 }
 
 _lock = threading.Lock()

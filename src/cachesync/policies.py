@@ -17,6 +17,7 @@ __all__ = [
     "Backoff",
     "BatchPolicy",
     "ImmediateRetryPolicy",
+    "LanePolicy",
     "ReconnectPolicy",
     "RelayPolicy",
     "RetryPolicy",
@@ -128,31 +129,74 @@ ImmediateRetryPolicy.PATIENT = ImmediateRetryPolicy(attempts=6, min_wait=0.1, ma
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How many row changes the sidecar gathers before applying and checkpointing.
+    """How the sidecar groups row changes into batches.
 
-    A batch closes at ``max_rows`` changes or ``max_delay_ms`` after its first
-    change, whichever comes first; one Redis round trip and one bulk request per batch.
+    ``max_delay_ms = 0`` (the default) is adaptive: a batch is what is already
+    buffered when the sink finished its previous one, up to ``max_rows``
+    changes, so an isolated change is applied at once and a backlog travels in
+    large batches by itself. A positive ``max_delay_ms`` restores a fixed window:
+    the reader keeps gathering until ``max_rows`` changes or ``max_delay_ms``
+    after the first, for users who would rather trade latency for fewer,
+    fuller requests. One Redis round trip and one bulk request per batch either way.
     """
 
     max_rows: int = 1000
-    max_delay_ms: int = 50
+    max_delay_ms: int = 0
 
     LOW_LATENCY: ClassVar[BatchPolicy]
     DEFAULT: ClassVar[BatchPolicy]
     THROUGHPUT: ClassVar[BatchPolicy]
 
     def __post_init__(self) -> None:
-        _positive("BatchPolicy", max_rows=self.max_rows, max_delay_ms=self.max_delay_ms)
+        _positive("BatchPolicy", max_rows=self.max_rows)
+        if self.max_delay_ms < 0:
+            raise ConfigurationError(
+                f"BatchPolicy.max_delay_ms must be >= 0 (0: adaptive), got {self.max_delay_ms!r}"
+            )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_delay_ms == 0
 
     @classmethod
     def preset(cls, name: str) -> BatchPolicy:
-        """``low_latency``, ``default`` or ``throughput``."""
+        """``low_latency``, ``default`` (adaptive) or ``throughput`` (a 200 ms window)."""
         return _preset(cls, name, "batch")
 
 
-BatchPolicy.LOW_LATENCY = BatchPolicy(max_rows=200, max_delay_ms=5)
+BatchPolicy.LOW_LATENCY = BatchPolicy(max_rows=200, max_delay_ms=0)
 BatchPolicy.DEFAULT = BatchPolicy()
 BatchPolicy.THROUGHPUT = BatchPolicy(max_rows=5000, max_delay_ms=200)
+
+
+@dataclass(frozen=True)
+class LanePolicy:
+    """How the per-sink lanes of the sidecar (:mod:`cachesync.binlog.lanes`) queue work.
+
+    * ``queue_actions``: the most actions one lane holds queued; a full queue
+      holds the binlog reader back (nothing is dropped);
+    * ``stuck_after`` / ``stuck_factor``: a lane whose current apply has run
+      longer than ``stuck_after`` seconds AND ``stuck_factor`` times its usual
+      apply time, while its queue is full, is stuck (a frozen sink): its queue
+      goes to the retry path at once, so the other sink and the checkpoint move
+      on. A sink that is slow but answering only slows the reader down;
+    * ``stop_timeout``: how long a stopping sidecar waits for a lane's batch in
+      flight before leaving it unsettled (it is replayed on the next start).
+    """
+
+    queue_actions: int = 50_000
+    stuck_after: float = 1.0
+    stuck_factor: float = 5.0
+    stop_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        _positive(
+            "LanePolicy",
+            queue_actions=self.queue_actions,
+            stuck_after=self.stuck_after,
+            stuck_factor=self.stuck_factor,
+            stop_timeout=self.stop_timeout,
+        )
 
 
 @dataclass(frozen=True)
@@ -371,7 +415,10 @@ class SidecarPolicy:
       server drops the lock of a leader that vanished without closing its socket
       (host down, network partition) after this many seconds of silence;
     * ``retry_backoff``: the wait after a transient start-up failure;
-    * ``reconnect``: the binlog reader's :class:`ReconnectPolicy`.
+    * ``reconnect``: the binlog reader's :class:`ReconnectPolicy`;
+    * ``lanes``: the per-sink queues (:class:`LanePolicy`);
+    * ``checkpoint_interval``: the most often a busy stream saves its checkpoint
+      (an idle one saves what settled at once); a crash in between only repeats work.
     """
 
     batch: BatchPolicy = field(default_factory=lambda: BatchPolicy.DEFAULT)
@@ -384,6 +431,8 @@ class SidecarPolicy:
     lock_session_timeout: int = 30
     retry_backoff: Backoff = Backoff(first=0.5, cap=10.0)
     reconnect: ReconnectPolicy = field(default_factory=lambda: ReconnectPolicy.DEFAULT)
+    lanes: LanePolicy = field(default_factory=LanePolicy)
+    checkpoint_interval: float = 0.1
 
     DEFAULT: ClassVar[SidecarPolicy]
 
@@ -392,6 +441,8 @@ class SidecarPolicy:
             raise ConfigurationError(
                 f"SidecarPolicy.batch must be a BatchPolicy, got {self.batch!r}"
             )
+        if not isinstance(self.lanes, LanePolicy):
+            raise ConfigurationError(f"SidecarPolicy.lanes must be a LanePolicy, got {self.lanes!r}")
         if not isinstance(self.reconnect, ReconnectPolicy):
             raise ConfigurationError(
                 f"SidecarPolicy.reconnect must be a ReconnectPolicy, got {self.reconnect!r}"
@@ -409,6 +460,7 @@ class SidecarPolicy:
             ("idle_checkpoint_bytes", self.idle_checkpoint_bytes),
             ("lock_wait", self.lock_wait),
             ("lock_check_seconds", self.lock_check_seconds),
+            ("checkpoint_interval", self.checkpoint_interval),
         ):
             if value < 0:
                 raise ConfigurationError(f"SidecarPolicy.{name} must be >= 0, got {value!r}")

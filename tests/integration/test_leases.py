@@ -67,3 +67,59 @@ def test_concurrent_misses_load_once(redis_url: str) -> None:
 def test_redis_down_still_serves_reads() -> None:
     dead = redis_client(Settings(redis_url="redis://127.0.0.1:9/0", redis_connect_timeout=0.2))
     assert Leases(dead).cached("k", lambda: 7) == 7
+
+
+def test_async_leases_refuse_the_stale_fill_and_collapse_misses(redis_url: str) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from cachesync.leases import AsyncLeases
+
+    key = f"lease:{uuid.uuid4().hex}"
+    other = f"lease:{uuid.uuid4().hex}"
+    sync = redis_client(Settings(redis_url=redis_url))
+
+    async def main() -> tuple[str, list[int], int]:
+        client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=5)
+        leases = AsyncLeases(client, wait=0.005, lease_ms=20_000)
+
+        async def invalidated_during_load() -> str:
+            RedisSink(sync).delete([key])  # the writer commits; cachesync deletes the key
+            return "old row"
+
+        first = await leases.cached(key, invalidated_during_load)
+        assert await client.get(key) is None, "a stale value was cached after its invalidation"
+        calls: list[int] = []
+
+        async def slow() -> int:
+            calls.append(1)
+            await asyncio.sleep(0.3)
+            return 42
+
+        results = await asyncio.gather(*(leases.cached(other, slow) for _ in range(50)))
+        await client.aclose()
+        return first, results, len(calls)
+
+    first, results, loads = asyncio.run(main())
+    assert first == "old row"
+    assert results == [42] * 50
+    assert loads == 1
+
+
+def test_async_leases_answer_with_redis_down() -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from cachesync.leases import AsyncLeases
+
+    async def main() -> int:
+        dead = redis.asyncio.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+
+        async def load() -> int:
+            return 7
+
+        return await AsyncLeases(dead).cached("k", load)
+
+    assert asyncio.run(main()) == 7

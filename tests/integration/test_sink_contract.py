@@ -134,6 +134,33 @@ def test_unreachable_key_sink_raises_transient_and_pings_false(keys: Keys) -> No
     assert keys.sink.ping() is True
 
 
+def test_purge_deletes_every_match_and_nothing_else(keys: Keys) -> None:
+    run = uuid.uuid4().hex[:8]
+    matching = [f"p{run}:user:{i}" for i in range(2500)]  # several SCAN pages and UNLINKs
+    others = [f"p{run}:order:1", f"q{run}:user:1", f"p{run}:user"]
+    for key in [*matching, *others]:
+        keys.seed(key)
+    assert keys.sink.purge(f"p{run}:user:*") == len(matching)
+    assert not any(keys.exists(k) for k in matching)
+    assert all(keys.exists(k) for k in others)
+    assert keys.sink.purge(f"p{run}:user:*") == 0  # idempotent
+
+
+def test_purge_patterns_escape_glob_characters(keys: Keys) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys.seed(f"{run}[a]*:1")
+    keys.seed(f"{run}a*:1")
+    keys.seed(f"{run}[a]x:1")
+    assert keys.sink.purge(f"{run}\\[a\\]\\*:*") == 1
+    assert not keys.exists(f"{run}[a]*:1")
+    assert keys.exists(f"{run}a*:1") and keys.exists(f"{run}[a]x:1")
+
+
+def test_unreachable_key_sink_purge_raises_transient(keys: Keys) -> None:
+    with pytest.raises(TransientError, match="SCAN"):
+        keys.dead.purge("x:*")
+
+
 # -- DocumentSink --------------------------------------------------------------------------
 
 
@@ -173,6 +200,25 @@ def test_a_rejected_document_fails_alone_and_permanently(docs: Docs) -> None:
 def test_unreachable_document_sink_raises_transient(docs: Docs) -> None:
     with pytest.raises(TransientError, match="bulk"):
         docs.dead.apply([IndexDoc(docs.index, "1", {"name": "x"}, pos(1))])
+
+
+def test_purge_deletes_older_documents_and_keeps_newer_ones(docs: Docs) -> None:
+    older = [IndexDoc(docs.index, str(i), {"name": f"n{i}"}, pos(10 + i)) for i in range(1200)]
+    newer = IndexDoc(docs.index, "new", {"name": "after the statement"}, pos(5000))
+    assert docs.sink.apply([*older, newer]) == []
+    assert docs.sink.purge(docs.index, pos(4000)) == len(older)
+    assert all(docs.get(a.doc_id) is None for a in older[:: 97])
+    assert docs.get("new") == {"name": "after the statement"}
+    # A late write of a change from before the statement is refused (tombstone or absent: gone).
+    docs.sink.apply([IndexDoc(docs.index, "1", {"name": "late"}, pos(11))])
+    assert docs.sink.purge(docs.index, pos(4000)) in (0, 1)  # idempotent either way
+    assert docs.get("1") is None
+    assert docs.sink.purge(f"{docs.index}-missing", pos(4000)) == 0
+
+
+def test_unreachable_document_sink_purge_raises_transient(docs: Docs) -> None:
+    with pytest.raises(TransientError):
+        docs.dead.purge(docs.index, pos(1))
 
 
 # -- through the Applier: one action per document, keys then documents ---------------------

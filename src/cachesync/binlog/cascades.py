@@ -143,9 +143,16 @@ class Cascades:
         cascades._load(conn)
         return cascades
 
-    def schema_changed(self, *_: object) -> None:
-        """A DDL statement passed in the binlog: read the foreign keys again before the next batch."""
-        self._dirty = True
+    def schema_changed(self, schema: object = None, query: object = "") -> None:
+        """A DDL statement passed in the binlog: read the foreign keys again before the next
+        batch, if it may touch a watched schema (its default schema is one, or its text names
+        one). DDL elsewhere on the server (other applications, other pipelines) is ignored:
+        each re-read costs a connection and catalogue queries on the reading thread, and a
+        busy server runs DDL all day. A false match only costs one re-read."""
+        schemas = {s.lower() for s in self._schemas()}
+        text = str(query).lower()
+        if not schemas or str(schema or "").lower() in schemas or any(s in text for s in schemas):
+            self._dirty = True
 
     @property
     def source_registry(self) -> Registry:

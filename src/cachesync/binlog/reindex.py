@@ -25,11 +25,10 @@ column map), so Django and SQLAlchemy models are rebuilt the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
@@ -37,6 +36,7 @@ from ..changes import BinlogPosition, GtidPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
+from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
 from . import server
@@ -85,7 +85,7 @@ class _Writer:
 
     def __init__(
         self,
-        sink: SearchSink,
+        sink: DocumentSink,
         attempts: int = 5,
         *,
         backoff: Backoff = WRITE_BACKOFF,
@@ -120,7 +120,7 @@ def reindex(
     spec: TableSpec,
     *,
     connection: Any,
-    search: SearchSink,
+    search: DocumentSink,
     registry: Registry | None = None,
     database: str | None = None,
     batch_size: int = 1000,
@@ -128,6 +128,7 @@ def reindex(
     progress: Progress | None = None,
     backoff: Backoff = WRITE_BACKOFF,
     sleep: Callable[[float], object] = time.sleep,
+    at: BinlogPosition | GtidPosition | None = None,
 ) -> ReindexReport:
     """Rebuild every projection of *spec*; see the module docstring for why it is safe.
 
@@ -137,15 +138,19 @@ def reindex(
     (InnoDB's REPEATABLE READ would otherwise hide every concurrent delete).
     *database* is the schema of a spec declared without one. A bulk write that
     fails transiently is retried after *backoff*'s delays, waited with *sleep*.
+    *at*: write at this position instead of the server's current one (the
+    sidecar re-reads a table renamed in at the position of the RENAME, with
+    every later change still to stream; :mod:`.tablepurge`).
     """
     if not spec.projections:
         raise DeclarationError(f"{spec.model} declares no search projection: nothing to reindex")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     started = time.monotonic()
-    # GTID servers: the GTID state's version, as the stream's (binlog/positions.py).
-    at = current_position(connection)
-    after = dataclasses.replace(at, row=1)  # version P + 1, still below any later change
+    if at is None:
+        # GTID servers: the GTID state's version, as the stream's (binlog/positions.py).
+        at = current_position(connection)
+    after = replace(at, row=at.row + 1)  # version P + 1, still below any later change
     report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
     schema = spec.schema or database
     table = qualified_table(schema, spec.table)
@@ -283,6 +288,8 @@ def _prune(
         return 0
     from elasticsearch import ApiError, TransportError, helpers
 
+    if not isinstance(writer.sink, SearchSink):
+        raise TypeError("pruning scans the index: it needs a SearchSink")
     client = writer.sink.client
     try:
         client.indices.refresh(index=projection.index, ignore_unavailable=True)

@@ -1,13 +1,15 @@
-"""The sidecar loop: leader lock, batches, apply, checkpoint.
+"""The sidecar loop: leader lock, read and plan, per-sink lanes, checkpoint.
 
-One iteration: gather up to ``BatchPolicy.max_rows`` changes (or what arrived
-within ``max_delay_ms`` of the first), plan them, apply them with the
-:class:`~cachesync.apply.Applier` (one UNLINK pipeline, one bulk request), and
-only then save the :class:`~cachesync.binlog.checkpoint.ResumePoint` after the
-last change of the batch. If the applier raises
-:class:`~cachesync.errors.HandOffError` (failures could be neither applied nor
-parked durably), the same batch is retried with backoff and the checkpoint
-stays where it is: the binlog reader waits instead of dropping anything.
+The reading thread gathers what the binlog has buffered (up to
+``BatchPolicy.max_rows`` changes; with a positive ``max_delay_ms``, what
+arrives within that window), plans it (poison changes become dead letters,
+:mod:`cachesync.deadletters`) and submits the actions to the per-sink lanes
+(:mod:`cachesync.binlog.lanes`): Redis and Elasticsearch each apply in their
+own thread, so neither holds the other up, and the reader decodes the next
+changes meanwhile. The :class:`~cachesync.binlog.checkpoint.ResumePoint` saved
+is the newest one every lane has applied or durably handed off; a lane whose
+hand-off is refused (:class:`~cachesync.errors.HandOffError`) retries it with
+backoff and holds the checkpoint where it is: nothing is dropped.
 
 Leadership: a sidecar streams only while it holds the
 :class:`~cachesync.binlog.leader.LeaderLock` (``GET_LOCK`` on a dedicated
@@ -23,7 +25,7 @@ schedules of :class:`~cachesync.policies.SidecarPolicy` and go through the
 injected ``sleep``.
 
 Shutdown: :meth:`Sidecar.stop` (the CLI calls it on SIGTERM/SIGINT) lets the
-current batch finish, saves the checkpoint and returns.
+lanes apply what was submitted, saves the checkpoint and returns.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from ..apply import (
     FailureHandler,
     LoggingFailureHandler,
     ReportingFailureHandler,
-    hand_off,
 )
 from ..changes import RowChange
 from ..config import Settings
@@ -69,11 +70,13 @@ from ..registry import Registry, TableSpec, default_registry
 from . import guards, positions, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
+from .lanes import Lanes
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
+from .tablepurge import TablePurge
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
@@ -207,6 +210,17 @@ class Sidecar:
         self.batches = 0
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
+        self._lanes: Lanes | None = None  # the per-sink lanes, while leading
+        self._last_save = self._last_lock_ping = time.monotonic()
+        self._saved_changes = 0  # changes settled at the last save (per leadership term)
+        #: What a TRUNCATE/DROP/RENAME of a watched table purges (binlog/tablepurge.py).
+        self.table_purge = TablePurge(
+            registry,
+            keys=applier.keys,
+            documents=applier.documents,
+            mysql=self._mysql,
+            default_schema=self._database,
+        )
 
     @classmethod
     def from_settings(
@@ -269,6 +283,7 @@ class Sidecar:
 
     def run(self) -> None:
         failures = 0
+        self.table_purge.log_notes()
         try:
             while not self._stop.is_set():
                 try:
@@ -408,14 +423,55 @@ class Sidecar:
         return [(s.schema or self._database or "*", s.table) for s in self.registry.tables()]
 
     def _stream(self, source: BinlogSource) -> None:
+        """Read, plan and submit to the lanes; save what every lane has settled.
+
+        The reading thread never applies: it decodes the next changes while the
+        lanes' UNLINK and bulk requests are in flight (binlog/lanes.py).
+        """
+        lanes = Lanes(
+            self.applier,
+            self.on_failure,
+            policy=self.policy.lanes,
+            merge_rows=self.policy.batch.max_rows,
+            stopped=self._stop,
+            sleep=self._sleep,
+            backoff=self.policy.handoff_backoff.delay,
+            keepalive=self._keep_lock,
+        )
+        self._lanes = lanes
+        self._saved_changes = 0
+        drained = False
+        try:
+            self._read(source, lanes)
+            # Stopping: let the lanes apply what was submitted, then keep whatever the
+            # idle stream passed over.
+            lanes.close(drain=True)
+            drained = True
+            lanes.check()
+            lanes.submit((), source.resume_point, 0)
+            self._save_settled(lanes, force=True)
+        finally:
+            if not drained:  # leadership lost or an error: settle nothing more
+                lanes.close(drain=False)
+            self._lanes = None
+
+    def _read(self, source: BinlogSource, lanes: Lanes) -> None:
         batch_policy = self.policy.batch
         max_delay = batch_policy.max_delay_ms / 1000.0
-        last_lock_check = last_save = time.monotonic()
+        last_lock_check = time.monotonic()
         while not self._stop.is_set():
-            batch = source.poll(batch_policy.max_rows, self.policy.idle_wait)
+            lanes.check()
+            # Work in the lanes, or settled but unsaved: come back soon to save it.
+            busy = lanes.ledger.owing() or self._unsaved(lanes)
+            wait = self.policy.checkpoint_interval if busy else self.policy.idle_wait
+            batch = source.poll(batch_policy.max_rows, wait)
             if batch:
                 first = time.monotonic()
-                while len(batch) < batch_policy.max_rows and not self._stop.is_set():
+                while (
+                    not batch_policy.adaptive
+                    and len(batch) < batch_policy.max_rows
+                    and not self._stop.is_set()
+                ):
                     remaining = first + max_delay - time.monotonic()
                     if remaining <= 0:
                         break
@@ -424,26 +480,101 @@ class Sidecar:
                         break
                     batch.extend(more)
                 point = source.resume_point
-                if not self._apply(batch):
-                    return  # stopped while the batch could not be applied: not saved
-                self.lock.check()
-                self._save(point)
-                last_lock_check = last_save = time.monotonic()
+                actions = self._plan(batch)
+                if actions is None or not lanes.submit(actions, point, len(batch)):
+                    return  # stopped before the batch was planned or queued: not saved
+                self.batches += 1
+                self.rows += len(batch)
+                metrics.inc("batches_total")
+                if self._save_settled(lanes, force=False):
+                    last_lock_check = time.monotonic()
+                continue
+            if source.table_statement is not None:
+                if not self._table_statement(source, lanes):
+                    return  # stopped before the purge was done: it is redone on restart
+                last_lock_check = time.monotonic()
                 continue
             now = time.monotonic()
+            if self._save_settled(lanes, force=not lanes.ledger.owing()):
+                last_lock_check = now
+                continue
             point = source.resume_point
-            if self._idle_save_due(point, now - last_save):
-                self.lock.check()
-                self._save(point)
-                last_lock_check = last_save = now
+            if not lanes.ledger.owing() and self._idle_save_due(point, now - self._last_save):
+                lanes.submit((), point, 0)
+                self._save_settled(lanes, force=True)
+                last_lock_check = now
             elif now - last_lock_check >= self.policy.lock_check_seconds:
                 self.lock.check()
                 last_lock_check = now
-        # Stopping: keep whatever the idle stream passed over.
-        point = source.resume_point
-        if self.saved is None or point != self.saved:
+
+    def _keep_lock(self) -> None:
+        """Ping the leader lock while the reader waits on a lane (at most every
+        ``lock_check_seconds``), so the server does not drop it as idle."""
+        now = time.monotonic()
+        if now - self._last_lock_ping >= self.policy.lock_check_seconds:
             self.lock.check()
-            self._save(point)
+            self._last_lock_ping = now
+
+    def _unsaved(self, lanes: Lanes) -> bool:
+        """Whether changes have settled since the last save."""
+        return lanes.ledger.settled()[1] > self._saved_changes
+
+    def _save_settled(self, lanes: Lanes, *, force: bool) -> bool:
+        """Save the settled point if changes settled since the last save, and the last
+        save is ``checkpoint_interval`` old (or *force*); whether it saved."""
+        point, changes = lanes.ledger.settled()
+        if point is None or point == self.saved:
+            return False
+        fresh = changes > self._saved_changes
+        due = time.monotonic() - self._last_save >= self.policy.checkpoint_interval
+        if not force and not (fresh and due):
+            return False
+        self.lock.check()
+        self._save(point)
+        if self.saved == point:
+            self._saved_changes = changes
+        return True
+
+    def _table_statement(self, source: BinlogSource, lanes: Lanes) -> bool:
+        """Purge what the TRUNCATE/DROP/RENAME the stream is held at took away, then pass it.
+
+        Runs once the lanes have settled (and the checkpoint saved) everything
+        before the statement, and before the first change after it is read; the
+        checkpoint moves past the statement only once the purge is done
+        (binlog/tablepurge.py says why it is never handed off). False if stopped first.
+        """
+        held = source.table_statement
+        assert held is not None
+        while lanes.ledger.owing():
+            if self._stop.wait(0.01):
+                return False
+            lanes.check()
+            self._keep_lock()
+        self._save_settled(lanes, force=True)
+        attempts = 0
+        while True:
+            try:
+                self.table_purge.purge(held)
+                break
+            except TransientError as exc:
+                attempts += 1
+                delay = self.policy.handoff_backoff.delay(attempts)
+                log.error(
+                    "cachesync: purge after %r not done (%s); the stream waits before it, "
+                    "checkpoint kept at %s, retrying in %.1fs",
+                    held.describe(80),
+                    exc,
+                    self.saved,
+                    delay,
+                )
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return False
+                self.lock.check()
+        source.pass_table_statement()
+        lanes.submit((), source.resume_point, 0)  # nothing owed: settles at once
+        self._save_settled(lanes, force=True)
+        return True
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
         saved = self.saved
@@ -517,41 +648,6 @@ class Sidecar:
                     return False
                 self.lock.check()
 
-    def _apply(self, batch: Sequence[RowChange]) -> bool:
-        """Apply *batch*; True once applied or handed off, False if stopped before that."""
-        actions = self._plan(batch)
-        if actions is None:
-            return False
-        attempts = 0
-        while True:
-            try:
-                hand_off(self.applier.apply(actions), self.on_failure)
-                break
-            except HandOffError as exc:
-                attempts += 1
-                delay = self.policy.handoff_backoff.delay(attempts)
-                log.error(
-                    "cachesync: batch of %d change(s) neither applied nor handed off (%s); "
-                    "checkpoint kept at %s, retrying in %.1fs",
-                    len(batch),
-                    exc,
-                    self.saved,
-                    delay,
-                )
-                self._sleep(delay)
-                if self._stop.is_set():
-                    log.warning(
-                        "cachesync: stopping with %d unapplied change(s); they are replayed "
-                        "from the checkpoint on the next start",
-                        len(batch),
-                    )
-                    return False
-                self.lock.check()
-        self.batches += 1
-        self.rows += len(batch)
-        metrics.inc("batches_total")
-        return True
-
     def _save(self, point: ResumePoint) -> None:
         try:
             self.store.save(self.name, point.encode(), point.commit_time)
@@ -560,4 +656,5 @@ class Sidecar:
             log.warning("cachesync: checkpoint not saved (%s); will retry", exc)
             return
         self.saved = point
+        self._last_save = time.monotonic()
         metrics.inc("checkpoints_total")

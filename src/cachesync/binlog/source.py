@@ -45,6 +45,15 @@ XA transactions (details in :mod:`.xa`)
 * :attr:`resume_point` carries ``hold``, the start of the oldest held
   transaction; a source started from such a point first *catches up* from
   there (re-holding, applying nothing), so a prepared transaction survives restarts.
+
+TRUNCATE, DROP, RENAME (details in :mod:`.tabledrops`, :mod:`.tablepurge`)
+--------------------------------------------------------------------------
+* A QUERY event that empties or replaces a watched table holds the stream
+  *before* it: :meth:`BinlogSource.poll` returns what came before, then
+  nothing, and :attr:`BinlogSource.table_statement` names it until the caller
+  purged and called :meth:`BinlogSource.pass_table_statement`. Until then
+  :attr:`resume_point` is the statement's start, so a restart reads it again.
+  While catching up (changes already applied) such statements pass unheld.
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ from ..changes import BinlogPosition, GtidPosition, Position, RowChange
 from ..errors import SourceConfigurationError, SourceError, TransientError
 from ..policies import ReconnectPolicy
 from ..registry import Registry
-from . import framing, positions, server, xa
+from . import framing, positions, server, tabledrops, xa
 from .checkpoint import ResumePoint
 from .framing import EventParser, PartialRows, StreamReader
 from .gtid import GtidState
@@ -165,6 +174,10 @@ class BinlogSource:
         self._maps = TableMaps(self._params, registry, default_schema, self._parser)
         #: Called with (schema, statement) for each DDL statement in the stream.
         self.on_ddl: Callable[[Any, str], object] | None = None
+        # A TRUNCATE/DROP/RENAME of a watched table the stream is held at (tabledrops).
+        self._registry = registry
+        self._default_schema = default_schema
+        self._table_statement: tabledrops.TableStatement | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -225,6 +238,8 @@ class BinlogSource:
                 if len(out) >= max_rows:
                     break
                 continue
+            if self._table_statement is not None:
+                break  # held before a TRUNCATE/DROP/RENAME until the caller purged
             if self._stop.is_set():
                 break
             now = time.monotonic()
@@ -351,9 +366,7 @@ class BinlogSource:
         located = positions.locate(settings, self._server_id, self._gtids)
         # The same file, at or after the recorded start (which is the rotation's offset 4
         # for a file's first transaction): the server the point was taken on.
-        if self._handled is not None and (
-            located[0] != self._file or located[1] < self._txn_start
-        ):
+        if self._handled is not None and (located[0] != self._file or located[1] < self._txn_start):
             # Another server (or a rotated file): its rows events may be split otherwise,
             # so the transaction in progress is replayed whole (idempotent effects).
             log.info(
@@ -489,7 +502,9 @@ class BinlogSource:
             self._group_states[start] = self._gtids
         return Group(start)
 
-    def _row_position(self, file: str, end: int, event: int, index: int) -> Position:
+    def _row_position(
+        self, file: str, end: int, event: int, index: int
+    ) -> BinlogPosition | GtidPosition:
         """Row *index* of rows event *event* (ending at *end*), as this stream positions rows."""
         if self._gtid is not None and not self._seen:
             return GtidPosition(self._gtid, self._weight, event, index)
@@ -525,9 +540,47 @@ class BinlogSource:
                 return self._xa_rollback(xid, end, timestamp)
         if self.on_ddl is not None and _DDL.match(query):
             self.on_ddl(schema, query)
+        if self._catchup is None and self._stop_at_table_statement(query, end, timestamp, schema):
+            return  # the boundary waits for pass_table_statement()
         # COMMIT of a non-transactional engine, DDL, SAVEPOINT ...: the next statement
         # starts with its own table maps, so it is safe to resume here.
         self._boundary(end, timestamp)
+
+    def _stop_at_table_statement(
+        self, query: str, end: int, timestamp: int, schema: str | bytes | None
+    ) -> bool:
+        """Hold the stream at a statement that emptied or replaced a watched table.
+
+        The stream stops *before* it (:attr:`resume_point` still names its
+        start) until the caller has purged and calls :meth:`pass_table_statement`,
+        so changes before it are applied first, none after it is read yet, and
+        a restart before the purge finished reads the statement again.
+        """
+        if isinstance(schema, bytes):
+            schema = schema.decode("utf-8", "replace")
+        events = tabledrops.table_statement(query, schema or None)
+        if not events:
+            return False
+        affected = tabledrops.affected(events, self._registry, self._default_schema)
+        if not affected:
+            return False
+        # With GTIDs the statement's own transaction places it among the changes.
+        position = self._row_position(self._file, end, 0, 0)
+        self._table_statement = tabledrops.TableStatement(
+            query, position, tuple(affected), end, timestamp
+        )
+        return True
+
+    @property
+    def table_statement(self) -> tabledrops.TableStatement | None:
+        """The statement the stream is held at (see :meth:`pass_table_statement`), if any."""
+        return self._table_statement
+
+    def pass_table_statement(self) -> None:
+        """The held statement is handled: resume after it (:attr:`resume_point` moves past it)."""
+        held, self._table_statement = self._table_statement, None
+        if held is not None:
+            self._boundary(held.end, held.timestamp)
 
     def _prepare(self, data: bytes, end: int, timestamp: int) -> None:
         """An XA_PREPARE event: hold the group's rows until its COMMIT (or commit them now)."""

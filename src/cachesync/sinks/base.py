@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..actions import DocumentAction
+from ..changes import Position
 from ..errors import CacheSyncError
 
 __all__ = ["DocumentFailure", "DocumentSink", "KeySink"]
@@ -50,6 +51,20 @@ class KeySink(Protocol):
 
     def delete(self, keys: Sequence[str]) -> int: ...
 
+    def purge(self, pattern: str) -> int:
+        """Delete every key matching the Redis glob *pattern*; return how many were deleted.
+
+        For statements that remove rows without naming them (``TRUNCATE``,
+        ``DROP TABLE``): the keys to delete cannot be rendered, only matched.
+        It walks the whole keyspace (``SCAN``, every primary of a cluster), so
+        it costs O(keyspace), not O(matches); keys are deleted in multi-key
+        batches as they are found. Idempotent. Raises
+        :class:`~cachesync.errors.TransientError` when the walk could not finish
+        (keys found so far are deleted; calling it again is safe). A key
+        written while it runs may or may not survive.
+        """
+        ...
+
     def ping(self) -> bool:
         """True when the server answers; never raises."""
         ...
@@ -72,3 +87,16 @@ class DocumentSink(Protocol):
     """
 
     def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]: ...
+
+    def purge(self, index: str, position: Position) -> int:
+        """Delete every document of *index* older than *position*; return how many went.
+
+        Each document is deleted with *position*'s external version, so one a
+        later change already wrote (a higher version) is kept: a purge never
+        removes what happened after the statement that caused it, however late
+        it runs. Documents written before the call are seen (the index is
+        refreshed first). A missing index is empty (0). Costs one scan of the
+        index plus bulk deletes. Raises :class:`~cachesync.errors.TransientError`
+        when it could not finish (calling it again is safe).
+        """
+        ...

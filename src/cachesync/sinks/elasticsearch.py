@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc
+from ..changes import Position
 from ..errors import CacheSyncError, PermanentError, TransientError
 from .base import DocumentFailure
 
@@ -76,6 +77,73 @@ class SearchSink:
                 documents=len(actions),
             ) from exc
         return failures
+
+    def purge(self, index: str, position: Position) -> int:
+        """Refresh *index*, scroll its ids, delete each at *position*'s external version.
+
+        Not ``_delete_by_query``: that deletes whatever it finds, including a
+        document a change after *position* already wrote (it knows no external
+        version to compare), while a versioned delete loses to it (409) and,
+        on Elasticsearch, leaves a tombstone that refuses an older late write
+        for ``index.gc_deletes``.
+        """
+        from elasticsearch import ApiError, NotFoundError, TransportError, helpers
+
+        version = position.version
+        try:
+            self.client.indices.refresh(index=index)
+            hits = helpers.scan(
+                self.client, index=index, query={"query": {"match_all": {}}, "_source": False}
+            )
+            ids = [hit["_id"] for hit in hits]
+        except NotFoundError:
+            return 0
+        except (TransportError, ApiError, OSError) as exc:
+            raise TransientError(
+                f"Elasticsearch scan of {index} failed: {type(exc).__name__}: {exc}", index=index
+            ) from exc
+        deleted = 0
+        for start in range(0, len(ids), self.chunk_size):
+            chunk = ids[start : start + self.chunk_size]
+            operations = [
+                {
+                    "_op_type": "delete",
+                    "_index": index,
+                    "_id": doc_id,
+                    "version": version,
+                    "version_type": "external",
+                }
+                for doc_id in chunk
+            ]
+            try:
+                results = helpers.streaming_bulk(
+                    self.client,
+                    operations,
+                    chunk_size=self.chunk_size,
+                    raise_on_error=False,
+                    raise_on_exception=False,
+                    max_retries=0,
+                    refresh=self.refresh,
+                )
+                for ok, item in results:
+                    ((_op, result),) = item.items()
+                    status = int(result.get("status", 0) or 0)
+                    if ok:
+                        deleted += 1
+                    elif status not in (404, 409):  # gone already, or a newer write won
+                        raise TransientError(
+                            f"Elasticsearch purge of {index}/{result.get('_id')}: {status} "
+                            f"{result.get('error', 'no reason given')}",
+                            index=index,
+                            status=status,
+                        )
+            except (TransportError, ApiError, OSError) as exc:
+                raise TransientError(
+                    f"Elasticsearch purge of {index} failed after {deleted} document(s): "
+                    f"{type(exc).__name__}: {exc}",
+                    index=index,
+                ) from exc
+        return deleted
 
 
 def _item_failure(action: DocumentAction, item: Any) -> DocumentFailure | None:

@@ -59,13 +59,47 @@ class RedisSink:
                 return int(self.client.unlink(*groups[0]))
             pipe = self.client.pipeline(transaction=False)
             for group in groups:
-                pipe.unlink(*group)
+                # execute_command, not pipe.unlink: redis-py's cluster pipeline refuses a
+                # multi-key unlink even when every key is in one slot, as each group is.
+                pipe.execute_command("UNLINK", *group)
             return sum(int(n) for n in pipe.execute())
         except (redis.RedisError, OSError) as exc:
             raise TransientError(
                 f"Redis UNLINK of {len(keys)} key(s) failed: {type(exc).__name__}: {exc}",
                 keys=len(keys),
             ) from exc
+
+    def purge(self, pattern: str) -> int:
+        """``SCAN MATCH`` *pattern* on every primary, ``UNLINK`` each page of matches.
+
+        Matches are deleted page by page (at most ``chunk`` keys per multi-key
+        UNLINK, grouped by hash slot on a cluster), so memory stays bounded
+        however many keys match. Raises :class:`TransientError` if the walk broke.
+        """
+        import redis
+
+        deleted = 0
+        match = wire_key(pattern)
+        try:
+            if self.cluster:
+                scanners = [node.redis_connection for node in self.client.get_primaries()]
+            else:
+                scanners = [self.client]
+            for scanner in scanners:
+                cursor: int = 0
+                while True:
+                    cursor, found = scanner.scan(cursor, match=match, count=self.chunk)
+                    if found:
+                        deleted += self.delete([_text(k) for k in found])
+                    if not cursor:
+                        break
+        except (redis.RedisError, OSError) as exc:
+            raise TransientError(
+                f"Redis SCAN MATCH {pattern!r} failed after deleting {deleted} key(s): "
+                f"{type(exc).__name__}: {exc}",
+                pattern=pattern,
+            ) from exc
+        return deleted
 
     def ping(self) -> bool:
         import redis
@@ -74,3 +108,8 @@ class RedisSink:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):
             return False
+
+
+def _text(key: bytes | str) -> str:
+    """A scanned key as the text :func:`wire_key` turns back into the same bytes."""
+    return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key

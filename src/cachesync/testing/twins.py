@@ -18,6 +18,7 @@ error does (:class:`~cachesync.errors.PermanentError`).
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 from ..actions import Action, DeleteDoc, DeleteKeys, DocumentAction, IndexDoc, per_key
 from ..apply import Applier, ApplyReport, Failure, FailureHandler
 from ..binlog.checkpoint import CheckpointStore, StoredCheckpoint
+from ..changes import Position
 from ..deadletters import DeadLetterStore, PoisonChange
 from ..errors import CacheSyncError, HandOffError, PermanentError, TransientError
 from ..policies import RetryPolicy
@@ -61,6 +63,15 @@ class MemoryKeySink:
         self.down = False
         self._fail_next = 0
         self._lock = threading.Lock()
+        self._thawed = threading.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        """Make every call hang until :meth:`thaw`, as a Redis stopped with SIGSTOP does."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
 
     def set(self, key: str, value: Any = b"1") -> None:
         with self._lock:
@@ -76,6 +87,7 @@ class MemoryKeySink:
             self._fail_next += calls
 
     def delete(self, keys: Sequence[str]) -> int:
+        self._thawed.wait()
         with self._lock:
             self.calls.append(list(keys))
             if self.down or self._fail_next:
@@ -88,8 +100,45 @@ class MemoryKeySink:
             self.deleted.extend(keys)
             return existed
 
+    def purge(self, pattern: str) -> int:
+        """Delete the stored keys matching the Redis glob *pattern* (``*``, ``?``, ``[...]``, ``\\``)."""
+        regex = _glob(pattern)
+        with self._lock:
+            if self.down:
+                raise TransientError(f"Redis SCAN MATCH {pattern!r} failed: twin is down")
+            matched = [k for k in self.values if regex.fullmatch(k)]
+        return self.delete(matched) if matched else 0
+
     def ping(self) -> bool:
         return not self.down
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a Redis glob pattern."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                body = "^" + body[1:] if body.startswith("^") else body
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -118,6 +167,16 @@ class MemoryDocumentSink:
         self._rejects: list[Callable[[IndexDoc], str | None]] = []
         self._throttles: list[list[Any]] = []  # [predicate, remaining]
         self._lock = threading.Lock()
+        self._thawed = threading.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        """Make every request hang until :meth:`thaw`: an Elasticsearch that accepts
+        connections and never answers (SIGSTOP), the failure a timeout alone handles worst."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
 
     def reject(self, why: Callable[[IndexDoc], str | None]) -> None:
         """Refuse every document for which *why(action)* returns a reason (a mapping error, 400)."""
@@ -141,6 +200,7 @@ class MemoryDocumentSink:
         return {i: dict(d.source) for i, d in self.indexes.get(index, {}).items()}
 
     def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        self._thawed.wait()
         with self._lock:
             self.calls.append(list(actions))
             if self.down:
@@ -155,6 +215,17 @@ class MemoryDocumentSink:
                 if error is not None:
                     failures.append(DocumentFailure(action, error))
             return failures
+
+    def purge(self, index: str, position: Position) -> int:
+        """Delete every document of *index* stored with a version below *position*'s."""
+        with self._lock:
+            if self.down:
+                raise TransientError(f"Elasticsearch scan of {index} failed: twin is down")
+            ids = list(self.indexes.get(index, {}))
+        failures = self.apply([DeleteDoc(index, doc_id, position) for doc_id in ids])
+        if failures:
+            raise failures[0].error
+        return sum(1 for doc_id in ids if doc_id not in self.indexes.get(index, {}))
 
     def _apply_one(self, action: DocumentAction) -> CacheSyncError | None:
         for throttle in self._throttles:

@@ -36,14 +36,17 @@ from django.db import connection, connections  # noqa: E402
 
 from cachesync import config  # noqa: E402
 from cachesync.contrib.django import hooks  # noqa: E402
+from cachesync.contrib.django.apps import _bind_reads  # noqa: E402
 from cachesync.contrib.django.conf import load_config  # noqa: E402
 from cachesync.fastpath import fast_path  # noqa: E402
+from cachesync.reads import configure_reads  # noqa: E402
 
 
 def _release_process_state() -> None:
     config.reset_settings()
     fast_path.configure()
     hooks.set_enabled(False)
+    configure_reads(None)  # the read API's default store, as other suites expect it
 
 
 # ready() configured the process for Django; hand it back until our tests run.
@@ -57,6 +60,7 @@ def _django_cachesync() -> Iterator[None]:
     config.configure(**loaded.overrides)
     fast_path.configure()
     hooks.set_enabled(True)
+    _bind_reads(loaded.cache_alias)  # the read API on the cache alias, as ready() does
     yield
     _release_process_state()
 

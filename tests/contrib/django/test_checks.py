@@ -79,16 +79,57 @@ def test_password_in_a_bad_setting_is_not_shown() -> None:
     assert "s3cret" not in message.msg
 
 
-def test_a_prefixing_cache_key_function_is_a_warning() -> None:
-    caches = {
+def _caches(**options: object) -> dict[str, object]:
+    return {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": "redis://127.0.0.1:6379/0",
+            **options,
         }
     }
+
+
+def hashed_key(key: str, key_prefix: str, version: int) -> str:
+    import hashlib
+
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def test_the_default_key_function_with_a_prefix_and_version_needs_no_warning() -> None:
+    # cachesync deletes the make_key() form of every key too (KeyAffixes).
+    with override_settings(
+        CACHES=_caches(KEY_PREFIX="shop", VERSION=3), CACHESYNC={"CACHE_ALIAS": "default"}
+    ):
+        assert check_settings() == []
+
+
+def test_raw_key_with_a_prefix_or_version_says_they_are_ignored() -> None:
+    for options in ({"KEY_PREFIX": "shop"}, {"VERSION": 2}):
+        caches = _caches(KEY_FUNCTION="cachesync.contrib.django.raw_key", **options)
+        with override_settings(CACHES=caches, CACHESYNC={"CACHE_ALIAS": "default"}):
+            (message,) = check_settings()
+        assert message.id == "cachesync.W004", options
+        assert "ignores" in message.msg and "KEY_PREFIX" in message.hint
+    caches = _caches(KEY_FUNCTION="cachesync.contrib.django.raw_key")
+    with override_settings(CACHES=caches, CACHESYNC={"CACHE_ALIAS": "default"}):
+        assert check_settings() == []
+
+
+def test_a_key_function_cachesync_cannot_follow_is_a_warning() -> None:
+    caches = _caches(KEY_FUNCTION=f"{__name__}.hashed_key")
     with override_settings(CACHES=caches, CACHESYNC={"CACHE_ALIAS": "default"}):
         (message,) = check_settings()
     assert message.id == "cachesync.W002"
-    assert ":1:k" in message.msg
+    assert "not be invalidated" in message.msg
     assert "raw_key" in message.hint
     assert not message.is_serious()
+
+
+def test_redis_url_beside_a_prefixing_alias_on_the_same_redis_is_a_warning() -> None:
+    url = "redis://127.0.0.1:6379/0"
+    with override_settings(CACHES=_caches(KEY_PREFIX="shop"), CACHESYNC={"REDIS_URL": url}):
+        (message,) = check_settings()
+    assert message.id == "cachesync.W005" and "CACHE_ALIAS" in message.hint
+    other = {"REDIS_URL": "redis://127.0.0.1:6379/1"}  # another database: not the cache
+    with override_settings(CACHES=_caches(KEY_PREFIX="shop"), CACHESYNC=other):
+        assert check_settings() == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -212,6 +213,13 @@ def test_sigkill_between_prepare_and_commit(binlog_env: BinlogEnv, xa: XA) -> No
     for n in range(20):
         env.sql("UPDATE users SET nickname = %s WHERE id = 2", (f"n{n}",))
     env.sync_point()
+    # The checkpoint follows the applied changes within checkpoint_interval: kill once it
+    # has saved past the sentinel, holding the prepared transaction.
+    file, pos = env.master_status()
+    deadline = time.monotonic() + 30
+    while (saved := _saved(env)).hold is None or (saved.file, saved.pos) < (file, pos):
+        assert time.monotonic() < deadline, f"the checkpoint stayed at {saved}"
+        time.sleep(0.05)
     sidecar.kill()
     assert env.existing(keys) == keys
     xa.commit(xid)

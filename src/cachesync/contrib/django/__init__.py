@@ -10,7 +10,8 @@ Declare on models you own with the :class:`CacheSyncModel` mixin::
                               when=lambda row: row["status"] == 1),
         )
 
-and with :func:`register` for models you don't (in an app's ``cachesync.py``,
+read through them with ``Article.cache.get(pk)`` (:mod:`.reads`), and declare
+with :func:`register` for models you don't (in an app's ``cachesync.py``,
 discovered at start-up)::
 
     register(User, keys=["user:{pk}", "user:by-name:{username}"])
@@ -25,8 +26,37 @@ Importing this package does not need configured settings or a ready app
 registry, so a ``models.py`` can import the mixin.
 """
 
-from ...fastpath import no_sync
-from .conf import raw_key
-from .declarations import CacheSyncModel, register, unregister
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["CacheSyncModel", "no_sync", "raw_key", "register", "unregister"]
+from ...fastpath import no_sync
+from ...reads import Reads, ReadStore
+from ...reads import cached as _cached
+from .conf import raw_key
+from .declarations import CacheSyncModel, register, state, unregister
+
+
+def cached(
+    template: str, *, reads: Reads | None = None, store: ReadStore | None = None
+) -> Callable[[Any], Any]:
+    """:func:`cachesync.reads.cached` on the registry the Django declarations resolve into."""
+    return _cached(template, reads=reads, registry=state.registry, store=store)
+
+
+def cache_for(model: object, reads: Reads | None = None) -> object:
+    """The read API of a declared model (``Model.cache`` on the mixin); see :mod:`.reads`."""
+    from .reads import cache_for as _cache_for
+
+    return _cache_for(model, reads)
+
+
+__all__ = [
+    "CacheSyncModel",
+    "Reads",
+    "cache_for",
+    "cached",
+    "no_sync",
+    "raw_key",
+    "register",
+    "unregister",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -36,6 +37,7 @@ class CacheSyncConfig(AppConfig):  # type: ignore[misc]
         register_checks()
         _repair_pymysql()
         loaded = load_config(settings)
+        declarations.state.affixes = _bind_reads(loaded.cache_alias if loaded.ok else None)
         if loaded.settings is not None and loaded.ok:
             config.configure(**loaded.overrides)
             fast_path.configure()  # rebuild the applier from the settings just applied
@@ -51,6 +53,38 @@ class CacheSyncConfig(AppConfig):  # type: ignore[misc]
                 log.error("cachesync: %s (%s)", found.message, found.id)
         hooks.connect(declarations.tables())
         declarations.on_change(hooks.connect)  # later register()/unregister() calls
+
+
+def _bind_reads(alias: str | None) -> Any:
+    """Point the read API at cache *alias*; the :class:`.conf.KeyAffixes` its key function adds.
+
+    The read API then stores values under ``caches[alias].make_key(key)``, in the
+    format of Django's ``RedisCache`` when the alias is one (so ``cache.get`` reads
+    them), and every declaration deletes the ``make_key`` form of its keys too.
+    A key function that is not ``prefix + key + suffix`` leaves keys verbatim (its
+    entries cannot be invalidated: ``cachesync.W002``).
+    """
+    from ...reads import ReadStore, configure_reads
+    from ...serializers import DjangoCacheSerializer, JsonSerializer
+    from .conf import DJANGO_REDIS_BACKEND, key_affixes
+
+    if alias is None:
+        configure_reads(None)
+        return None
+    from django.core.cache import caches
+
+    try:
+        cache = caches[alias]
+    except Exception as exc:  # Django's own checks report a broken cache
+        log.error("cachesync: cache alias %r is unusable: %s", alias, exc)
+        configure_reads(None)
+        return None
+    affixes = key_affixes(cache.make_key)
+    backend = str(settings.CACHES.get(alias, {}).get("BACKEND", ""))
+    serializer = DjangoCacheSerializer() if backend == DJANGO_REDIS_BACKEND else JsonSerializer()
+    key_function = None if affixes is None or affixes.identity else affixes.wrap
+    configure_reads(ReadStore(serializer=serializer, key_function=key_function))
+    return affixes
 
 
 def _repair_pymysql() -> None:

@@ -8,8 +8,13 @@
 ``cachesync.E003`` the Redis cache alias cannot be used (unknown alias, not a
                    Redis cache, or given together with ``REDIS_URL``)
 ``cachesync.W001`` a model has ``__cachesync__`` without the ``CacheSyncModel`` mixin
-``cachesync.W002`` the Redis cache alias stores keys under a prefix, so keys
-                   written with Django's cache API are not the declared keys
+``cachesync.W002`` the key function of the Redis cache alias is not ``prefix +
+                   key + suffix`` (hashing, say), so keys written with Django's
+                   cache API cannot be named, hence not invalidated
+``cachesync.W004`` the alias uses ``raw_key`` but sets ``KEY_PREFIX``/``VERSION``,
+                   which ``raw_key`` ignores
+``cachesync.W005`` ``REDIS_URL`` is given while a prefixing Redis cache alias uses
+                   the same Redis: that alias's entries are not invalidated
 ``cachesync.W003`` no Redis is configured (no ``REDIS_URL``, ``CACHE_ALIAS`` or Redis
                    ``default`` cache): nothing deletes keys after commit
 =================  ==============================================================
@@ -78,25 +83,68 @@ def check_settings(
     ]
     if config.ok and config.cache_alias is not None:
         messages.extend(_check_key_function(config.cache_alias))
+    elif config.ok and config.settings is not None and config.settings.redis_url is not None:
+        messages.extend(_check_prefixed_twins(config.settings.redis_url))
+    return messages
+
+
+def _check_prefixed_twins(redis_url: str) -> list[checks.CheckMessage]:
+    """A Redis cache alias on cachesync's own Redis, whose prefix cachesync was not told about."""
+    from django.core.cache import caches
+
+    from .conf import key_affixes, redis_url_from_cache
+
+    messages: list[checks.CheckMessage] = []
+    for alias in getattr(settings, "CACHES", {}) or {}:
+        try:
+            same = redis_url_from_cache(alias, settings.CACHES) == redis_url
+            affixes = key_affixes(caches[alias].make_key) if same else None
+        except Exception:  # not a Redis cache, or a broken one
+            continue
+        if same and (affixes is None or not affixes.identity):
+            messages.append(
+                checks.Warning(
+                    f"cache alias {alias!r} uses cachesync's Redis with a key prefix, but "
+                    "REDIS_URL is given instead of CACHE_ALIAS, so cache.set('k', ...) "
+                    "entries of that alias are not invalidated",
+                    hint=f"set CACHESYNC['CACHE_ALIAS'] = {alias!r} instead of REDIS_URL",
+                    id="cachesync.W005",
+                )
+            )
     return messages
 
 
 def _check_key_function(alias: str) -> list[checks.CheckMessage]:
     from django.core.cache import caches
 
+    from .conf import key_affixes, raw_key
+
     try:
-        made = caches[alias].make_key("cachesync:probe")
+        cache = caches[alias]
     except Exception:  # the cache backend itself is broken: Django's own checks say so
         return []
-    if made == "cachesync:probe":
-        return []
+    conf = settings.CACHES.get(alias, {})
+    function = getattr(cache, "key_func", None)
+    if function is raw_key and (conf.get("KEY_PREFIX") or conf.get("VERSION", 1) != 1):
+        return [
+            checks.Warning(
+                f"CACHES[{alias!r}] sets KEY_PREFIX/VERSION, which KEY_FUNCTION raw_key ignores: "
+                "keys are stored verbatim",
+                hint="remove KEY_PREFIX/VERSION (put a namespace into the key templates), or "
+                "drop KEY_FUNCTION: with Django's default key function cachesync deletes the "
+                "prefixed keys too",
+                id="cachesync.W004",
+            )
+        ]
+    if key_affixes(cache.make_key) is not None:
+        return []  # prefix + key + suffix: the declarations delete the make_key() form too
     return [
         checks.Warning(
-            f"cache alias {alias!r} stores cache.set('k', ...) under {made.replace('cachesync:probe', 'k')!r}; "
-            "cachesync deletes exactly the keys its templates render, so keys written through "
-            "Django's cache API will not be invalidated",
-            hint=f"set 'KEY_FUNCTION': 'cachesync.contrib.django.raw_key' in CACHES[{alias!r}], "
-            "or write the prefix into the key templates",
+            f"the key function of cache alias {alias!r} is not prefix + key + suffix, so "
+            "cachesync cannot name the Redis keys of cache.set('k', ...): they will not be "
+            "invalidated",
+            hint=f"use Django's default key function or 'cachesync.contrib.django.raw_key' in "
+            f"CACHES[{alias!r}]",
             id="cachesync.W002",
         )
     ]

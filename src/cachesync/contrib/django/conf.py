@@ -45,7 +45,9 @@ from ...errors import ConfigurationError, redact_url
 __all__ = [
     "DJANGO_ONLY_SETTINGS",
     "DjangoConfig",
+    "KeyAffixes",
     "Problem",
+    "key_affixes",
     "load_config",
     "mysql_url_from_database",
     "raw_key",
@@ -101,10 +103,69 @@ def raw_key(key: str, key_prefix: str, version: int) -> str:
     cachesync deletes exactly the keys its templates render. Django's default key
     function stores ``cache.set("article:1", ...)`` as ``":1:article:1"``, which no
     template names. With ``"KEY_FUNCTION": "cachesync.contrib.django.raw_key"`` in
-    the cache alias, the Redis key is ``article:1`` (``KEY_PREFIX`` and ``VERSION``
-    are ignored: put any namespace into the templates themselves).
+    the cache alias, the Redis key is ``article:1``. It ignores ``KEY_PREFIX`` and
+    ``VERSION``, so ``manage.py check`` warns (``cachesync.W004``) when the alias sets
+    either: put any namespace into the templates themselves. Without it (Django's
+    default key function, with any ``KEY_PREFIX``/``VERSION``) cachesync deletes
+    the prefixed keys as well (:class:`KeyAffixes`).
     """
     return key
+
+
+@dataclass(frozen=True)
+class KeyAffixes:
+    """What a cache alias's key function puts around a key: ``make_key(k) == prefix + k + suffix``.
+
+    Django's default key function gives ``f"{KEY_PREFIX}:{VERSION}:{k}"``. cachesync
+    derives a second template ``prefix + template + suffix`` from every declared
+    key (and a second key from every ``invalidates()`` key), so that invalidation
+    also deletes what ``cache.set(k, ...)`` stored; the read API stores its values
+    under ``make_key(k)`` too.
+    """
+
+    prefix: str
+    suffix: str
+
+    @property
+    def identity(self) -> bool:
+        return not self.prefix and not self.suffix
+
+    def wrap(self, key: str) -> str:
+        return f"{self.prefix}{key}{self.suffix}"
+
+    def wrap_template(self, text: str) -> str:
+        """The template of the wrapped keys (braces of the affixes escaped for ``str.format``)."""
+
+        def escape(part: str) -> str:
+            return part.replace("{", "{{").replace("}", "}}")
+
+        return f"{escape(self.prefix)}{text}{escape(self.suffix)}"
+
+
+_PROBES = ("cachesync-probe-a", "cachesync-probe:bb/{x}")
+
+
+def key_affixes(make_key: Any) -> KeyAffixes | None:
+    """The :class:`KeyAffixes` of *make_key*, or ``None`` when it is not ``prefix + key + suffix``.
+
+    A key function that hashes or reorders the key (or that raises) cannot be
+    expressed as templates, so keys written through it cannot be invalidated:
+    the caller reports that (``cachesync.W002``) instead of ignoring it.
+    """
+    found: set[tuple[str, str]] = set()
+    for probe in _PROBES:
+        try:
+            made = str(make_key(probe))
+        except Exception:
+            return None
+        head, sep, tail = made.partition(probe)
+        if not sep or probe in tail:
+            return None
+        found.add((head, tail))
+    if len(found) != 1:
+        return None
+    prefix, suffix = found.pop()
+    return KeyAffixes(prefix, suffix)
 
 
 def _problem_for(exc: ConfigurationError, where: str) -> Problem:

@@ -28,6 +28,7 @@ from ...errors import DeclarationError
 from ...planning import template_keys
 from ...registry import Registry, TableSpec, default_registry
 from ...spec import Invalidates, Projection, Sync
+from .conf import KeyAffixes
 from .tables import DjangoTable, build_table, model_label
 
 __all__ = [
@@ -43,6 +44,24 @@ __all__ = [
 ]
 
 
+class _CacheDescriptor:
+    """``Model.cache``: the model's read API (:class:`.reads.ModelCache`), built at first use."""
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        if table_for(owner) is None:  # the mixin itself, or the app registry is not ready
+            return self
+        from .reads import cache_for
+
+        return cache_for(owner)
+
+    def __getattr__(self, name: str) -> Any:
+        # AttributeError, so that hasattr() probes (Django's model metaclass) keep working.
+        raise AttributeError(
+            f"Model.cache.{name}: this model is not a resolved cachesync model; is "
+            "'cachesync.contrib.django' in INSTALLED_APPS and does 'manage.py check' pass?"
+        )
+
+
 class CacheSyncModel:
     """Mixin for models you own: ``class Article(CacheSyncModel, models.Model)``.
 
@@ -55,6 +74,9 @@ class CacheSyncModel:
     """
 
     __cachesync__: ClassVar[Sync]
+    #: The read API: ``Article.cache.get(pk)``, ``get_by(slug=...)``, ``await aget(pk)``;
+    #: ``__cachesync_reads__ = Reads(ttl=...)`` sets its options.
+    cache: ClassVar[Any] = _CacheDescriptor()
     # Migrations of models using the mixin record their bases by module path: point them
     # at the documented import, which stays put whatever happens inside the package.
     __module__ = "cachesync.contrib.django"
@@ -104,6 +126,9 @@ class _State:
     discovering: bool = False
     ready: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # What the cache alias's key function adds around a key (set by AppConfig.ready()):
+    # every declaration then also deletes the make_key() form of its keys.
+    affixes: KeyAffixes | None = None
     # Called with the resolved tables after each change once ready (the hooks'
     # connect(), set by AppConfig.ready(): this module does not import the hooks).
     on_change: Callable[[Mapping[Any, DjangoTable]], None] | None = None
@@ -216,7 +241,7 @@ def unregister(model: Any) -> None:
 
 
 def _resolve_one(model: Any, sync: Any) -> DjangoTable:
-    table = build_table(model, sync)
+    table = build_table(model, sync, state.affixes)
     existing = state.tables.get(model)
     if existing is not None and existing.spec.table == table.spec.table:
         state.registry.remove(existing.spec)

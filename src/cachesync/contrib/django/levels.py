@@ -47,7 +47,7 @@ from ...spec import Row
 from ...transactions import Collected, Level, LevelStack
 from .tables import DjangoTable
 
-__all__ = ["collect"]
+__all__ = ["collect", "pending_keys"]
 
 log = logging.getLogger("cachesync.contrib.django")
 
@@ -197,6 +197,15 @@ def _record_intents(connection: Any, txn: _Transaction, level: Level[_Token]) ->
     if row_id != owner.outbox_row:  # inserted again, at this level
         owner.outbox_row = None
         level.outbox_row = row_id
+
+
+def pending_keys(connection: Any) -> set[str]:
+    """Keys the open transaction of *connection* will delete at commit (its own writes)."""
+    txn = _transactions.get(connection)
+    if txn is None or not connection.in_atomic_block:
+        return set()
+    _reconcile(connection, txn)
+    return set(txn.stack.pending().all_keys())
 
 
 def collect(using: str, table: DjangoTable, before: Row | None, after: Row | None) -> None:

@@ -18,6 +18,7 @@ This module imports neither the declarations nor the hooks: both import it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,10 @@ from ...binding import (
     stored_uuid,
 )
 from ...errors import DeclarationError
+from ...keys import KeyTemplate
 from ...registry import TableSpec, resolve
+from ...spec import Sync
+from .conf import KeyAffixes
 
 __all__ = ["DjangoTable", "build_table", "column_map", "model_label"]
 
@@ -146,6 +150,8 @@ class DjangoTable:
     key_names: frozenset[str]  # field names AND attnames of the key fields (update_fields test)
     aliases: tuple[tuple[str, str], ...]
     normalisers: Mapping[str, Normaliser] = field(repr=False)
+    #: The templates as declared (``spec.key_templates`` adds their ``make_key`` twins).
+    read_templates: tuple[KeyTemplate, ...] = ()
 
     @property
     def label(self) -> str:
@@ -218,8 +224,31 @@ def column_map(model: Any) -> tuple[dict[str, str], list[str]]:
     return columns, primary_key
 
 
-def build_table(model: Any, sync: Any) -> DjangoTable:
-    """Resolve *sync* against *model* (no registration). Raises :class:`DeclarationError`."""
+def _wrapped(sync: Any, wrap_template: Callable[[str], str], wrap: Callable[[str], str]) -> Any:
+    """*sync* with a wrapped twin of every key template and of every ``invalidates()`` key."""
+    if not isinstance(sync, Sync) or isinstance(sync.keys, str):
+        return sync  # resolve() reports the malformed declaration
+    keys = list(sync.keys)
+    keys += [wrap_template(k) for k in keys if isinstance(k, str)]
+    invalidates = sync.invalidates
+    if callable(invalidates):
+        inner = invalidates
+
+        def wrapped_invalidates(before: Any, after: Any) -> list[str]:
+            found = list(inner(before, after))
+            return found + [wrap(k) for k in found]
+
+        invalidates = wrapped_invalidates
+    return dataclasses.replace(sync, keys=keys, invalidates=invalidates)
+
+
+def build_table(model: Any, sync: Any, affixes: KeyAffixes | None = None) -> DjangoTable:
+    """Resolve *sync* against *model* (no registration). Raises :class:`DeclarationError`.
+
+    With *affixes* (the cache alias's key function is not the identity), every
+    declared key also has its ``make_key`` form deleted (:class:`.conf.KeyAffixes`);
+    ``read_templates`` keeps the declared ones, which the read API renders.
+    """
     meta = model._meta
     label = model_label(model)
     if meta.abstract:
@@ -235,7 +264,11 @@ def build_table(model: Any, sync: Any) -> DjangoTable:
             f"{label}: is swapped out for {meta.swapped}; declare that model", model=label
         )
     columns, primary_key = column_map(model)
-    spec = resolve(label, sync, table=meta.db_table, columns=columns, primary_key=primary_key)
+    declared = resolve(label, sync, table=meta.db_table, columns=columns, primary_key=primary_key)
+    spec = declared
+    if affixes is not None and not affixes.identity:
+        wrapped = _wrapped(sync, affixes.wrap_template, affixes.wrap)
+        spec = resolve(label, wrapped, table=meta.db_table, columns=columns, primary_key=primary_key)
     by_column = spec.attributes_by_column
     local = [f for f in meta.local_concrete_fields if getattr(f, "column", None)]
     attnames = tuple(f.attname for f in local)
@@ -256,4 +289,5 @@ def build_table(model: Any, sync: Any) -> DjangoTable:
         key_names=key_names,
         aliases=aliases,
         normalisers={f.attname: _normaliser(f) for f in local},
+        read_templates=declared.key_templates,
     )

@@ -12,6 +12,7 @@
         __cachesync__ = Sync(keys=["user:{id}", "user:by-name:{username}"])
 
     install(SessionLocal)          # a sessionmaker, a Session subclass, or Session itself
+    user = User.cache.get(1, session=SessionLocal)   # read-through, leases, same keys
 
 After each outermost commit the keys of the rows it changed are deleted
 (best effort, milliseconds); the binlog sidecar deletes them too, so a lost
@@ -23,13 +24,21 @@ transactionally, create the outbox table and pass it::
 """
 
 from ...fastpath import no_sync
+from ...reads import Reads, cached
 from .declare import CacheSyncMixin, register, spec_for, track, unregister
 from .hooks import HookConfig, install, installed, uninstall
 from .outbox import outbox_table, write_intents
+from .reads import CacheDescriptor, ModelCache, cache_for
+
+CacheSyncMixin.cache = CacheDescriptor()  # type: ignore[misc]
 
 __all__ = [
     "CacheSyncMixin",
     "HookConfig",
+    "ModelCache",
+    "Reads",
+    "cache_for",
+    "cached",
     "install",
     "installed",
     "no_sync",

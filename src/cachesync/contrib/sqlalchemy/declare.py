@@ -223,11 +223,15 @@ class CacheSyncMixin:
     A subclass of a declared model (single- or joined-table inheritance) uses
     its parent's declaration unless it sets its own ``__cachesync__``
     (``None`` opts it out). ``__cachesync_registry__`` picks a registry other
-    than :data:`cachesync.default_registry`.
+    than :data:`cachesync.default_registry`. ``Model.cache`` is the read API
+    (``Model.cache.get(pk, session=s)``, :mod:`.reads`).
     """
 
     __cachesync__: ClassVar[Sync | None]
     __cachesync_registry__: ClassVar[Registry | None] = None
+    #: ``Model.cache``: the read API (:class:`.reads.ModelCache`); ``__cachesync_reads__ =
+    #: Reads(ttl=...)`` sets its options. Attached below, once ``reads`` can be imported.
+    cache: ClassVar[Any]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # DeclarativeBase maps the class inside its __init_subclass__; the mapper

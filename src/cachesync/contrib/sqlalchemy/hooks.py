@@ -65,7 +65,8 @@ log = logging.getLogger("cachesync.contrib.sqlalchemy")
 #: Where a session keeps its :class:`_SessionState` (``session.info`` dies with the session).
 STATE_KEY = "cachesync.sqlalchemy"
 
-SessionTarget = type[Session] | sessionmaker[Any] | scoped_session[Any] | Session
+#: A sync target, or an asyncio one (AsyncSession class/instance, async_sessionmaker, ...).
+SessionTarget = type[Session] | sessionmaker[Any] | scoped_session[Any] | Session | Any
 
 
 @dataclass(frozen=True)
@@ -137,17 +138,16 @@ def _key_of(target: Any) -> Session | type[Session]:
         return target.class_  # what event.listen(sessionmaker, ...) listens on, too
     if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):
         return target
-    if type(target).__module__.startswith("sqlalchemy.ext.asyncio"):
-        raise ConfigurationError(
-            "install() hooks into synchronous sessions; for asyncio give it the class "
-            "AsyncSession runs on: async_sessionmaker(..., sync_session_class=AppSession) "
-            "and install(AppSession). Note the after-commit delete then blocks the event "
-            "loop for up to redis_socket_timeout when Redis is unresponsive",
-            setting="install",
-        )
+    if type(target).__module__.startswith("sqlalchemy.ext.asyncio") or (
+        isinstance(target, type) and target.__module__.startswith("sqlalchemy.ext.asyncio")
+    ):
+        from .aio import sync_target
+
+        return sync_target(target)
     raise ConfigurationError(
         "cachesync.contrib.sqlalchemy.install() expects a Session subclass, a sessionmaker, "
-        f"a scoped_session or a Session, got {target!r}",
+        "a scoped_session, a Session, an AsyncSession (class or instance), an "
+        f"async_sessionmaker or an async_scoped_session, got {target!r}",
         setting="install",
     )
 
@@ -344,7 +344,9 @@ def _after_transaction_end(
 def _deliver(config: HookConfig, keys: list[str]) -> None:
     delivery = config.fast_path or fastpath.fast_path
     try:
-        delivery.deliver(keys)
+        # An AsyncSession commits on the event loop's thread: deliver_soon() then hands
+        # the Redis call to a worker thread instead of blocking the loop.
+        delivery.deliver_soon(keys)
     except Exception:  # deliver() promises not to raise; the application's commit is done
         log.exception("cachesync: fast path failed for %d key(s)", len(keys))
 
@@ -416,7 +418,12 @@ def install(
     """Hook cachesync into the sessions of *target*; idempotent.
 
     *target* is a ``Session`` subclass (default: every ``Session``), a
-    ``sessionmaker``, a ``scoped_session`` or one ``Session``. Installing the
+    ``sessionmaker``, a ``scoped_session`` or one ``Session``; for asyncio, an
+    ``AsyncSession`` (class or instance), an ``async_sessionmaker`` (which gets a
+    ``sync_session_class`` of its own when it has none) or an
+    ``async_scoped_session``. After an asyncio commit the keys are deleted on a
+    worker thread (:meth:`cachesync.fastpath.FastPath.deliver_soon`), so the event
+    loop never waits for Redis. Installing the
     same target again replaces its options and adds no second set of listeners.
     When a session is covered by several installations (``Session`` and a
     ``sessionmaker`` of it), the most specific one handles it, once.
