@@ -18,12 +18,19 @@ from typing import Any, ClassVar
 
 from .errors import DecodeError
 
-__all__ = ["BinlogPosition", "Op", "OutboxPosition", "Position", "RowChange"]
+__all__ = ["BinlogPosition", "GtidPosition", "Op", "OutboxPosition", "Position", "RowChange"]
 
 _ROW_BITS = 12
 _OFFSET_BITS = 32
 _FILE_BITS = 63 - _ROW_BITS - _OFFSET_BITS
 _ROW_MAX = (1 << _ROW_BITS) - 1
+#: GTID versions start here: above every file+position version of a binlog file
+#: numbered below 2**18, so an index written before the upgrade never sees a
+#: newer change get a smaller version.
+GTID_VERSION_BASE = 1 << 62
+_EVENT_BITS = 10
+_EVENT_MAX = (1 << _EVENT_BITS) - 1
+_WEIGHT_BITS = 62 - _EVENT_BITS - _ROW_BITS
 
 
 class Op(enum.Enum):
@@ -60,6 +67,9 @@ class Position(ABC):
             if kind == BinlogPosition.kind:
                 file, pos, row = rest.rsplit(":", 2)
                 position = BinlogPosition(file, int(pos), int(row))
+            elif kind == GtidPosition.kind:
+                gtid, weight, event, row = rest.rsplit(":", 3)
+                position = GtidPosition(gtid, int(weight), int(event), int(row))
             elif kind == OutboxPosition.kind:
                 ident, row = rest.split(":")
                 position = OutboxPosition(int(ident), int(row))
@@ -118,6 +128,48 @@ class BinlogPosition(Position):
 
     def encode(self) -> str:
         return f"{self.kind}:{self.file}:{self.pos}:{self.row}"
+
+    def __lt__(self, other: object) -> bool:
+        return Position.__lt__(self, other)
+
+
+@dataclass(frozen=True, eq=True)
+class GtidPosition(Position):
+    """A row of the transaction ``gtid``: rows event ``event`` of it, row ``row`` of that event.
+
+    ``weight`` is the :attr:`~cachesync.binlog.gtid.GtidState.weight` of the
+    GTID state that includes the transaction (MariaDB: the sum of the
+    per-domain sequence numbers; MySQL: the number of transactions). It grows
+    with every transaction in any server's binlog order and it is the same on
+    a replica that kept the primary's GTIDs, so versions stay monotonic across
+    a failover, where file names and offsets restart. The version is
+    ``2**62 + weight * 2**22 + event * 2**12 + row`` (event and row saturate at
+    1023 and 4095, like :class:`BinlogPosition`'s row), above every
+    file+position version of an index written before the upgrade.
+    """
+
+    gtid: str
+    weight: int
+    event: int = 0
+    row: int = 0
+    kind: ClassVar[str] = "gtid"
+
+    @property
+    def version(self) -> int:
+        if not 0 <= self.weight < 1 << _WEIGHT_BITS:
+            raise OverflowError(f"{self} does not fit an Elasticsearch version")
+        return (
+            GTID_VERSION_BASE
+            | (self.weight << (_EVENT_BITS + _ROW_BITS))
+            | (min(self.event, _EVENT_MAX) << _ROW_BITS)
+            | min(self.row, _ROW_MAX)
+        )
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (self.weight, self.event, self.row)
+
+    def encode(self) -> str:
+        return f"{self.kind}:{self.gtid}:{self.weight}:{self.event}:{self.row}"
 
     def __lt__(self, other: object) -> bool:
         return Position.__lt__(self, other)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "any_reachable",
     "elasticsearch_client",
+    "mysql_hosts",
     "mysql_params",
     "needed_sinks",
     "redis_client",
@@ -178,23 +179,82 @@ def elasticsearch_client(settings: Settings) -> Any:
     )
 
 
-def mysql_params(url: str, *, setting: str = "mysql_url") -> dict[str, Any]:
-    """PyMySQL / python-mysql-replication connection keywords from a ``mysql://`` URL."""
+def mysql_hosts(url: str, *, setting: str = "mysql_url") -> list[dict[str, Any]]:
+    """Connection keywords for each server of a ``mysql://`` URL, in the URL's order.
+
+    A URL may name several servers, ``mysql://u:p@h1:3306,h2:3306/db``: the
+    primary and the replicas it may fail over to (the sidecar follows the
+    writable one, :mod:`cachesync.binlog.failover`). They share user, password
+    and database.
+    """
     parts = urlsplit(url)
-    if parts.scheme.split("+")[0] not in ("mysql", "mariadb") or not parts.hostname:
-        raise ConfigurationError(
-            f"setting {setting} must be mysql://user:password@host:port/database", setting=setting
-        )
-    params: dict[str, Any] = {
-        "host": parts.hostname,
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-    }
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    problem = f"setting {setting} must be mysql://user:password@host:port[,host2:port2]/database"
+    if parts.scheme.split("+")[0] not in ("mysql", "mariadb") or not hostlist:
+        raise ConfigurationError(problem, setting=setting)
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
     database = parts.path.lstrip("/")
-    if database:
-        params["database"] = database
-    return params
+    hosts: list[dict[str, Any]] = []
+    for item in hostlist.split(","):
+        one = urlsplit(f"//{item.strip()}")
+        try:
+            host, port = one.hostname, one.port or 3306
+        except ValueError:
+            host = None
+        if not host:
+            raise ConfigurationError(
+                f"{problem}; {item.strip()!r} is not host:port", setting=setting
+            )
+        params: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "user": unquote(user or "root"),
+            "password": unquote(password),
+        }
+        if database:
+            params["database"] = database
+        hosts.append(params)
+    return hosts
+
+
+def mysql_params(url: str, *, setting: str = "mysql_url") -> dict[str, Any]:
+    """PyMySQL / python-mysql-replication connection keywords from a ``mysql://`` URL.
+
+    For a URL naming several servers, the first one (see :func:`mysql_hosts`).
+    """
+    return mysql_hosts(url, setting=setting)[0]
+
+
+def _writable_creator(hosts: list[dict[str, Any]], timeout: float) -> Any:
+    """A DB-API connection factory that returns a connection to the first writable server."""
+
+    def connect() -> Any:
+        import pymysql
+
+        errors: list[str] = []
+        for params in hosts:
+            where = f"{params['host']}:{params['port']}"
+            try:
+                conn = pymysql.connect(
+                    **params,
+                    charset="utf8mb4",
+                    connect_timeout=max(1, int(timeout)),
+                    read_timeout=max(1, int(timeout)) * 2,
+                    write_timeout=max(1, int(timeout)) * 2,
+                )
+            except (pymysql.MySQLError, OSError) as exc:
+                errors.append(f"{where}: {exc}")
+                continue
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.read_only")
+                row = cur.fetchone()
+            if row is not None and not int(row[0]):
+                return conn
+            conn.close()
+            errors.append(f"{where}: read-only")
+        raise pymysql.OperationalError(2003, "no writable server: " + "; ".join(errors))
+
+    return connect
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -219,6 +279,14 @@ def sql_engine(url: str, *, timeout: float = 5.0) -> Engine:
     """
     import sqlalchemy as sa
 
+    scheme = url.partition("://")[0].split("+")[0]
+    if scheme in ("mysql", "mariadb") and "," in urlsplit(url).netloc:
+        return sa.create_engine(
+            "mysql+pymysql://",
+            creator=_writable_creator(mysql_hosts(url), timeout),
+            pool_pre_ping=True,
+            pool_recycle=3600,
+        )
     target = sa.engine.make_url(sqlalchemy_url(url))
     connect_args: dict[str, Any] = {}
     if target.get_backend_name() == "mysql":

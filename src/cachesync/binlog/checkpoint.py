@@ -18,6 +18,18 @@ group. A restart reads from ``hold`` again only to re-hold the XA transactions
 still unresolved at ``file:pos`` (nothing else in between is applied twice),
 then continues at ``file:pos`` as usual.
 
+GTID (MariaDB always, MySQL with ``gtid_mode=ON``): the point also carries
+``gtid``, the GTID state before the transaction in progress, and then
+``handled`` is a :class:`~cachesync.changes.GtidPosition` (rows event and row
+inside that transaction). A GTID means the same on a promoted replica, where
+file names and offsets do not, so a (re)connect finds ``gtid`` in whichever
+server it reads (:func:`cachesync.binlog.gtid.locate`); ``file:pos`` is then
+only where it was last seen (for ``status`` and logs). ``hold_gtid`` is the
+GTID state at ``hold``. The text form appends ``;mariadb=STATE`` (or
+``;mysql=STATE``), ``;handled=GTID/EVENT.ROW`` and ``;hold=STATE`` to the
+file+position form, so a checkpoint written before GTIDs still decodes (and is
+converted on the first start with ``BINLOG_GTID_POS``).
+
 Stores are deliberately dumb: they keep one text position per pipeline name
 (``Settings.name``) and know nothing about binlogs, so the Django integration
 and other sources can reuse the same table.
@@ -38,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..changes import BinlogPosition
+from ..changes import BinlogPosition, GtidPosition
 from ..errors import (
     CacheSyncError,
     ConfigurationError,
@@ -47,6 +59,7 @@ from ..errors import (
     redact_url,
 )
 from . import server
+from .gtid import GtidState, parse_state
 
 __all__ = [
     "CHECKPOINT_TABLE",
@@ -71,6 +84,9 @@ CHECKPOINT_TABLE_SQL = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
     updated_at DATETIME(6) NOT NULL
 )"""
 
+#: ``position VARCHAR(255)``: see :meth:`TableCheckpointStore.save`.
+_POSITION_WIDTH = 255
+
 _RESUME = re.compile(
     r"^binlog:(?P<file>[^:+@]+):(?P<pos>\d+)(?:\+(?P<end>\d+)\.(?P<row>\d+))?"
     r"(?:@(?P<hfile>[^:+@]+):(?P<hpos>\d+))?$"
@@ -90,17 +106,24 @@ class ResumePoint:
 
     file: str
     pos: int
-    handled: BinlogPosition | None = None
+    handled: BinlogPosition | GtidPosition | None = None
     commit_time: float | None = None
     hold: tuple[str, int] | None = None
+    gtid: GtidState | None = None
+    hold_gtid: GtidState | None = None
 
     def __post_init__(self) -> None:
         if self.pos < 4:
             raise ValueError(f"binlog offset {self.pos} is before the first event (4)")
-        if self.handled is not None and (
+        if isinstance(self.handled, GtidPosition):
+            if self.gtid is None:
+                raise ValueError(f"handled row {self.handled} needs the GTID state it follows")
+        elif self.handled is not None and (
             self.handled.file != self.file or self.handled.pos <= self.pos
         ):
             raise ValueError(f"handled row {self.handled} is not inside {self.file}:{self.pos}")
+        if self.hold_gtid is not None and (self.hold is None or self.gtid is None):
+            raise ValueError("a hold GTID state needs a hold and a GTID state")
         if self.hold is not None:
             hold = BinlogPosition(*self.hold)
             if self.hold[1] < 4 or not hold < BinlogPosition(self.file, self.pos):
@@ -111,32 +134,64 @@ class ResumePoint:
     def encode(self) -> str:
         """``binlog:FILE:POS``, then ``+END.ROW`` (last handled row), then ``@FILE:POS`` (hold)."""
         text = f"binlog:{self.file}:{self.pos}"
-        if self.handled is not None:
+        if isinstance(self.handled, BinlogPosition):
             text += f"+{self.handled.pos}.{self.handled.row}"
         if self.hold is not None:
             text += f"@{self.hold[0]}:{self.hold[1]}"
+        if self.gtid is not None:
+            text += f";{self.gtid.flavour}={self.gtid.encode()}"
+            if isinstance(self.handled, GtidPosition):
+                handled = self.handled
+                text += f";handled={handled.gtid}/{handled.event}.{handled.row}"
+            if self.hold_gtid is not None:
+                text += f";hold={self.hold_gtid.encode()}"
         return text
 
     @classmethod
     def decode(cls, text: str, commit_time: float | None = None) -> ResumePoint:
         """Parse :meth:`encode`'s output; :class:`DecodeError` on anything else."""
-        match = _RESUME.match(text.strip())
+        head, *parts = text.strip().split(";")
+        match = _RESUME.match(head)
         if match is None:
             raise DecodeError(f"not a binlog resume point: {text!r}")
         file, pos = match["file"], int(match["pos"])
-        handled = None
+        handled: BinlogPosition | GtidPosition | None = None
         if match["end"] is not None:
             handled = BinlogPosition(file, int(match["end"]), int(match["row"]))
         hold = (match["hfile"], int(match["hpos"])) if match["hfile"] is not None else None
+        gtid: GtidState | None = None
+        hold_gtid: GtidState | None = None
         try:
-            return cls(file, pos, handled, commit_time, hold)
+            for part in parts:
+                key, sep, value = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part!r} is not NAME=VALUE")
+                if key in ("mariadb", "mysql") and gtid is None:
+                    gtid = parse_state(key, value)
+                elif key == "handled" and gtid is not None and handled is None:
+                    txn, _, rest = value.rpartition("/")
+                    event, _, row = rest.partition(".")
+                    handled = GtidPosition(txn, gtid.add(txn).weight, int(event), int(row))
+                elif key == "hold" and gtid is not None and hold_gtid is None:
+                    hold_gtid = parse_state(gtid.flavour, value)
+                else:
+                    raise ValueError(f"unexpected {key!r}")
+            return cls(file, pos, handled, commit_time, hold, gtid, hold_gtid)
         except (ValueError, DecodeError) as exc:
             raise DecodeError(f"invalid binlog resume point {text!r}: {exc}") from None
 
-    def already_handled(self, position: BinlogPosition) -> bool:
+    def already_handled(self, position: BinlogPosition | GtidPosition) -> bool:
         """True for rows at or before ``handled`` (they were applied before the restart)."""
         handled = self.handled
-        return handled is not None and (position.pos, position.row) <= (
+        if isinstance(position, GtidPosition):
+            if self.gtid is not None and self.gtid.contains(position.gtid):
+                return True
+            return (
+                isinstance(handled, GtidPosition)
+                and handled.gtid == position.gtid
+                and (position.event, position.row) <= (handled.event, handled.row)
+            )
+        return isinstance(handled, BinlogPosition) and (position.pos, position.row) <= (
             handled.pos,
             handled.row,
         )
@@ -201,6 +256,7 @@ class TableCheckpointStore(CheckpointStore):
         self._table = table
         self._conn: Any = None
         self._ensured = False
+        self._width = _POSITION_WIDTH
 
     def describe(self) -> str:
         p = self._params
@@ -240,6 +296,14 @@ class TableCheckpointStore(CheckpointStore):
                             setting="checkpoint_url",
                         ) from None
                     raise
+            cur.execute(
+                "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE "
+                "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'position'",
+                (self._table,),
+            )
+            row = cur.fetchone()
+            if row is not None and row[0]:
+                self._width = int(row[0])
         self._ensured = True
 
     def _error(self, exc: BaseException, trouble: str = "") -> CacheSyncError:
@@ -288,6 +352,16 @@ class TableCheckpointStore(CheckpointStore):
         return StoredCheckpoint(name, row[0], row[1], float(row[2]))
 
     def save(self, name: str, position: str, commit_time: float | None = None) -> None:
+        self._connection()  # reads the column's width
+        if len(position) > self._width:
+            # Only MySQL GTID sets naming many server UUIDs get this long.
+            raise ConfigurationError(
+                f"checkpoint {name!r} ({len(position)} characters) does not fit the "
+                f"{self._width} characters of {self._table}.position ({self.describe()}); "
+                f"widen it: ALTER TABLE {self._table} MODIFY position VARCHAR(4096) NOT NULL, "
+                "or use checkpoint_url=file:/path",
+                setting="checkpoint_url",
+            )
         with self._cursor() as cur:
             cur.execute(
                 f"INSERT INTO {self._table} (name, position, commit_time, updated_at) "

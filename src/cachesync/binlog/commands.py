@@ -285,11 +285,11 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..changes import BinlogPosition
     from ..connections import elasticsearch_client, mysql_params, redis_client
     from ..errors import ConfigurationError
     from ..verify import consistency, table_rows, verify_index, verify_keys
     from . import server
+    from .positions import current_position
 
     settings = settings_from_args(args)
     params = mysql_params(_require_mysql(settings))
@@ -314,8 +314,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         # Recorded BEFORE the rows are read, as reindex does: repairs carry this
         # version, so anything the sidecar streams meanwhile is newer and wins.
-        file, pos = server.master_status(conn)
-        repair_at = BinlogPosition(file, pos, 0) if args.repair else None
+        repair_at = current_position(conn) if args.repair else None
         for spec in specs:
             try:
                 conn.commit()  # a fresh snapshot per model

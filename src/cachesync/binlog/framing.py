@@ -55,8 +55,10 @@ from .decoder import RowDecoder, read_lenenc
 __all__ = [
     "COMPRESSED",
     "FORMAT_DESCRIPTION",
+    "GTID_EVENTS",
     "HEADER",
     "MARIADB_GTID",
+    "MYSQL_GTID",
     "NOT_IN_FILE",
     "QUERY",
     "ROTATE",
@@ -68,6 +70,7 @@ __all__ = [
     "Images",
     "PartialRows",
     "StreamReader",
+    "gtid_of",
     "read_packet",
     "readable",
 ]
@@ -80,6 +83,8 @@ XID = 0x10
 TABLE_MAP = 0x13
 XA_PREPARE = 0x26
 MARIADB_GTID = 0xA2
+MYSQL_GTID = 0x21  # GTID_LOG_EVENT (ANONYMOUS_GTID_LOG_EVENT, 0x22, names no transaction)
+GTID_EVENTS = frozenset({MARIADB_GTID, MYSQL_GTID})
 #: Events whose header position is not a place in the file being read (sent by the server).
 NOT_IN_FILE = frozenset({ROTATE, FORMAT_DESCRIPTION, 0x1B})  # 0x1B: HEARTBEAT_LOG_EVENT
 ROWS_OPS: dict[int, Op] = {
@@ -187,6 +192,21 @@ class _CtlStub:
 
     def _get_dbms(self) -> str:
         return self.dbms
+
+
+def gtid_of(data: bytes, kind: int, server_id: int) -> str:
+    """The transaction GTID a GTID event packet announces (``0-1-12`` / ``uuid:12``).
+
+    MariaDB's GTID event body: seq_no (8), domain_id (4), flags2 ...; the server
+    id is the event header's. MySQL's: flags (1), server uuid (16), gno (8).
+    """
+    if kind == MARIADB_GTID:
+        seq = int.from_bytes(data[20:28], "little")
+        domain = int.from_bytes(data[28:32], "little")
+        return f"{domain}-{server_id}-{seq}"
+    sid = bytes(data[21:37]).hex()
+    gno = int.from_bytes(data[37:45], "little")
+    return f"{sid[:8]}-{sid[8:12]}-{sid[12:16]}-{sid[16:20]}-{sid[20:]}:{gno}"
 
 
 def read_packet(conn: Any) -> Any:

@@ -220,6 +220,11 @@ def _grant_problems(conn: object, tables: Sequence[tuple[str, str]]) -> list[str
 
 
 def _position_problems(conn: object, resume: ResumePoint, name: str) -> list[str]:
+    from .positions import gtid_problems
+
+    problems = gtid_problems(conn, resume, name)
+    if problems is not None:  # a GTID checkpoint: file names are another server's, maybe
+        return problems
     files = server.binary_logs(conn)
     by_name = {f.name: f for f in files}
     current = by_name.get(resume.file)
@@ -250,8 +255,8 @@ def reachable_hold(conn: object, resume: ResumePoint, name: str) -> ResumePoint:
     Refusing to start would stop every other change too; the XA transactions
     prepared there can only be named: their COMMITs will be logged as ERRORs.
     """
-    if resume.hold is None:
-        return resume
+    if resume.hold is None or resume.hold_gtid is not None:
+        return resume  # a GTID hold is found (or found purged) by the source itself
     file, pos = resume.hold
     if any(f.name == file for f in server.binary_logs(conn)):
         return resume

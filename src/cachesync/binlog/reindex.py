@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
-from ..changes import BinlogPosition
+from ..changes import BinlogPosition, GtidPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
@@ -44,6 +44,7 @@ from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
 from ..sqltypes import ColumnType
 from . import server
+from .positions import current_position
 
 __all__ = ["WRITE_BACKOFF", "ReindexReport", "reindex"]
 
@@ -63,7 +64,7 @@ class ReindexReport:
 
     model: str
     indexes: list[str]
-    position: BinlogPosition
+    position: BinlogPosition | GtidPosition
     rows: int = 0
     documents: int = 0
     deleted: int = 0
@@ -131,7 +132,7 @@ def reindex(
     progress: Progress | None = None,
     backoff: Backoff = WRITE_BACKOFF,
     sleep: Callable[[float], object] = time.sleep,
-    at: BinlogPosition | None = None,
+    at: BinlogPosition | GtidPosition | None = None,
 ) -> ReindexReport:
     """Rebuild every projection of *spec*; see the module docstring for why it is safe.
 
@@ -170,12 +171,12 @@ def _reindex(
     backoff: Backoff,
     sleep: Callable[[float], object],
     types: Mapping[str, ColumnType],
-    at: BinlogPosition | None,
+    at: BinlogPosition | GtidPosition | None,
 ) -> ReindexReport:
     started = time.monotonic()
     if at is None:
-        file, pos = server.master_status(connection)
-        at = BinlogPosition(file, pos, 0)
+        # GTID servers: the GTID state's version, as the stream's (binlog/positions.py).
+        at = current_position(connection)
     after = replace(at, row=at.row + 1)  # version P + 1, still below any later change
     report = ReindexReport(spec.model, [p.index for p in spec.projections], at)
     schema = spec.schema or database
@@ -240,7 +241,7 @@ def _reindex(
 def _documents(
     spec: TableSpec,
     images: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
-    at: BinlogPosition,
+    at: BinlogPosition | GtidPosition,
 ) -> list[tuple[IndexDoc, tuple[Any, ...]]]:
     """``(IndexDoc, primary key as read)`` for every row and projection whose ``when`` holds.
 
@@ -270,7 +271,7 @@ def _recheck(
     types: Mapping[str, ColumnType],
     pk: Sequence[str],
     produced: Sequence[tuple[IndexDoc, tuple[Any, ...]]],
-    after: BinlogPosition,
+    after: BinlogPosition | GtidPosition,
 ) -> list[DocumentAction]:
     """Deletes for written documents whose row changed in a way that removes the document."""
     if not produced:
@@ -312,7 +313,7 @@ def _prune(
     spec: TableSpec,
     projection: ResolvedProjection,
     written: set[str],
-    after: BinlogPosition,
+    after: BinlogPosition | GtidPosition,
 ) -> int:
     """Delete documents no row produced, when *spec* is the index's only writer."""
     writers = registry.for_index(projection.index) if registry is not None else [(spec, projection)]

@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..changes import BinlogPosition, Position
+from ..changes import BinlogPosition, GtidPosition, Position
 from ..deadletters import _tag, _untag
 from ..errors import TransientError
 
@@ -229,6 +229,10 @@ class Session:
 
 def covered(saved: ResumePoint | None, position: Position | None) -> bool:
     """True once the checkpoint *saved* is past *position* (a replay will not return to it)."""
+    if saved is not None and isinstance(position, GtidPosition):
+        return (saved.gtid is not None and saved.gtid.contains(position.gtid)) or (
+            saved.already_handled(position)
+        )
     if saved is None or not isinstance(position, BinlogPosition):
         return position is None
     here, there = BinlogPosition(saved.file, saved.pos).file_index, position.file_index

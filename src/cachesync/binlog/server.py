@@ -21,7 +21,9 @@ __all__ = [
     "binary_logs",
     "connect",
     "error_code",
+    "gtid_flavour",
     "master_status",
+    "read_only",
     "translate",
     "translate_errors",
     "variable",
@@ -160,3 +162,22 @@ def variable(conn: Any, name: str) -> str | None:
         cur.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
         row = cur.fetchone()
     return None if row is None else str(row[1])
+
+
+def gtid_flavour(conn: Any) -> str | None:
+    """``"mariadb"`` (GTIDs always on), ``"mysql"`` with ``gtid_mode=ON``, else ``None``."""
+    with translate_errors("SELECT VERSION()"), conn.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        row = cur.fetchone()
+    if row is not None and "mariadb" in str(row[0]).lower():
+        return "mariadb"
+    mode = variable(conn, "gtid_mode")
+    return "mysql" if mode is not None and mode.upper() == "ON" else None
+
+
+def read_only(conn: Any) -> bool:
+    """Whether the server refuses writes (``@@read_only``): a replica, or a demoted primary."""
+    with translate_errors("SELECT @@read_only"), conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.read_only")
+        row = cur.fetchone()
+    return bool(row and int(row[0]))

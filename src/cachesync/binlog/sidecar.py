@@ -30,6 +30,7 @@ lanes apply what was submitted, saves the checkpoint and returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,6 +57,7 @@ from ..deadletters import (
     salvage_keys,
 )
 from ..errors import (
+    CacheSyncError,
     ConfigurationError,
     HandOffError,
     LeadershipLost,
@@ -68,7 +70,7 @@ from ..errors import (
 from ..health import Heartbeat, TurningEvent
 from ..policies import SidecarPolicy
 from ..registry import Registry, TableSpec, default_registry
-from . import guards, server
+from . import guards, positions, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
 from .lanes import Lanes
@@ -185,8 +187,14 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
         reset_checkpoint: bool = False,
         sleep: Callable[[float], object] | None = None,
+        servers: Sequence[Mapping[str, Any]] = (),
+        store_follows: bool = False,
     ) -> None:
         self._mysql = dict(mysql)
+        #: Servers to fail over to (binlog/failover.py); the checkpoint table moves along
+        #: with the server followed when *store_follows*.
+        self._servers = [dict(p) for p in servers] or [self._mysql]
+        self._store_follows = store_follows
         self._database: str | None = self._mysql.get("database")
         self.registry = registry
         self.applier = applier
@@ -271,9 +279,10 @@ class Sidecar:
         policy: SidecarPolicy | None = None,
     ) -> Sidecar:
         """A sidecar wired from :class:`Settings` (what ``cachesync listen`` runs)."""
-        from ..connections import mysql_params
+        from ..connections import mysql_hosts
 
         mysql_url = settings.require("mysql_url", "to stream its binlog")
+        servers = mysql_hosts(mysql_url)
         registry = registry if registry is not None else default_registry
         if not registry.tables():
             raise ConfigurationError(
@@ -290,7 +299,9 @@ class Sidecar:
         )
         handler = on_failure or default_failure_handler(settings)
         return cls(
-            mysql=mysql_params(mysql_url),
+            mysql=servers[0],
+            servers=servers,
+            store_follows=settings.checkpoint_url is None,
             registry=registry,
             applier=applier,
             on_failure=ReportingFailureHandler(
@@ -322,6 +333,8 @@ class Sidecar:
         try:
             while not self._stop.is_set():
                 try:
+                    if len(self._servers) > 1:
+                        self._follow()
                     if not self._acquire():
                         return
                     failures = 0
@@ -347,6 +360,31 @@ class Sidecar:
         finally:
             self.partial_images.close()
             self.store.close()
+
+    def _follow(self) -> None:
+        """Follow the writable server that has the checkpoint (binlog/failover.py)."""
+        from .checkpoint import TableCheckpointStore
+        from .failover import choose, describe
+
+        wanted = self.saved.gtid if self.saved is not None else None
+        if wanted is None and not self._store_follows:
+            with contextlib.suppress(CacheSyncError):
+                stored = self.store.load(self.name)
+                if stored is not None:
+                    wanted = ResumePoint.decode(stored.position).gtid
+        chosen = dict(choose(self._servers, wanted, current=self._mysql))
+        if describe(chosen) == describe(self._mysql):
+            return
+        self.lock.close()
+        self.partial_images.close()
+        self._mysql = chosen
+        self.lock = LeaderLock(
+            chosen, self.lock.name, session_timeout=self.policy.lock_session_timeout
+        )
+        self.partial_images = PartialImages(self.registry, MySQLRowReader(chosen), self._unknowable)
+        if self._store_follows:
+            self.store.close()
+            self.store = TableCheckpointStore(chosen)
 
     def _acquire(self) -> bool:
         """Block until this sidecar holds the leader lock (True) or is stopped (False)."""
@@ -375,8 +413,7 @@ class Sidecar:
 
     def _first_point(self, conn: Any) -> ResumePoint:
         """The server's current position, for a pipeline without a checkpoint."""
-        file, pos = server.master_status(conn)
-        start = ResumePoint(file, pos, None, time.time())
+        start = positions.first_point(conn, time.time())
         log.info(
             "cachesync: no checkpoint %r: starting at the current position %s "
             "(rows written before are not replayed; use `cachesync reindex` for search indexes)",
@@ -389,6 +426,8 @@ class Sidecar:
         stored = self._stored_point()
         conn = server.connect(self._mysql, what="MySQL")
         try:
+            if stored is not None:  # a file+position checkpoint gets its GTID state
+                stored = positions.upgrade(conn, stored, self.name)
             guards.check_server(
                 conn,
                 tables=self._watched(),
@@ -421,6 +460,7 @@ class Sidecar:
             default_schema=self._database,
             policy=self.policy.reconnect,
             stop=self._stop,
+            give_up_after=3 if len(self._servers) > 1 else None,
         )
         source.on_ddl = self._cascades.schema_changed
         try:

@@ -20,6 +20,14 @@ How it reads, and why
 * A :class:`~cachesync.binlog.checkpoint.ResumePoint` is the start of the
   current transaction plus the last row handled inside it, so a restart repeats
   nothing and loses nothing even in the middle of a 1000-row transaction.
+* GTIDs (MariaDB always, MySQL with ``gtid_mode=ON``): the point also holds the
+  GTID state before the transaction in progress, and rows are
+  :class:`~cachesync.changes.GtidPosition` (rows event and row inside their
+  transaction), which mean the same on a promoted replica. Every connect first
+  finds that state in the server at hand (:func:`.positions.locate`), then
+  streams by file and offset as above; a transaction already in the state (a
+  replica that logged two domains in another order) is passed over. The
+  library's own GTID streaming is not used: its reconnect replays events.
 * Filtering happens before decoding: a ``TableMapEvent`` of an unregistered
   table is dropped by the library (``only_tables``/``only_schemas``) and rows
   events whose table id has no map are skipped without being decoded.
@@ -63,13 +71,14 @@ from typing import Any, NoReturn
 import pymysql
 
 from .. import metrics
-from ..changes import BinlogPosition, RowChange
+from ..changes import BinlogPosition, GtidPosition, Position, RowChange
 from ..errors import SourceConfigurationError, SourceError, TransientError
 from ..policies import ReconnectPolicy
 from ..registry import Registry
-from . import framing, server, tabledrops, xa
+from . import framing, positions, server, tabledrops, xa
 from .checkpoint import ResumePoint
 from .framing import EventParser, PartialRows, StreamReader
+from .gtid import GtidState
 from .partial import PartialChange
 from .tablemaps import TableMaps
 from .xa import Group, HeldTransactions, Xid
@@ -115,6 +124,7 @@ class BinlogSource:
         sleep: Callable[[float], object] | None = None,
         max_held_rows: int = xa.DEFAULT_MAX_HELD_ROWS,
         max_prepared: int = xa.DEFAULT_MAX_PREPARED,
+        give_up_after: int | None = None,
     ) -> None:
         self._params = {k: v for k, v in connection.items() if k != "database"}
         self._server_id = server_id
@@ -138,6 +148,17 @@ class BinlogSource:
         self._commit_time = start.commit_time
         self._pending: deque[RowChange] = deque()
         self._at_boundary = True
+        # GTID state (None: file+position only): the state before the transaction in
+        # progress, that transaction's GTID and weight, whether the state has it
+        # already, and the rows events seen in it; the state at each XA group start.
+        self._gtids: GtidState | None = start.gtid
+        self._gtid: str | None = None
+        self._weight = 0
+        self._next: GtidState | None = None
+        self._seen = False
+        self._event_no = 0
+        self._group_states: dict[tuple[str, int], GtidState] = {}
+        self._give_up_after = give_up_after
         # XA state: prepared transactions, the first phase being read, the boundary to
         # pass once the rows of a COMMIT are all returned, and the catch-up target.
         self._held = HeldTransactions(max_held_rows, max_prepared)
@@ -171,9 +192,22 @@ class BinlogSource:
         """Where to restart so that the next change read is the one after the last returned."""
         if self._catchup is not None:
             return self._catchup
+        hold = self._held.oldest_start
+        hold_gtid = self._group_states.get(hold) if hold is not None else None
         return ResumePoint(
-            self._file, self._txn_start, self._handled, self._commit_time, self._held.oldest_start
+            self._file,
+            self._txn_start,
+            self._handled,
+            self._commit_time,
+            hold,
+            self._gtids,
+            hold_gtid if self._gtids is not None else None,
         )
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """The host and port this source reads."""
+        return str(self._params.get("host")), int(self._params.get("port") or 3306)
 
     @property
     def held(self) -> int:
@@ -251,6 +285,12 @@ class BinlogSource:
                     self.resume_point,
                     delay,
                 )
+                if self._give_up_after is not None and self._failures >= self._give_up_after:
+                    # Another server may have taken over: the caller chooses again.
+                    raise TransientError(
+                        f"binlog stream from {self.server[0]}:{self.server[1]} lost "
+                        f"{self._failures} times in a row: {exc}"
+                    ) from exc
                 if not out:
                     self._sleep(delay)
                 break
@@ -288,6 +328,8 @@ class BinlogSource:
         settings = dict(self._params)
         settings.setdefault("connect_timeout", self._policy.connect_timeout)
         settings["read_timeout"] = self._policy.read_timeout
+        self._relocate(settings)
+        self._gtid, self._seen, self._event_no = None, False, 0
         reader = StreamReader(
             settings,
             server_id=self._server_id,
@@ -316,6 +358,41 @@ class BinlogSource:
             ", ".join(self._only_tables),
         )
 
+    def _relocate(self, settings: Mapping[str, Any]) -> None:
+        """Find the GTID state (and an XA catch-up's) in this server's files.
+
+        A row still identified by its offset (a checkpoint just upgraded from
+        file+position) pins the file+position it was written for.
+        """
+        if self._gtids is None or isinstance(self._handled, BinlogPosition):
+            return
+        catchup = self._catchup
+        if catchup is not None and catchup.hold is not None:
+            if catchup.hold_gtid is None or catchup.gtid is None:
+                return  # a hold that predates GTIDs: only its own server has it
+            hold = positions.locate(settings, self._server_id, catchup.hold_gtid)
+            target = positions.locate(settings, self._server_id, catchup.gtid)
+            handled = catchup.handled if target == (catchup.file, catchup.pos) else None
+            self._catchup = replace(
+                catchup, file=target[0], pos=target[1], hold=hold, handled=handled
+            )
+            self._gtids = catchup.hold_gtid
+            self._group_states[hold] = catchup.hold_gtid
+            return
+        located = positions.locate(settings, self._server_id, self._gtids)
+        # The same file, at or after the recorded start (which is the rotation's offset 4
+        # for a file's first transaction): the server the point was taken on.
+        if self._handled is not None and (located[0] != self._file or located[1] < self._txn_start):
+            # Another server (or a rotated file): its rows events may be split otherwise,
+            # so the transaction in progress is replayed whole (idempotent effects).
+            log.info(
+                "cachesync: the transaction after GTID state %s starts at %s:%d here, not at "
+                "%s:%d: replaying it from its start",
+                self._gtids, *located, self._file, self._txn_start,
+            )  # fmt: skip
+            self._handled = self._skip = None
+        self._file, self._txn_start = located
+
     def _disconnect(self) -> None:
         reader, self._reader, self._conn = self._reader, None, None
         if reader is not None:
@@ -330,8 +407,11 @@ class BinlogSource:
         if isinstance(error, TransientError):
             raise error from exc
         if error.context.get("code") == 1236:
+            where = f"{self._file}:{self._txn_start}"
+            if self._gtids is not None:
+                where += f", GTID state {self._gtids}"
             raise SourceConfigurationError(
-                f"{error} ({self._file}:{self._txn_start}){_PURGED_HINT}", **error.context
+                f"{error} ({where}){_PURGED_HINT}", **error.context
             ) from None
         raise error from None
 
@@ -350,7 +430,7 @@ class BinlogSource:
         if end:
             self.seen = (self._file, end)
         if self._catchup is not None and end and kind not in framing.NOT_IN_FILE:
-            self._end_catchup(end - size)
+            self._end_catchup(end - size, kind)
         try:
             if kind in framing.ROWS_OPS:
                 self._at_boundary = False
@@ -367,9 +447,10 @@ class BinlogSource:
                 event = self._parser.library_event(packet, self._maps.lib)
                 if event is not None:
                     self._query(event.query, end, timestamp, event.schema)
-            elif kind == framing.MARIADB_GTID:
-                if xa.gtid_starts_xa(data):
-                    self._group = Group((self._file, self._txn_start))
+            elif kind == framing.MARIADB_GTID or kind == framing.MYSQL_GTID:
+                self._gtid_event(data, kind, _server)
+                if kind == framing.MARIADB_GTID and xa.gtid_starts_xa(data):
+                    self._group = self._new_group()
             elif kind == framing.XA_PREPARE:
                 self._prepare(data, end, timestamp)
             elif kind == framing.ROTATE:
@@ -389,14 +470,74 @@ class BinlogSource:
             # A truncated or garbled packet: the connection is not to be trusted.
             raise TransientError(f"unreadable event of type {kind}: {exc!r}") from exc
 
+    def _gtid_event(self, data: bytes, kind: int, server_id: int) -> None:
+        """A transaction starts: take its GTID (and its weight) if GTIDs are tracked."""
+        state = self._gtids
+        self._event_no = 0
+        if state is None:
+            return
+        gtid = framing.gtid_of(data, kind, server_id)
+        self._gtid = gtid
+        self._seen = state.contains(gtid)
+        if not self._seen:
+            self._next = state.add(gtid)  # the state once this transaction is passed
+            self._weight = self._next.weight
+        elif self._catchup is None:
+            log.info("cachesync: passing over %s, handled before (GTID state %s)", gtid, state)
+
     def _boundary(self, end: int, timestamp: int) -> None:
         self._group = None
+        gtid, self._gtid = self._gtid, None
+        if gtid is not None and self._gtids is not None and not self._seen:
+            self._gtids = self._next
+        self._seen = False
         if end:
             self._txn_start = end
             self._handled = None
-            self._skip = None
+            skip = self._skip
+            # After a failover the handled transaction may come later than others.
+            if (
+                skip is None
+                or not isinstance(skip.handled, GtidPosition)
+                or skip.handled.gtid == gtid
+            ):
+                self._skip = None
         self._commit_time = float(timestamp) or self._commit_time
         self._at_boundary = True
+        if self._group_states:  # keep the states of held XA groups only
+            oldest = self._held.oldest_start
+            if oldest is None:
+                self._group_states.clear()
+            else:
+                first = BinlogPosition(*oldest)
+                for start in [s for s in self._group_states if BinlogPosition(*s) < first]:
+                    del self._group_states[start]
+
+    def _new_group(self) -> Group:
+        """An XA transaction's first phase starts here; remember its GTID state for holds."""
+        start = (self._file, self._txn_start)
+        if self._gtids is not None:
+            self._group_states[start] = self._gtids
+        return Group(start)
+
+    def _row_position(
+        self, file: str, end: int, event: int, index: int
+    ) -> BinlogPosition | GtidPosition:
+        """Row *index* of rows event *event* (ending at *end*), as this stream positions rows."""
+        if self._gtid is not None and not self._seen:
+            return GtidPosition(self._gtid, self._weight, event, index)
+        return BinlogPosition(file, end, index)
+
+    def _handled_already(
+        self, skip: ResumePoint, position: Position, file: str, end: int, index: int
+    ) -> bool:
+        """Whether the row at *position* was handled before the restart *skip* describes.
+
+        A checkpoint just upgraded from file+position names its row by offset.
+        """
+        if isinstance(skip.handled, BinlogPosition) and isinstance(position, GtidPosition):
+            return skip.already_handled(BinlogPosition(file, end, index))
+        return skip.already_handled(position)  # type: ignore[arg-type]
 
     def _query(self, query: str, end: int, timestamp: int, schema: str | None = None) -> None:
         head = query.lstrip()[:3].upper()
@@ -407,7 +548,7 @@ class BinlogSource:
             verb, xid = parsed if parsed is not None else ("", None)
             if verb == "START":  # MySQL marks an XA transaction's first phase so
                 if self._group is None:
-                    self._group = Group((self._file, self._txn_start))
+                    self._group = self._new_group()
                 return
             if verb == "END":
                 return  # not a boundary: its XA_PREPARE (or one-phase commit) follows
@@ -441,8 +582,10 @@ class BinlogSource:
         affected = tabledrops.affected(events, self._registry, self._default_schema)
         if not affected:
             return False
+        # With GTIDs the statement's own transaction places it among the changes.
+        position = self._row_position(self._file, end, 0, 0)
         self._table_statement = tabledrops.TableStatement(
-            query, BinlogPosition(self._file, end, 0), tuple(affected), end, timestamp
+            query, position, tuple(affected), end, timestamp
         )
         return True
 
@@ -509,10 +652,11 @@ class BinlogSource:
         commit_time = float(timestamp)
         for index, row in enumerate(rows):
             if reposition:
-                row = replace(
-                    row, position=BinlogPosition(file, end, index), commit_time=commit_time
-                )
-            if skip is not None and skip.already_handled(row.position):  # type: ignore[arg-type]
+                position = self._row_position(file, end, 0, index)
+                row = replace(row, position=position, commit_time=commit_time)
+                if skip is not None and self._handled_already(skip, position, file, end, index):
+                    continue
+            elif skip is not None and skip.already_handled(row.position):  # type: ignore[arg-type]
                 continue
             pending.append(row)
         self._resolving = (xid, end, timestamp)
@@ -527,13 +671,21 @@ class BinlogSource:
             self._held.resolve(xid)
         self._boundary(end, timestamp)
 
-    def _end_catchup(self, start: int) -> None:
-        """Stop catching up at the first event at or after the point this source started from."""
+    def _end_catchup(self, start: int, kind: int) -> None:
+        """Stop catching up at the first event at or after the point this source started from.
+
+        With GTIDs: at the first transaction once the state has caught up with the target's.
+        """
         target = self._catchup
         assert target is not None
-        here = BinlogPosition(self._file, start)
-        if here < BinlogPosition(target.file, target.pos):
-            return
+        if target.gtid is not None and self._gtids is not None:
+            if kind not in framing.GTID_EVENTS or not self._gtids.covers(target.gtid):
+                return
+            self._gtids = target.gtid
+        else:
+            here = BinlogPosition(self._file, start)
+            if here < BinlogPosition(target.file, target.pos):
+                return
         self._catchup = None
         self._handled = target.handled
         self._skip = target if target.handled is not None else None
@@ -556,6 +708,10 @@ class BinlogSource:
         self._maps.forget_ids()
 
     def _rows(self, packet: Any, data: bytes, kind: int, timestamp: int, end: int) -> None:
+        event_no = self._event_no  # counts every rows event: the same whatever is watched
+        self._event_no += 1
+        if self._seen:
+            return  # a transaction in the GTID state: handled before (module docstring)
         table_id = int.from_bytes(data[20:26], "little")
         table = self._maps.get(table_id)
         if table is None:
@@ -571,8 +727,15 @@ class BinlogSource:
             return  # applied before the restart: catching up only re-holds XA transactions
         else:
             pending, skip = self._pending, self._skip
-            if skip is not None and skip.handled is not None and end < skip.handled.pos:
+            handled = skip.handled if skip is not None else None
+            if isinstance(handled, BinlogPosition) and end < handled.pos:
                 return  # the whole event was handled before the restart
+            if (
+                isinstance(handled, GtidPosition)
+                and handled.gtid == self._gtid
+                and event_no < handled.event
+            ):
+                return
         op = framing.ROWS_OPS[kind]
         images = self._parser.row_images(packet, data, kind, table.decoder, self._maps.lib)
         partial: PartialRows | None = None
@@ -583,9 +746,12 @@ class BinlogSource:
         position_file = self._file
         commit_time = float(timestamp)
         schema, name = table.schema, table.name
+        row_position = self._row_position
         for index, (before, after) in enumerate(images):
-            position = BinlogPosition(position_file, end, index)
-            if skip is not None and skip.already_handled(position):
+            position = row_position(position_file, end, event_no, index)
+            if skip is not None and self._handled_already(
+                skip, position, position_file, end, index
+            ):
                 continue
             if partial is None:
                 pending.append(RowChange(op, schema, name, before, after, position, commit_time))

@@ -17,6 +17,11 @@ pipeline looked further behind every second.
   while idle, that is its own last report's write.
 * Without a report (no sidecar ever streamed with this version): the old upper
   bound from the checkpoint.
+
+With GTIDs the checkpoint's (or the report's) file may be another server's
+(after a failover): lag is then also counted in transactions, the difference of the GTID states'
+weights (exact on MySQL; on MariaDB exact while sequence numbers have no gaps),
+and bytes are shown only when the checkpoint's file is on this server.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ..errors import DecodeError
 from . import server
 from .checkpoint import CheckpointStore, ResumePoint
 from .leader import LeaderLock, lock_name
+from .positions import server_state
 
 __all__ = ["SidecarReport", "StatusReport", "collect_status", "lag_bytes"]
 
@@ -92,6 +98,7 @@ class StatusReport:
     checkpoint_updated_at: float | None
     server_position: str
     lag_bytes: int | None
+    lag_transactions: int | None
     lag_seconds: float | None
     leader_connection: int | None
     leader: str | None
@@ -113,10 +120,15 @@ class StatusReport:
                 f" ({self.leader})" if self.leader else ""
             )
         lag = "unknown (no checkpoint)"
+        parts = []
+        if self.lag_transactions is not None:
+            parts.append(f"{self.lag_transactions} transactions")
         if self.lag_bytes is not None:
-            lag = f"{self.lag_bytes} bytes"
-            if self.lag_seconds is not None:
-                lag += f", {self.lag_seconds:.1f} s"
+            parts.append(f"{self.lag_bytes} bytes")
+        if parts and self.lag_seconds is not None:
+            parts.append(f"{self.lag_seconds:.1f} s")
+        if parts:
+            lag = ", ".join(parts)
             if self.lag_from == "report":
                 lag += f" (sidecar read {self.read_position}, reported {when(self.reported_at)})"
             else:
@@ -157,6 +169,8 @@ def collect_status(
     try:
         current = server.master_status(conn)
         files = server.binary_logs(conn)
+        flavour = server.gtid_flavour(conn)
+        state = server_state(conn, flavour) if flavour is not None else None
         stored = store.load(name)
         reported = store.load(SidecarReport.store_name(name))
         point = None
@@ -183,20 +197,25 @@ def collect_status(
     finally:
         conn.close()
     now = now or time.time()
-    lag = seconds = None
+    lag = seconds = transactions = None
     report = (
         SidecarReport.decode(reported.position, reported.commit_time)
         if reported is not None
         else None
     )
+    gtid = point.gtid if point is not None else None
+    if gtid is not None and state is not None and state.flavour == gtid.flavour:
+        transactions = 0 if gtid.covers(state) else max(0, state.weight - gtid.weight)
     if report is not None and report.seen is not None:
-        seen = ResumePoint(report.seen[0], max(4, report.seen[1]))
-        lag = lag_bytes(seen, files, current)
+        if any(f.name == report.seen[0] for f in files):  # else another server's (failover)
+            seen = ResumePoint(report.seen[0], max(4, report.seen[1]))
+            lag = lag_bytes(seen, files, current)
         seconds = report.lag_seconds(now)
     elif point is not None:
         report = None
-        lag = lag_bytes(point, files, current)
-        if lag == 0:
+        if point.gtid is None or any(f.name == point.file for f in files):
+            lag = lag_bytes(point, files, current)
+        if lag == 0 or transactions == 0:
             seconds = 0.0
         elif point.commit_time is not None:
             seconds = max(0.0, now - point.commit_time)
@@ -205,8 +224,10 @@ def collect_status(
         checkpoint=stored.position if stored is not None else None,
         checkpoint_store=store.describe(),
         checkpoint_updated_at=stored.updated_at if stored is not None else None,
-        server_position=f"{current[0]}:{current[1]}",
+        server_position=f"{current[0]}:{current[1]}"
+        + (f" (GTID {state})" if state is not None else ""),
         lag_bytes=lag,
+        lag_transactions=transactions,
         lag_seconds=seconds,
         leader_connection=holder,
         leader=leader,

@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..changes import BinlogPosition
+from ..changes import BinlogPosition, GtidPosition
 from ..registry import Registry, TableSpec
 
 __all__ = ["Effect", "TableEffect", "TableEvent", "TableStatement", "affected", "table_statement"]
@@ -83,7 +83,7 @@ class TableStatement:
     statement: str
     #: The statement's own position; its version is above every change before it
     #: and below every change after it.
-    position: BinlogPosition
+    position: BinlogPosition | GtidPosition
     effects: tuple[TableEffect, ...]
     end: int
     timestamp: int

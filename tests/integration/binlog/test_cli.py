@@ -59,6 +59,9 @@ def test_listen_sigterm_status_and_reindex(binlog_env: BinlogEnv) -> None:
         assert report["leader_connection"] is not None
         assert report["checkpoint"].startswith("binlog:mysql-bin.")
         assert report["lag_bytes"] is not None and report["lag_bytes"] >= 0
+        # MariaDB: a GTID checkpoint, lag also counted in transactions.
+        assert ";mariadb=0-" in report["checkpoint"] and "(GTID 0-" in report["server_position"]
+        assert report["lag_transactions"] is not None and report["lag_transactions"] >= 0
         text = _cli(settings, "status").stdout
         for label in ("checkpoint", "server", "lag", "leader"):
             assert label in text

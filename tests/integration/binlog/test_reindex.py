@@ -94,12 +94,20 @@ def test_reindex_removes_orphans_and_keeps_newer_documents(binlog_env: BinlogEnv
     _load(env, 50)
     sink = SearchSink(env.es)
     from cachesync.actions import IndexDoc
-    from cachesync.changes import BinlogPosition
+    from cachesync.binlog.positions import current_position
+    from cachesync.changes import BinlogPosition, GtidPosition
 
-    file, pos = env.master_status()
-    future = BinlogPosition(file, pos + 10_000_000, 0)  # a change "after" the reindex position
+    file, _pos = env.master_status()
+    conn = pymysql.connect(**env.root)
+    try:
+        now = current_position(conn)  # MariaDB: a GTID position
+    finally:
+        conn.close()
+    assert isinstance(now, GtidPosition)
+    future = GtidPosition("", now.weight + 1000)  # a change "after" the reindex position
     sink.apply(
         [
+            # Written before the upgrade to GTID versions: smaller than any of them.
             IndexDoc(env.index, "9999", {"username": "ghost"}, BinlogPosition(file, 4, 0)),
             IndexDoc(env.index, "3", {"username": "newer"}, future),
         ]
