@@ -9,15 +9,19 @@ steady stream of single-row transactions, and times every key from commit to gon
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import threading
 import time
 from pathlib import Path
 
+import redis as redis_lib
 from elasticsearch import Elasticsearch
 
 from tests.integration.binlog.harness import BinlogEnv, SidecarProcess, binlog_env, wait_for
 from tests.support.search_process import search_process
+from tests.support.services import start_redis
 
 __all__ = ["binlog_env"]  # the fixture, imported for pytest
 
@@ -142,3 +146,40 @@ def _matches(env: BinlogEnv) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_documents_are_written_while_redis_is_frozen(binlog_env: BinlogEnv, tmp_path: Path) -> None:
+    """The mirror case: a frozen Redis (SIGSTOP) must not hold the document lane."""
+    env = binlog_env
+    env.sql(
+        "INSERT INTO users VALUES "
+        + ", ".join(f"({i}, 'u{i}', 'n', NULL, 0)" for i in range(1, 51))
+    )
+    cache = start_redis(dir=tmp_path / "redis")
+    try:
+        env.redis = redis_lib.Redis.from_url(cache.url, socket_timeout=5)
+        env.redis_url = cache.url
+        sidecar = SidecarProcess(
+            env.settings_env(CACHESYNC_BATCH="default"), tmp_path / "listen.log"
+        ).start()
+        sidecar.wait_for_log("streaming binlog from")
+        env.sync_point()
+        pid = cache.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            for n in range(1, 51):
+                env.sql("UPDATE users SET nickname = %s WHERE id = %s", (f"frozen-{n}", n))
+            # Every document follows while Redis still does not answer. Serially, each batch
+            # first waited out the Redis socket timeout three times (about 3 s per batch).
+            wait_for(lambda: _matches(env), 6, "the index to follow while Redis is frozen")
+            took = time.monotonic() - frozen_at
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"\n50 updates written to Elasticsearch {took:.2f} s after Redis froze")
+        env.sync_point(timeout=120)  # and the keys converge once Redis answers
+        assert sidecar.alive()
+        sidecar.terminate()
+    finally:
+        cache.stop()
