@@ -229,9 +229,11 @@ def _run_retry(args: argparse.Namespace) -> int:
     from .retry_consumer import RetryConsumer
 
     settings = _settings(args)
+    policy = RETRY_POLICIES[args.retry_policy]
+    if settings.kafka_bootstrap is None and settings.outbox_database is not None:
+        return _retry_from_outbox(settings, policy)
     bootstrap = _require_kafka(settings)
     needed_sinks(settings, default_registry, command="cachesync retry", strict_search=False)
-    policy = RETRY_POLICIES[args.retry_policy]
     if not args.no_create_topics:
         ensure_topics(
             bootstrap,
@@ -276,6 +278,29 @@ def _run_retry(args: argparse.Namespace) -> int:
         stop.set()
         if relay_thread is not None:
             relay_thread.join(timeout=30)
+        if health is not None:
+            health.close()
+    return 0
+
+
+def _retry_from_outbox(settings: Any, policy: RetryPolicy) -> int:
+    """``cachesync retry`` without Kafka: the failures the sidecar and the fast path parked
+    in the outbox table are the retry queue. The relay retries them on *policy*'s schedule
+    and moves them to the dead state after its last attempt (``cachesync dlq list``), so a
+    team without Kafka runs the same two commands as one with it."""
+    needed_sinks(settings, default_registry, command="cachesync retry", strict_search=False)
+    relay = _build_relay(settings, RelayPolicy(retry=policy))
+    log.info(
+        "cachesync retry: no kafka_bootstrap: retrying the failures parked in the outbox "
+        "table %s (%d attempts, then dead letters there: `cachesync dlq list`)",
+        relay.store.name,
+        policy.attempts,
+    )
+    heartbeat = Heartbeat()
+    health = _serve_health(settings, heartbeat)
+    try:
+        relay.run(_stop_on_signals(heartbeat))
+    finally:
         if health is not None:
             health.close()
     return 0

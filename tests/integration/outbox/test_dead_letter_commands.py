@@ -69,3 +69,45 @@ def test_list_and_redrive_dead_rows_without_kafka(tmp_path: Path) -> None:
     again = _cli("dlq", "redrive", CACHESYNC_OUTBOX_URL=url)
     assert "still poison 1" in again.stdout
     assert len(store.rows(STATE_DEAD)) == 1
+
+
+def test_retry_without_kafka_retries_the_failures_parked_in_the_outbox(tmp_path: Path) -> None:
+    """``cachesync retry`` with no ``kafka_bootstrap``: the outbox table is the retry queue."""
+    import time
+
+    import redis
+
+    from tests.support.services import start_redis
+
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    store = OutboxStore.from_url(url)
+    store.create_table()
+    cache = start_redis(dir=tmp_path / "redis")
+    client = redis.Redis.from_url(cache.url)
+    client.set("user:8", "stale")
+    store.add(KIND_FAILED, [DeleteKeys(("user:8",), BinlogPosition("mysql-bin.000001", 10))])
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
+    clean.update(CACHESYNC_OUTBOX_URL=url, CACHESYNC_REDIS_URL=cache.url)
+    log = tmp_path / "retry.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cachesync.cli", "retry", "--retry-policy", "fast"],
+            env=clean,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while client.exists("user:8") or store.rows(STATE_PENDING):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert "no kafka_bootstrap: retrying the failures parked in the outbox" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        client.close()
+        cache.stop()
+    assert proc.returncode == 0, log.read_text()
