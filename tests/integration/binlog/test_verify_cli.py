@@ -81,7 +81,7 @@ def test_verify_checks_redis_prints_the_nines_and_repairs_for_good(binlog_env: B
         index=env.index,
         id="2",
         document={"username": "bo", "nickname": "AHEAD"},
-        version=2**62,
+        version=2**62 + 2**61,  # above any version this server's GTID positions give
         version_type="external",
         refresh=True,
     )
