@@ -34,7 +34,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -65,7 +64,6 @@ from ..errors import (
     SchemaError,
     SourceConfigurationError,
     TransientError,
-    redact_url,
 )
 from ..health import Heartbeat, TurningEvent
 from ..policies import SidecarPolicy
@@ -77,66 +75,20 @@ from .lanes import Lanes
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
 from .preflight import check_services
+from .reporting import Reporting
 from .rowreader import MySQLRowReader
 from .source import BinlogSource
-from .status import SidecarReport
 from .tablepurge import TablePurge
+from .wiring import (
+    build_applier,
+    default_dead_letter_store,
+    default_failure_handler,
+    retry_path,
+)
 
 __all__ = ["Sidecar", "build_applier", "default_failure_handler"]
 
 log = logging.getLogger("cachesync.sidecar")
-
-
-def build_applier(settings: Settings, registry: Registry) -> Applier:
-    """An :class:`Applier` with the sinks the declarations need, checked at start-up."""
-    from ..connections import elasticsearch_client, needed_sinks, redis_client
-    from ..sinks import RedisSink, SearchSink
-
-    needs_redis, needs_search = needed_sinks(settings, registry, command="cachesync listen")
-    redis = (
-        RedisSink(redis_client(settings), cluster=settings.redis_cluster) if needs_redis else None
-    )
-    search = SearchSink(elasticsearch_client(settings)) if needs_search else None
-    return Applier(redis, search)
-
-
-def default_failure_handler(settings: Settings) -> FailureHandler:
-    """The retry queue: Kafka when ``kafka_bootstrap`` is set, with the outbox table
-    (``outbox_url``, else ``mysql_url``) as its fallback or, without Kafka, as the
-    whole retry path (``cachesync relay`` retries it); log-and-refuse with neither."""
-    if settings.kafka_bootstrap is None and settings.outbox_database is None:
-        return LoggingFailureHandler()
-    from ..kafka import RetryQueue
-
-    handler: FailureHandler = RetryQueue.from_settings(settings, component="sidecar")
-    return handler
-
-
-def _retry_path(settings: Settings) -> str:
-    """Where handed-off actions go, for the log line that says they went there."""
-    if settings.kafka_bootstrap is not None:
-        return f"the retry path (Kafka topic {settings.resolved_retry_topic})"
-    if settings.outbox_database is not None:
-        return "the retry path (the outbox table; `cachesync relay` retries it)"
-    return "the retry path"
-
-
-def default_dead_letter_store(settings: Settings) -> DeadLetterStore:
-    """Poison changes go to the outbox table (``outbox_url``, else ``mysql_url``), else to the log."""
-    database = settings.outbox_database
-    if database is None:
-        return LoggingDeadLetterStore()
-    from ..outbox.dead_letters import OutboxDeadLetterStore
-    from ..outbox.store import OutboxStore
-
-    return OutboxDeadLetterStore(OutboxStore.from_url(database))
-
-
-def _writes_to(spec: TableSpec, sink: str) -> bool:
-    """Whether changes of *spec*'s table lead to actions on *sink* (for the latency metric)."""
-    if sink == "redis":
-        return bool(spec.key_templates or spec.invalidates)
-    return bool(spec.projections)
 
 
 class _Unknowable(PartialDeadLetters):
@@ -163,7 +115,7 @@ class _Unknowable(PartialDeadLetters):
         return letters
 
 
-class Sidecar:
+class Sidecar(Reporting):
     """Streams the binlog into Redis and Elasticsearch; see the module docstring.
 
     ``run()`` blocks until :meth:`stop` is called (from a signal handler or
@@ -241,33 +193,6 @@ class Sidecar:
         #: Why the last attempt to lead failed (cleared once the lock server answers).
         self._trouble: str | None = None
 
-    # -- health -----------------------------------------------------------------------------
-
-    def lag_seconds(self) -> float:
-        """Seconds since the newest moment up to which every committed change was applied.
-
-        Measured against what the reader has seen (transactions of any table, and
-        the server's heartbeats while idle), never against the checkpoint's own
-        writes: about 0 while idle or when only other tables change, growing while
-        a batch is stuck or the reader falls behind. 0 for a standby.
-        """
-        through = self.applied_through
-        if not self.leading.is_set() or through is None:
-            return 0.0
-        return max(0.0, time.time() - through)
-
-    def ready(self, max_lag: float) -> tuple[bool, str]:
-        """``/readyz``: a leader with lag under *max_lag*, or a standby (its loop is alive)."""
-        if not self.leading.is_set():
-            trouble = self._trouble
-            if trouble is not None:
-                return False, f"not streaming, retrying: {redact_url(trouble)}"
-            return True, f"standby for pipeline {self.name!r} (lock {self.lock.name})"
-        lag = self.lag_seconds()
-        if lag > max_lag:
-            return False, f"leading, lag {lag:.1f}s above ready_max_lag {max_lag:g}s"
-        return True, f"leading, lag {lag:.1f}s"
-
     @classmethod
     def from_settings(
         cls,
@@ -305,7 +230,7 @@ class Sidecar:
             registry=registry,
             applier=applier,
             on_failure=ReportingFailureHandler(
-                handler, component="sidecar", target=_retry_path(settings), logger=log
+                handler, component="sidecar", target=retry_path(settings), logger=log
             ),
             dead_letters=default_dead_letter_store(settings),
             store=checkpoint_store(settings.checkpoint_url, mysql_url),
@@ -630,49 +555,6 @@ class Sidecar:
         lanes.submit((), source.resume_point, 0)  # nothing owed: settles at once
         self._save_settled(lanes, force=True)
         return True
-
-    def _track_applied(self, lanes: Lanes, source: BinlogSource) -> None:
-        """How far the pipeline is applied, for the honest lag: everything the reader has
-        seen once the lanes owe nothing, else what the ledger has settled."""
-        through = lanes.ledger.through() if lanes.ledger.owing() else source.read_through
-        if through is not None:
-            self.applied_through = max(self.applied_through or 0.0, through)
-
-    def _observer(self, batch: Sequence[RowChange]) -> Callable[[str], None]:
-        """What a lane calls once it applied its part of *batch*: the latency histogram."""
-        # Rows sharing a table and a commit time (whole seconds) share one observation.
-        groups = Counter(
-            (c.schema, c.table, c.commit_time) for c in batch if c.commit_time is not None
-        )
-        registry = self.registry
-
-        def applied(lane: str) -> None:
-            sink = "redis" if lane == Lanes.KEYS else "elasticsearch"
-            now = time.time()
-            for (schema, table, commit_time), count in groups.items():
-                spec = registry.get(schema, table)
-                if spec is not None and commit_time is not None and _writes_to(spec, sink):
-                    latency = max(0.0, now - commit_time)
-                    metrics.observe("invalidation_latency_seconds", latency, count, sink=sink)
-
-        return applied
-
-    def _report(self, source: BinlogSource) -> None:
-        """Save the status record :mod:`.status` reads, at most every ``SidecarReport.INTERVAL``.
-
-        Another process (``cachesync status``) cannot ask this one for its lag, so
-        the sidecar writes it next to the checkpoint: what it has seen and how far
-        it has applied. A stale record means the sidecar stopped reporting.
-        """
-        now = time.time()
-        if now - self._reported < SidecarReport.INTERVAL:
-            return
-        self._reported = now
-        report = SidecarReport(source.seen, now, self.applied_through)
-        try:
-            self.store.save(report.store_name(self.name), report.encode(), self.applied_through)
-        except TransientError as exc:
-            log.debug("cachesync: status report not saved (%s)", exc)
 
     def _idle_save_due(self, point: ResumePoint, since_save: float) -> bool:
         saved = self.saved
