@@ -102,7 +102,8 @@ class Env:
 
 
 class Listen:
-    """``cachesync listen`` as a child process watching *schema* (bench/models.py)."""
+    """``cachesync listen`` (or another *command*) as a child process watching *schema*
+    (bench/models.py)."""
 
     def __init__(
         self,
@@ -113,9 +114,11 @@ class Listen:
         projection: bool = False,
         batch: str | None = None,
         extra: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("listen",),
     ) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.log = LOGS / f"{schema}.log"
+        self.command = command
+        self.log = LOGS / f"{schema}-{command[0]}.log"
         self.environ = dict(os.environ)
         self.environ.pop("CACHESYNC_KAFKA_BOOTSTRAP", None)
         self.environ.pop("CACHESYNC_CHECKPOINT_URL", None)
@@ -147,7 +150,7 @@ class Listen:
     def start(self) -> Listen:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cachesync.cli", "listen"],
+                [sys.executable, "-m", "cachesync.cli", *self.command],
                 env=self.environ,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
