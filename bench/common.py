@@ -165,7 +165,9 @@ class Listen:
         return self.proc.pid
 
     def wait_streaming(self, timeout: float = 60.0) -> None:
-        wait_for(lambda: "streaming binlog from" in self._output(), timeout, "the sidecar to stream")
+        wait_for(
+            lambda: "streaming binlog from" in self._output(), timeout, "the sidecar to stream"
+        )
 
     def _output(self) -> str:
         if self.proc is not None and self.proc.poll() is not None:

@@ -48,7 +48,9 @@ def machine() -> dict[str, Any]:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
     except OSError:
         return "?"
 
@@ -188,7 +190,14 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", f"Recovery: {r['summary']}"]
     for name in ("reads", "writepath"):
         if results.get(name):
-            lines += ["", f"`bench/{name}.py` (imported, same run):", "", "```", results[name].strip(), "```"]
+            lines += [
+                "",
+                f"`bench/{name}.py` (imported, same run):",
+                "",
+                "```",
+                results[name].strip(),
+                "```",
+            ]
     if results.get("profile_text"):
         lines += ["", "py-spy on `cachesync listen` during the keys-only catch-up (self time):",
                   "", "```", results["profile_text"].strip(), "```"]  # fmt: skip

@@ -26,7 +26,8 @@ def run(env: Env, quick: bool) -> list[dict[str, Any]]:
     index = "bench-search-sink"
     es.options(ignore_status=404).indices.delete(index=index)
     actions = [
-        IndexDoc(index, str(i), _doc(i), BinlogPosition("mysql-bin.000001", 4 + i)) for i in range(docs)
+        IndexDoc(index, str(i), _doc(i), BinlogPosition("mysql-bin.000001", 4 + i))
+        for i in range(docs)
     ]
     sink = SearchSink(es)
     started = time.perf_counter()
@@ -41,7 +42,9 @@ def run(env: Env, quick: bool) -> list[dict[str, Any]]:
         es.index(index=index, id=str(i), document=_doc(i), version=i + 1, version_type="external")
     one_rate = single / (time.perf_counter() - started)
     es.options(ignore_status=404).indices.delete(index=index)
-    print(f"  SearchSink {sink_rate:9,.0f} docs/s   one index call per document {one_rate:9,.0f} docs/s")
+    print(
+        f"  SearchSink {sink_rate:9,.0f} docs/s   one index call per document {one_rate:9,.0f} docs/s"
+    )
     return [
         figure("search_sink", "Elasticsearch docs/s through SearchSink", sink_rate, "docs/s",
                "one index call per document", one_rate)

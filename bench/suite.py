@@ -67,7 +67,9 @@ def _imported(name: str, quick: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="scripts/bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small workloads: a few minutes")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if "bigtxn" in chosen:
         results["big_transactions"] = bigtxn.run(env, args.quick)
     if "recovery" in chosen:
-        seconds = args.outage_seconds if args.outage_seconds is not None else (8 if args.quick else 30)
+        seconds = (
+            args.outage_seconds if args.outage_seconds is not None else (8 if args.quick else 30)
+        )
         results["recovery"] = recovery.run(env, seconds)
     for name in ("reads", "writepath"):
         if name in chosen:
