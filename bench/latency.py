@@ -80,8 +80,11 @@ def run_one(env: Env, preset: str | None, rate: int, seconds: float) -> dict[str
                 pause = due - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
-                cur.execute(f"UPDATE {table} SET nickname = 'n{n}' WHERE id = {n + 1}")
+                # Timed from just before the autocommit statement is sent: the server
+                # commits somewhere inside the round trip, and the sidecar's delete can
+                # arrive before this thread even sees the reply (an upper bound, never < 0).
                 committed[keys[n]] = time.perf_counter()
+                cur.execute(f"UPDATE {table} SET nickname = 'n{n}' WHERE id = {n + 1}")
         achieved = total / (time.perf_counter() - started)
         conn.close()
         deadline = time.monotonic() + 30
