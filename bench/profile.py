@@ -53,8 +53,7 @@ def summary(path: Path, top: int = 12) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        thread = frames[0].split(" ")[0].strip('"') if frames else "?"
-        thread = frames[0]
+        thread = frames[0]  # py-spy --threads: 'thread (TID): NAME'
         names = [_short(f) for f in frames[1:]]
         n = int(count)
         totals[thread] += n
@@ -83,6 +82,6 @@ def show(report: dict[str, Any], lines: int = 8) -> None:
     for thread, data in report.items():
         if data["samples"] < 20:
             continue
-        print(f"  thread {thread}: {data['samples']} samples")
+        print(f"  {thread}: {data['samples']} samples")
         for func, share in data["self"][:lines]:
             print(f"    self {share:6.1%}  {func}")
