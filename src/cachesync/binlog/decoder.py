@@ -120,8 +120,20 @@ def _string_decoder(column: Any) -> Decode | None:
     except LookupError:
         return None
     if codec in ("cp1252", "latin-1", "iso8859-1"):
-        return values.mysql_latin1
+        return _latin1
     return _codec(codec)
+
+
+#: MySQL ``latin1`` as one 256-character decoding table, built from
+#: :func:`cachesync.values.mysql_latin1` itself so the two cannot disagree.
+#: ``codecs.charmap_decode`` runs in C; ``str.translate`` with a dict looks every
+#: character up in Python, which was a fifth of the sidecar's reading thread in a
+#: py-spy profile of a catch-up (bench/README.md).
+_LATIN1_TABLE = "".join(values.mysql_latin1(bytes([b])) for b in range(256))
+
+
+def _latin1(raw: bytes) -> str:
+    return codecs.charmap_decode(raw, "strict", _LATIN1_TABLE)[0]
 
 
 def _codec(codec: str) -> Decode:

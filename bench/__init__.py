@@ -1,0 +1,1 @@
+"""cachesync's benchmark suite (``scripts/bench`` / ``python -m bench``); never part of the tests."""

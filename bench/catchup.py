@@ -1,0 +1,209 @@
+"""Catch-up throughput of ``cachesync listen`` (a process) vs the raw library read.
+
+The sidecar streams, is paused (SIGSTOP) while a backlog of 1000-row UPDATE
+transactions is written, then resumed (SIGCONT): the time from SIGCONT until
+the last transaction's effects are visible (its key gone from Redis, its
+document in Elasticsearch; lanes apply in binlog order, so all before it is
+applied too) is the catch-up time. The baseline is python-mysql-replication's
+stock ``BinLogStreamReader`` decoding the same binlog range (same tables
+filter), measured in the same run; with a projection, also
+``elasticsearch.helpers.bulk`` alone indexing the same documents.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench import models
+from bench.common import Env, Listen, raw_read, sync_point, wait_for
+
+TX_ROWS = 1000
+
+
+def figure(
+    fid: str, title: str, value: float, unit: str, baseline: str, base: float, **extra: Any
+) -> dict[str, Any]:
+    """One result beside its baseline of the same run; ``ratio`` = value / baseline."""
+    return {
+        "id": fid,
+        "title": title,
+        "value": round(value, 2),
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": round(base, 2),
+        "ratio": round(value / base, 3) if base else None,
+        **extra,
+    }
+
+
+def _backlog(
+    env: Env, schema: str, tables: int, rows_per_table: int, unwatched_share: int = 0
+) -> tuple[int, int]:
+    """Write the backlog: 1000-row renaming UPDATEs, round-robin over the tables; with
+    *unwatched_share* = k, k transactions of the unwatched table ``other`` per watched
+    one. Returns (watched rows, all rows)."""
+    conn = env.connect()
+    watched = total = 0
+    with conn.cursor() as cur:
+        for first in range(0, rows_per_table, TX_ROWS):
+            for t in range(tables):
+                cur.execute(
+                    f"UPDATE {schema}.{models.table_name(t)} SET user_name = "
+                    f"CONCAT('r{first}-', id) WHERE id >= {first} AND id < {first + TX_ROWS}"
+                )
+                watched += cur.rowcount
+                total += cur.rowcount
+                for _ in range(unwatched_share):
+                    cur.execute(
+                        f"UPDATE {schema}.other SET user_name = CONCAT(user_name, '+') "
+                        f"WHERE id >= {first} AND id < {first + TX_ROWS}"
+                    )
+                    total += cur.rowcount
+    conn.close()
+    return watched, total
+
+
+def catch_up(
+    env: Env,
+    name: str,
+    *,
+    rows: int,
+    tables: int = 1,
+    projection: bool = False,
+    unwatched_share: int = 0,
+    profile: Any = None,
+) -> dict[str, Any]:
+    """One catch-up run; returns rates (rows/s) of the sidecar and the raw read."""
+    schema = f"bench_{name}"
+    per_table = max(TX_ROWS, rows // tables)
+    env.fresh_schema(schema, tables, per_table)
+    if unwatched_share:
+        env.sql(models.DDL.format(table=f"{schema}.other"))
+        env.insert(f"{schema}.other", per_table)
+    es = env.es() if projection else None
+    if es is not None:
+        for t in range(tables):
+            es.options(ignore_status=404).indices.delete(index=models.index_name(schema, t))
+    listen = Listen(env, schema, tables=tables, projection=projection)
+    with listen:
+        listen.wait_streaming()
+        sync_point(env, schema)
+        listen.pause()
+        start = env.master_status()
+        watched, total = _backlog(env, schema, tables, per_table, unwatched_share)
+        end = env.master_status()
+        # The last transaction is the last watched table's last 1000 rows.
+        last_table, last_id = tables - 1, per_table - 1
+        last_key = models.key_by_id(schema, last_table, last_id)
+        env.redis.set(last_key, "stale")
+        last_index = models.index_name(schema, last_table)
+        profiler = profile(listen.pid) if profile is not None else None
+        started = time.perf_counter()
+        listen.resume()
+
+        def done() -> bool:
+            if env.redis.exists(last_key):
+                return False
+            if es is None:
+                return True
+            doc = es.options(ignore_status=404).get(index=last_index, id=str(last_id))
+            return bool(doc.get("found")) and str(doc["_source"]["username"]).startswith("r")
+
+        wait_for(done, 600, f"{name}: the sidecar to catch up", poll=0.002 if es is None else 0.01)
+        elapsed = time.perf_counter() - started
+        if profiler is not None:
+            profiler.finish()
+    raw_rows, raw_seconds = raw_read(
+        env, schema, [models.table_name(t) for t in range(tables)], start, end
+    )
+    if raw_rows != watched:
+        raise SystemExit(f"{name}: the raw read saw {raw_rows} rows, {watched} were written")
+    result = {
+        "rows": total,
+        "watched_rows": watched,
+        "sidecar_seconds": elapsed,
+        "sidecar_rows_per_s": total / elapsed,
+        "raw_seconds": raw_seconds,
+        "raw_rows_per_s": total / raw_seconds,
+    }
+    if es is not None:
+        result.update(bulk_baseline(env, schema, per_table))
+    env.drop(schema)
+    return result
+
+
+def bulk_baseline(env: Env, schema: str, rows: int) -> dict[str, Any]:
+    """``helpers.bulk`` alone indexing the same documents (external versions) into a
+    fresh index of the same server: the rate the search sink cannot beat."""
+    from elasticsearch import helpers
+
+    es = env.es()
+    index = f"{schema.lower()}-bulk-baseline"
+    es.options(ignore_status=404).indices.delete(index=index)
+    docs = (
+        {
+            "_op_type": "index",
+            "_index": index,
+            "_id": str(i),
+            "version": i + 1,
+            "version_type": "external",
+            "_source": {"username": f"r-{i}", "nickname": f"nick-{i}", "email": f"u{i}@x.org"},
+        }
+        for i in range(rows)
+    )
+    started = time.perf_counter()
+    helpers.bulk(es, docs, chunk_size=1000)
+    seconds = time.perf_counter() - started
+    es.options(ignore_status=404).indices.delete(index=index)
+    return {"bulk_seconds": seconds, "bulk_docs_per_s": rows / seconds}
+
+
+def run(env: Env, quick: bool, profile: Any = None) -> list[dict[str, Any]]:
+    """Every throughput figure: keys only, with a projection, 90% unwatched, 1/10/100 tables."""
+    rows = 30_000 if quick else 100_000
+    figures = []
+    print(f"\ncatch-up of a backlog of 1000-row transactions ({rows:,} rows), cachesync listen:")
+    keys = catch_up(env, "keys", rows=rows, profile=profile)
+    _say("keys only", keys)
+    figures.append(
+        figure("catchup_keys", "catch-up, keys only (rows/s)", keys["sidecar_rows_per_s"],
+               "rows/s", "raw library read", keys["raw_rows_per_s"], goal=1.5)
+    )  # fmt: skip
+    proj = catch_up(env, "proj", rows=rows // 2, projection=True)
+    _say("with a projection", proj)
+    figures.append(
+        figure("catchup_projection", "catch-up with a projection (rows/s)",
+               proj["sidecar_rows_per_s"], "rows/s", "helpers.bulk alone (docs/s)",
+               proj["bulk_docs_per_s"], goal=0.9)
+    )  # fmt: skip
+    figures.append(
+        figure("catchup_projection_vs_raw", "catch-up with a projection vs raw read",
+               proj["sidecar_rows_per_s"], "rows/s", "raw library read", proj["raw_rows_per_s"])
+    )  # fmt: skip
+    unw = catch_up(env, "unwatched", rows=rows // 10 if quick else rows // 5, unwatched_share=9)
+    _say("90% of the binlog unwatched", unw)
+    figures.append(
+        figure("catchup_unwatched", "catch-up, 90% of the binlog from unwatched tables "
+               "(binlog rows/s)", unw["sidecar_rows_per_s"], "rows/s", "raw library read",
+               unw["raw_rows_per_s"])
+    )  # fmt: skip
+    for n in (1, 10, 100):
+        res = catch_up(env, f"tables{n}", rows=max(rows, n * TX_ROWS), tables=n)
+        _say(f"{n} watched table(s)", res)
+        figures.append(
+            figure(f"catchup_tables_{n}", f"catch-up, {n} watched table(s) (rows/s)",
+                   res["sidecar_rows_per_s"], "rows/s", "raw library read",
+                   res["raw_rows_per_s"])
+        )  # fmt: skip
+    return figures
+
+
+def _say(label: str, r: dict[str, Any]) -> None:
+    extra = f", helpers.bulk {r['bulk_docs_per_s']:,.0f} docs/s" if "bulk_docs_per_s" in r else ""
+    print(
+        f"  {label:32} sidecar {r['sidecar_rows_per_s']:9,.0f} rows/s ({r['sidecar_seconds']:.2f}s)"
+        f"  raw read {r['raw_rows_per_s']:9,.0f} rows/s  ratio {r['sidecar_rows_per_s'] / r['raw_rows_per_s']:.2f}"
+        f"{extra}",
+        flush=True,
+    )
