@@ -19,6 +19,7 @@ from pymysqlreplication.event import XidEvent
 from pymysqlreplication.row_event import UpdateRowsEvent
 
 from cachesync.binlog.checkpoint import ResumePoint, checkpoint_store
+from cachesync.changes import GtidPosition
 from tests.integration.binlog.harness import (
     BinlogEnv,
     SidecarProcess,
@@ -50,14 +51,19 @@ def _rows_after(env: BinlogEnv, point: ResumePoint, end: tuple[str, int]) -> int
         is_mariadb=False,
         enable_logging=False,
     )
-    after = 0
+    handled = point.handled
+    after = event_no = 0
     try:
         for event in reader:
             if isinstance(event, UpdateRowsEvent):
-                event_end = event.packet.log_pos
+                # A GTID checkpoint names the row by rows event number inside the
+                # transaction (which starts at point.pos); a file one by the event's end.
+                here = event_no if isinstance(handled, GtidPosition) else event.packet.log_pos
+                last = handled.event if isinstance(handled, GtidPosition) else handled.pos
                 for index, _row in enumerate(event.rows):
-                    if (event_end, index) > (point.handled.pos, point.handled.row):
+                    if (here, index) > (last, handled.row):
                         after += 1
+                event_no += 1
             if (reader.log_file, reader.log_pos) >= end:
                 break
     finally:
