@@ -55,7 +55,7 @@ from ...errors import ConfigurationError
 from ...fastpath import FastPath, sync_enabled
 from ...transactions import Collected, LevelStack
 from .declare import declared_for
-from .images import after_image, before_image, collect_change
+from .images import after_image, before_image, collect_change, needs_zone
 from .outbox import write_intents
 
 __all__ = ["HookConfig", "install", "installed", "uninstall"]
@@ -129,6 +129,18 @@ _listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]]
     weakref.WeakKeyDictionary()
 )
 _mapper_events_installed = False
+#: Session class -> its owner among the installed classes (None: not installed); a cache
+#: of the MRO walk each listener call made, cleared by install() and uninstall().
+_class_owners: weakref.WeakKeyDictionary[type, Callable[[], Any]] = weakref.WeakKeyDictionary()
+
+
+def _no_owner() -> None:
+    """The cached answer "no installed target covers this class"."""
+    return None
+
+
+#: Whether some Session INSTANCE was ever installed: only then is the session itself looked up.
+_instance_installs = False
 
 
 def _key_of(target: Any) -> Session | type[Session]:
@@ -158,9 +170,17 @@ def _owner(session: Session) -> Any:
     Listeners registered on ``Session`` also fire for sessions of an installed
     subclass; each handler runs only for its owner so nothing is collected twice.
     """
-    if session in _configs:
+    if _instance_installs and session in _configs:
         return session
-    return next((c for c in type(session).__mro__ if c in _configs), None)
+    cls = type(session)
+    cached = _class_owners.get(cls)
+    if cached is not None:
+        return cached()
+    with _lock:  # under the lock: an install() meanwhile cannot leave a stale answer behind
+        owner = next((c for c in cls.__mro__ if c in _configs), None)
+        # A weak reference: the owner is often cls itself, which the cache must not keep alive.
+        _class_owners[cls] = _no_owner if owner is None else weakref.ref(owner)
+    return owner
 
 
 def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
@@ -251,8 +271,12 @@ def _after_flush(session: Session) -> None:
             continue
         try:
             if state.mapper not in dialects:
-                dialects[state.mapper] = _dialect(session, state.mapper)
-                connections[state.mapper] = _connection(session, state.mapper)
+                dialect = dialects[state.mapper] = _dialect(session, state.mapper)
+                # Only a TIMESTAMP column needs the connection (its session time zone);
+                # asking the session for it costs more than rendering the keys.
+                connections[state.mapper] = (
+                    _connection(session, state.mapper) if needs_zone(declared, dialect) else None
+                )
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
@@ -383,6 +407,8 @@ def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
             _after_commit(session)
 
     def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.origin is SessionTransactionOrigin.SUBTRANSACTION:
+            return  # flush()'s internal transaction ends in every commit: nothing to look up
         config = _config_for(ref, session)
         if config is not None:
             _after_transaction_end(session, transaction, config)
@@ -452,9 +478,12 @@ def install(
         )
     key = _key_of(target)
     config = HookConfig(outbox=outbox, fast_path=fast_path, max_bulk_rows=max_bulk_rows)
+    global _instance_installs
     with _lock:
         _install_mapper_events()
         _configs[key] = config
+        _class_owners.clear()
+        _instance_installs = _instance_installs or isinstance(key, Session)
         if key not in _listeners:
             listeners = _make_listeners(key)
             for name, fn in listeners:
@@ -468,6 +497,7 @@ def uninstall(target: SessionTarget = Session) -> None:
     key = _key_of(target)
     with _lock:
         _configs.pop(key, None)
+        _class_owners.clear()
         for name, fn in _listeners.pop(key, []):
             event.remove(key, name, fn)
 

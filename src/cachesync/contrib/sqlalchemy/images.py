@@ -41,6 +41,7 @@ __all__ = [
     "before_image",
     "collect_change",
     "instance_row",
+    "needs_zone",
     "session_zone",
     "stored_row",
     "stored_value",
@@ -149,6 +150,14 @@ def _zone(connection: Connection | None) -> dt.tzinfo | None:
     except Exception as exc:  # a failed lookup must not break the flush
         log.debug("cachesync: session time zone unknown: %s", exc)
         return None
+
+
+def needs_zone(declared: Declared, dialect: Dialect | None) -> bool:
+    """Whether *declared* has a MySQL/MariaDB ``TIMESTAMP`` column: only then does
+    :func:`stored_row` ask the connection for its session time zone."""
+    if dialect is None or not _mysql(dialect):
+        return False
+    return any(column_type(c.type, dialect).kind == "timestamp" for c in declared.columns.values())
 
 
 def session_zone(declared: Declared, connection: Connection | None) -> dt.tzinfo | None:
