@@ -284,7 +284,6 @@ def run(
     ``"django"`` in *orms*.
     """
     import pymysql
-
     from tests.support import services
 
     services.start_all()
