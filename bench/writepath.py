@@ -5,8 +5,8 @@ Run from the repository root (the private services are started if needed)::
     .venv/bin/python bench/writepath.py [--rounds 7] [--commits 400]
 
 Two loops per ORM, in one process, against the private MariaDB and Redis,
-interleaved round by round (baseline, cachesync, baseline, ...) so that the
-load of a shared machine falls on both alike:
+interleaved (within each round the loops alternate every 25 commits) so that
+the load of a shared machine falls on both alike:
 
 * SQLAlchemy, baseline: ``item.name = ...; session.commit(); redis.delete(key)``
   on a model that is not declared; cachesync: the same table through a declared
@@ -61,11 +61,12 @@ def _median_figures(baseline: list[float], synced: list[float]) -> dict[str, Any
     }
 
 
-def _rate(loop: Callable[[int], None], commits: int) -> float:
-    started = time.perf_counter()
-    for i in range(commits):
+def _timed(loop: Callable[[int], None], start: int, count: int) -> tuple[float, float]:
+    """Wall and CPU seconds of *count* iterations of *loop*."""
+    cpu, started = time.process_time(), time.perf_counter()
+    for i in range(start, start + count):
         loop(i)
-    return commits / (time.perf_counter() - started)
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def _interleave(
@@ -75,23 +76,46 @@ def _interleave(
     commits: int,
     label: str,
     say: Callable[[str], None],
+    block: int = 25,
 ) -> dict[str, Any]:
-    _rate(baseline, commits // 4)  # warm both paths (connections, statement caches)
-    _rate(synced, commits // 4)
+    """tx/s of both loops per round; within a round they alternate every *block* commits.
+
+    This machine is shared: a burst of someone else's load lasts a fraction of a
+    second to seconds. Short alternating blocks let a burst fall on both loops
+    alike, so the per-round ratio measures cachesync, not the neighbours.
+    """
+    _timed(baseline, 0, commits // 4)  # warm both paths (connections, statement caches)
+    _timed(synced, 0, commits // 4)
     base_rates, sync_rates = [], []
+    base_cpu: list[float] = []
+    sync_cpu: list[float] = []
     for n in range(rounds):
-        # Alternate which loop goes first: a drift within a round falls on both.
-        if n % 2:
-            s = _rate(synced, commits)
-            b = _rate(baseline, commits)
-        else:
-            b = _rate(baseline, commits)
-            s = _rate(synced, commits)
+        spent = {"baseline": 0.0, "synced": 0.0}
+        cpu = {"baseline": 0.0, "synced": 0.0}
+        done = 0
+        while done < commits:
+            count = min(block, commits - done)
+            pair = [("baseline", baseline), ("synced", synced)]
+            if (done // block + n) % 2:
+                pair.reverse()  # alternate which loop goes first
+            for name, loop in pair:
+                wall, used = _timed(loop, done, count)
+                spent[name] += wall
+                cpu[name] += used
+            done += count
+        b, s = commits / spent["baseline"], commits / spent["synced"]
         base_rates.append(b)
         sync_rates.append(s)
+        base_cpu.append(cpu["baseline"] / commits * 1e6)
+        sync_cpu.append(cpu["synced"] / commits * 1e6)
         say(f"  {label} round {n + 1}: baseline {b:7.1f} tx/s  cachesync {s:7.1f} tx/s  "
-            f"ratio {s / b:.3f}")  # fmt: skip
-    return _median_figures(base_rates, sync_rates)
+            f"ratio {s / b:.3f}  (CPU {base_cpu[-1]:.0f} vs {sync_cpu[-1]:.0f} us/commit)")  # fmt: skip
+    figures = _median_figures(base_rates, sync_rates)
+    # CPU per commit (this process, all threads): the part of the cost cachesync's code
+    # adds, free of the I/O waits that a loaded machine stretches.
+    figures["baseline_cpu_us"] = round(statistics.median(base_cpu), 1)
+    figures["cachesync_cpu_us"] = round(statistics.median(sync_cpu), 1)
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{orm:10}  ratio {f['ratio']:.3f} ({f['slower_pct']:+.1f}% slower)  "
               f"baseline {f['baseline_tx_s']:7.1f} tx/s  cachesync {f['cachesync_tx_s']:7.1f} tx/s"
+              f"  CPU {f['baseline_cpu_us']:.0f} vs {f['cachesync_cpu_us']:.0f} us/commit"
               f"  (median of {args.rounds} rounds)")  # fmt: skip
     if args.json:
         print(json.dumps(figures, indent=2))

@@ -129,18 +129,12 @@ _listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]]
     weakref.WeakKeyDictionary()
 )
 _mapper_events_installed = False
-#: Session class -> its owner among the installed classes (None: not installed); a cache
-#: of the MRO walk each listener call made, cleared by install() and uninstall().
-_class_owners: weakref.WeakKeyDictionary[type, Callable[[], Any]] = weakref.WeakKeyDictionary()
-
-
-def _no_owner() -> None:
-    """The cached answer "no installed target covers this class"."""
-    return None
-
-
-#: Whether some Session INSTANCE was ever installed: only then is the session itself looked up.
-_instance_installs = False
+#: Bumped by install() and uninstall(): a session's cached owner (below) is then stale.
+_generation = 0
+#: Where a session caches ``(generation, weakref to its owner, the owner's HookConfig)``:
+#: every listener call asks, several times per commit, and the lookup walked the MRO
+#: through weak dictionaries each time.
+OWNER_KEY = "cachesync.sqlalchemy.owner"
 
 
 def _key_of(target: Any) -> Session | type[Session]:
@@ -170,24 +164,27 @@ def _owner(session: Session) -> Any:
     Listeners registered on ``Session`` also fire for sessions of an installed
     subclass; each handler runs only for its owner so nothing is collected twice.
     """
-    if _instance_installs and session in _configs:
+    if session in _configs:
         return session
-    cls = type(session)
-    cached = _class_owners.get(cls)
-    if cached is not None:
-        return cached()
-    with _lock:  # under the lock: an install() meanwhile cannot leave a stale answer behind
-        owner = next((c for c in cls.__mro__ if c in _configs), None)
-        # A weak reference: the owner is often cls itself, which the cache must not keep alive.
-        _class_owners[cls] = _no_owner if owner is None else weakref.ref(owner)
-    return owner
+    return next((c for c in type(session).__mro__ if c in _configs), None)
 
 
 def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
+    """*key*'s configuration if *key* (the listener's target) is *session*'s owner, else None."""
     key = key_ref()
-    if key is None or _owner(session) is not key:
+    if key is None:
         return None
-    return _configs.get(key)
+    info = session.info
+    cached = info.get(OWNER_KEY)
+    if cached is None or cached[0] != _generation:
+        generation = _generation  # read first: an install() meanwhile makes this entry stale
+        with _lock:
+            owner = _owner(session)
+            config = _configs.get(owner) if owner is not None else None
+        # Weakly: the owner may be the session itself, which its info must not keep alive.
+        cached = info[OWNER_KEY] = (generation, None if owner is None else weakref.ref(owner), config)
+    owner_ref = cached[1]
+    return cached[2] if owner_ref is not None and owner_ref() is key else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,12 +475,11 @@ def install(
         )
     key = _key_of(target)
     config = HookConfig(outbox=outbox, fast_path=fast_path, max_bulk_rows=max_bulk_rows)
-    global _instance_installs
+    global _generation
     with _lock:
         _install_mapper_events()
         _configs[key] = config
-        _class_owners.clear()
-        _instance_installs = _instance_installs or isinstance(key, Session)
+        _generation += 1
         if key not in _listeners:
             listeners = _make_listeners(key)
             for name, fn in listeners:
@@ -495,9 +491,10 @@ def install(
 def uninstall(target: SessionTarget = Session) -> None:
     """Remove what :func:`install` added for *target* (tests, reconfiguration)."""
     key = _key_of(target)
+    global _generation
     with _lock:
         _configs.pop(key, None)
-        _class_owners.clear()
+        _generation += 1
         for name, fn in _listeners.pop(key, []):
             event.remove(key, name, fn)
 
