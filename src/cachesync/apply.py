@@ -169,6 +169,12 @@ def hand_off(report: ApplyReport, handler: FailureHandler) -> int:
 
 def _count_actions(report: ApplyReport) -> None:
     """``actions_total{sink,result}``: per key on Redis, per document on Elasticsearch."""
+    if not report.failures:  # the common case, the fast path's every commit: applied only
+        if report.keys_deleted:
+            metrics.inc("actions_total", report.keys_deleted, sink="redis", result="applied")
+        if report.documents:
+            metrics.inc("actions_total", report.documents, sink="elasticsearch", result="applied")
+        return
     failed_keys = sum(
         len(f.action.keys) for f in report.failures if isinstance(f.action, DeleteKeys)
     )

@@ -48,6 +48,7 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
+from sqlalchemy.orm.attributes import instance_state
 
 from ... import fastpath
 from ...changes import Op
@@ -195,7 +196,7 @@ def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | Non
 def _record(op: Op, target: Any) -> None:
     if declared_for(type(target)) is None or not sync_enabled():
         return
-    state = sa_inspect(target)
+    state = instance_state(target)  # what inspect() returns, without its registry lookup
     session = state.session
     st = _state(session) if session is not None else None
     if st is not None and st.flushing:
