@@ -181,6 +181,8 @@ def collect_change(
     path. ``intents=False`` renders the templates only: the caller knows just one
     side of an update and must not present it to ``invalidates()`` as a delete.
     """
+    if before is not None and spec.invalidates is None and before == after:
+        before = None  # an update that kept every key field: one image renders the same keys
     complete = _complete(before, needed) and _complete(after, needed)
     if complete and intents:
         level.add_change(spec, before, after)

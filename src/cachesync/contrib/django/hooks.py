@@ -147,7 +147,7 @@ def _post_save(
         before = None if created else befores.get(table.label)
         if before is _SAME:
             before = after
-        collect(using, table, before, after)
+        collect(using, table, before, after, connection=connection)
 
 
 def _pre_delete(sender: Any, instance: Any, using: str = "default", **kwargs: Any) -> None:
