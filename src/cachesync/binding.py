@@ -181,6 +181,10 @@ def collect_change(
     path. ``intents=False`` renders the templates only: the caller knows just one
     side of an update and must not present it to ``invalidates()`` as a delete.
     """
+    if before is after and spec.invalidates is None:
+        # One image given as both (Django: the update touched no key field): render it once.
+        # Identity, not equality: values can compare equal and still render apart.
+        before = None
     complete = _complete(before, needed) and _complete(after, needed)
     if complete and intents:
         level.add_change(spec, before, after)

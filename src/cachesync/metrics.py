@@ -195,6 +195,9 @@ class _State:
         self.gauges: dict[str, Callable[[], float]] = {}
         self.registry: Any = None
         self.collectors: dict[str, Any] = {}
+        #: (name, label values) -> the Prometheus child: ``labels()`` validates and builds its
+        #: key at every call, which cost more than the increment on the after-commit fast path.
+        self.children: dict[tuple[str, tuple[str, ...]], Any] = {}
         if _prom is None:
             return
         self.registry = _prom.CollectorRegistry(auto_describe=True)
@@ -243,13 +246,20 @@ def _check(name: str, kind: str, labels: dict[str, str]) -> Metric:
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
     """Add *amount* to counter *name* (with the catalogue's *labels*)."""
-    _check(name, "counter", labels)
+    metric = _check(name, "counter", labels)
     with _lock:
         state = _state
         state.counts[name] += amount
     collector = state.collectors.get(name)
-    if collector is not None and amount:
-        (collector.labels(**labels) if labels else collector).inc(amount)
+    if collector is None or not amount:
+        return
+    if labels:
+        key = (name, tuple(labels[k] for k in metric.labels))
+        child = state.children.get(key)
+        if child is None:
+            child = state.children[key] = collector.labels(**labels)
+        collector = child
+    collector.inc(amount)
 
 
 def observe(name: str, value: float, count: int = 1, **labels: str) -> None:

@@ -12,7 +12,7 @@ from django.db.models import signals
 from django.test.utils import CaptureQueriesContext
 
 from cachesync.codec import decode_actions
-from cachesync.contrib.django import no_sync
+from cachesync.contrib.django import no_sync, register, unregister
 from cachesync.fastpath import fast_path
 from cachesync.outbox.schema import KIND_INTENT, STATE_PENDING
 from tests.contrib.django.testapp.models import (
@@ -212,6 +212,30 @@ def test_update_fields_that_touch_no_key_skip_the_before_read(clean: Any, author
     )
     assert present(clean, f"tag:{tag.pk}", "tag:by-name:x") == set()
     assert place.pk
+
+
+def test_keys_of_the_primary_key_alone_need_no_before_read(clean: Any) -> None:
+    """An update cannot change keys that name only the pk: save() pays no SELECT for them.
+
+    Also when the pk was changed in memory: Django then writes the row of the new
+    pk, whose keys are the after image's.
+    """
+    register(Plain, keys=["plain:{pk}"])
+    try:
+        one = Plain.objects.create(name="one")
+        two = Plain.objects.create(name="two")
+        seed(clean, f"plain:{one.pk}", f"plain:{two.pk}")
+        one.name = "renamed"
+        with CaptureQueriesContext(connection) as queries:
+            one.save()
+        assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+        assert present(clean, f"plain:{one.pk}", f"plain:{two.pk}") == {f"plain:{two.pk}"}
+        one.pk = two.pk  # the UPDATE goes to row two
+        one.save()
+        assert present(clean, f"plain:{two.pk}") == set()
+        assert Plain.objects.get(pk=two.pk).name == "renamed"
+    finally:
+        unregister(Plain)
 
 
 def test_delete_and_queryset_delete_and_deferred_fields(clean: Any, author: User) -> None:

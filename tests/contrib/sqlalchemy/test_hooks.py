@@ -322,6 +322,31 @@ def test_install_is_idempotent_and_the_most_specific_target_wins(
     assert len(other.batches) == len(fast.batches) == 1
 
 
+def test_a_long_lived_session_follows_later_installs(
+    engine: Engine, world: World, fast: RecordingFastPath
+) -> None:
+    """A session caches which installation owns it; install()/uninstall() make that stale."""
+    other = RecordingFastPath()
+    maker = sessionmaker(engine)
+    install(maker, fast_path=fast)
+    try:
+        with maker() as s:
+            s.add(world.User(id=1, username="alice"))
+            s.commit()
+            install(maker, fast_path=other)  # new options for the same target
+            s.add(world.User(id=2, username="bob"))
+            s.commit()
+            uninstall(maker)
+            s.add(world.User(id=3, username="carol"))
+            s.commit()
+    finally:
+        uninstall(maker)
+    assert fast.delivered >= set(world.user_keys(1, "alice"))
+    assert not fast.delivered & set(world.user_keys(2, "bob"))
+    assert other.delivered >= set(world.user_keys(2, "bob"))
+    assert not (fast.delivered | other.delivered) & set(world.user_keys(3, "carol"))
+
+
 def test_install_on_one_session_instance(
     engine: Engine, world: World, fast: RecordingFastPath
 ) -> None:

@@ -71,9 +71,20 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def _active(table: DjangoTable) -> bool:
+def _active(table: DjangoTable, fast_path: bool) -> bool:
     # Intents go to the outbox even with the fast path off: they are a separate guarantee.
-    return get_settings().fast_path or table.needs_full_rows
+    return fast_path or table.needs_full_rows
+
+
+def _keys_follow_pk(table: DjangoTable) -> bool:
+    """Do the table's keys name only its primary key (and no ``invalidates()`` reads the row)?
+
+    Then an UPDATE cannot change them: Django updates the row whose pk the instance
+    holds (``WHERE pk = instance.pk``; a pk changed in memory writes that other row,
+    or inserts it), so the before image names the same keys as the after image,
+    and reading it would cost a query for nothing.
+    """
+    return not table.needs_full_rows and set(table.row_attnames) <= set(table.spec.primary_key)
 
 
 # ----------------------------------------------------------------------------------------
@@ -103,10 +114,11 @@ def _pre_save(
     if pk is None or _pk_insert_forced(instance):
         instance.__dict__.pop(_BEFORE_ATTR, None)
         return
+    fast_path = get_settings().fast_path
     for table in targets:
-        if not _active(table) or not table.row_attnames:
+        if not _active(table, fast_path) or not table.row_attnames:
             continue
-        if (
+        if _keys_follow_pk(table) or (
             update_fields is not None
             and not table.needs_full_rows
             and table.key_names.isdisjoint(update_fields)
@@ -127,14 +139,15 @@ def _post_save(
     from django.db import connections
 
     connection = connections[using]
+    fast_path = get_settings().fast_path
     for table in _targets.get(sender, ()):
-        if not _active(table):
+        if not _active(table, fast_path):
             continue
         after = table.instance_row(instance, connection)
         before = None if created else befores.get(table.label)
         if before is _SAME:
             before = after
-        collect(using, table, before, after)
+        collect(using, table, before, after, connection=connection)
 
 
 def _pre_delete(sender: Any, instance: Any, using: str = "default", **kwargs: Any) -> None:
@@ -143,11 +156,12 @@ def _pre_delete(sender: Any, instance: Any, using: str = "default", **kwargs: An
     from django.db import connections
 
     connection = connections[using]
+    fast_path = get_settings().fast_path
     # Read now: a deferred field cannot be loaded once the row is gone.
     instance.__dict__[_BEFORE_ATTR] = {
         table.label: table.instance_row(instance, connection)
         for table in _targets.get(sender, ())
-        if _active(table)
+        if _active(table, fast_path)
     }
 
 
@@ -231,7 +245,7 @@ def _m2m_changed(
     if not (_enabled and sync_enabled()):
         return
     table = _through.get(sender)
-    if table is None or not _active(table):
+    if table is None or not _active(table, get_settings().fast_path):
         return
     auto = bool(sender._meta.auto_created)
     if action == "post_add":

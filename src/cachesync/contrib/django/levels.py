@@ -208,17 +208,25 @@ def pending_keys(connection: Any) -> set[str]:
     return set(txn.stack.pending().all_keys())
 
 
-def collect(using: str, table: DjangoTable, before: Row | None, after: Row | None) -> None:
-    """Collect the keys of one row change made on database *using*.
+def collect(
+    using: str,
+    table: DjangoTable,
+    before: Row | None,
+    after: Row | None,
+    *,
+    connection: Any = None,
+) -> None:
+    """Collect the keys of one row change made on database *using* (its *connection*, if known).
 
     In a transaction: into the current level (delivered after the outermost
     commit). In autocommit: delivered now. In manual transaction management
     (``set_autocommit(False)``), where Django has no commit hook, only the intents
     are written; the binlog sidecar deletes the keys after the commit.
     """
-    from django.db import connections
+    if connection is None:  # asked once per change: connections[] is a thread-local lookup
+        from django.db import connections
 
-    connection = connections[using]
+        connection = connections[using]
     if connection.in_atomic_block:
         txn, level = _level(connection)
         known = len(level.collected.intents)

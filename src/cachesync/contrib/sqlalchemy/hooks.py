@@ -48,6 +48,7 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
+from sqlalchemy.orm.attributes import instance_state
 
 from ... import fastpath
 from ...changes import Op
@@ -55,7 +56,7 @@ from ...errors import ConfigurationError
 from ...fastpath import FastPath, sync_enabled
 from ...transactions import Collected, LevelStack
 from .declare import declared_for
-from .images import after_image, before_image, collect_change
+from .images import after_image, before_image, collect_change, needs_zone
 from .outbox import write_intents
 
 __all__ = ["HookConfig", "install", "installed", "uninstall"]
@@ -129,6 +130,12 @@ _listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]]
     weakref.WeakKeyDictionary()
 )
 _mapper_events_installed = False
+#: Bumped by install() and uninstall(): a session's cached owner (below) is then stale.
+_generation = 0
+#: Where a session caches ``(generation, weakref to its owner, the owner's HookConfig)``:
+#: every listener call asks, several times per commit, and the lookup walked the MRO
+#: through weak dictionaries each time.
+OWNER_KEY = "cachesync.sqlalchemy.owner"
 
 
 def _key_of(target: Any) -> Session | type[Session]:
@@ -164,10 +171,21 @@ def _owner(session: Session) -> Any:
 
 
 def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
+    """*key*'s configuration if *key* (the listener's target) is *session*'s owner, else None."""
     key = key_ref()
-    if key is None or _owner(session) is not key:
+    if key is None:
         return None
-    return _configs.get(key)
+    info = session.info
+    cached = info.get(OWNER_KEY)
+    if cached is None or cached[0] != _generation:
+        generation = _generation  # read first: an install() meanwhile makes this entry stale
+        with _lock:
+            owner = _owner(session)
+            config = _configs.get(owner) if owner is not None else None
+        # Weakly: the owner may be the session itself, which its info must not keep alive.
+        cached = info[OWNER_KEY] = (generation, None if owner is None else weakref.ref(owner), config)
+    owner_ref = cached[1]
+    return cached[2] if owner_ref is not None and owner_ref() is key else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +196,7 @@ def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | Non
 def _record(op: Op, target: Any) -> None:
     if declared_for(type(target)) is None or not sync_enabled():
         return
-    state = sa_inspect(target)
+    state = instance_state(target)  # what inspect() returns, without its registry lookup
     session = state.session
     st = _state(session) if session is not None else None
     if st is not None and st.flushing:
@@ -251,8 +269,12 @@ def _after_flush(session: Session) -> None:
             continue
         try:
             if state.mapper not in dialects:
-                dialects[state.mapper] = _dialect(session, state.mapper)
-                connections[state.mapper] = _connection(session, state.mapper)
+                dialect = dialects[state.mapper] = _dialect(session, state.mapper)
+                # Only a TIMESTAMP column needs the connection (its session time zone);
+                # asking the session for it costs more than rendering the keys.
+                connections[state.mapper] = (
+                    _connection(session, state.mapper) if needs_zone(declared, dialect) else None
+                )
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
@@ -383,6 +405,8 @@ def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
             _after_commit(session)
 
     def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.origin is SessionTransactionOrigin.SUBTRANSACTION:
+            return  # flush()'s internal transaction ends in every commit: nothing to look up
         config = _config_for(ref, session)
         if config is not None:
             _after_transaction_end(session, transaction, config)
@@ -452,9 +476,11 @@ def install(
         )
     key = _key_of(target)
     config = HookConfig(outbox=outbox, fast_path=fast_path, max_bulk_rows=max_bulk_rows)
+    global _generation
     with _lock:
         _install_mapper_events()
         _configs[key] = config
+        _generation += 1
         if key not in _listeners:
             listeners = _make_listeners(key)
             for name, fn in listeners:
@@ -466,8 +492,10 @@ def install(
 def uninstall(target: SessionTarget = Session) -> None:
     """Remove what :func:`install` added for *target* (tests, reconfiguration)."""
     key = _key_of(target)
+    global _generation
     with _lock:
         _configs.pop(key, None)
+        _generation += 1
         for name, fn in _listeners.pop(key, []):
             event.remove(key, name, fn)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Enum, Numeric, TypeDecorator, Uuid
+from sqlalchemy import JSON, Enum, Numeric, Table, TypeDecorator, Uuid
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import InstanceState
 from sqlalchemy.types import TypeEngine
@@ -41,6 +41,7 @@ __all__ = [
     "before_image",
     "collect_change",
     "instance_row",
+    "needs_zone",
     "session_zone",
     "stored_row",
     "stored_value",
@@ -149,6 +150,20 @@ def _zone(connection: Connection | None) -> dt.tzinfo | None:
     except Exception as exc:  # a failed lookup must not break the flush
         log.debug("cachesync: session time zone unknown: %s", exc)
         return None
+
+
+def needs_zone(declared: Declared, dialect: Dialect | None) -> bool:
+    """Whether *declared* has a MySQL/MariaDB ``TIMESTAMP`` column: only then does
+    :func:`stored_row` ask the connection for its session time zone."""
+    if dialect is None or not _mysql(dialect):
+        return False
+    return _has_timestamp(declared.table, dialect)
+
+
+@functools.lru_cache(maxsize=512)
+def _has_timestamp(table: Table, dialect: Dialect) -> bool:
+    # Per table and dialect, once: asked at every flush that wrote a declared row.
+    return any(column_type(c.type, dialect).kind == "timestamp" for c in table.columns)
 
 
 def session_zone(declared: Declared, connection: Connection | None) -> dt.tzinfo | None:
