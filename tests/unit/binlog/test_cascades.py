@@ -139,3 +139,22 @@ def test_entries_round_trip_losslessly() -> None:
     key = "k:" + b"\xff".decode("utf-8", "surrogateescape")
     entry = decode_entry(encode_entry([key], [["idx", "1"]], values))
     assert entry == {"keys": [key], "docs": [["idx", "1"]], "ref": values}
+
+
+def test_only_ddl_that_may_touch_a_watched_schema_rereads_the_foreign_keys() -> None:
+    """A busy server runs DDL all day in other schemas; each re-read costs a connection
+    and catalogue queries on the reading thread, so those statements are ignored."""
+    from cachesync.binlog.cascades import Cascades
+    from cachesync.binlog.reverseindex import MemoryReverseIndex
+
+    cascades = Cascades({}, _registry("posts"), MemoryReverseIndex(), default_schema="app")
+    cascades.schema_changed(b"other_app", "ALTER TABLE orders ADD COLUMN note TEXT")
+    cascades.schema_changed("other_app", "CREATE TABLE t (id INT)")
+    assert not cascades._dirty
+    cascades.schema_changed(
+        b"app", "ALTER TABLE posts ADD COLUMN note TEXT"
+    )  # bytes: the library's
+    assert cascades._dirty
+    cascades._dirty = False
+    cascades.schema_changed(None, "ALTER TABLE `APP`.posts DROP FOREIGN KEY x")  # named in the text
+    assert cascades._dirty
