@@ -420,44 +420,30 @@ class Lanes:
     ) -> None:
         self._applier = applier
         self._policy = policy
-        self._keepalive = keepalive
         shared = SerialHandler(handler)
-        sinks = {self.KEYS: applier.keys, self.DOCUMENTS: applier.documents}
-        self.ledger = Ledger([name for name, sink in sinks.items() if sink is not None])
-        self._lanes: dict[str, Lane] = {}
-        if applier.keys is not None:
-            keys_only = Applier(applier.keys, None, policy=applier.policy, sleep=applier.sleep)
-            self._lanes[self.KEYS] = self._lane(
-                self.KEYS, keys_only, shared, merge_rows, stopped, sleep, backoff
+        sinks = {
+            self.KEYS: Applier(applier.keys, None, policy=applier.policy, sleep=applier.sleep),
+            self.DOCUMENTS: Applier(
+                None, applier.documents, policy=applier.policy, sleep=applier.sleep
+            ),
+        }
+        present = [n for n, a in sinks.items() if a.keys is not None or a.documents is not None]
+        self.ledger = Ledger(present)
+        self._lanes: dict[str, Lane] = {
+            name: Lane(
+                name,
+                sinks[name],
+                shared,
+                self.ledger,
+                policy=policy,
+                merge_rows=merge_rows,
+                stopped=stopped,
+                sleep=sleep,
+                backoff=backoff,
+                keepalive=keepalive,
             )
-        if applier.documents is not None:
-            docs_only = Applier(None, applier.documents, policy=applier.policy, sleep=applier.sleep)
-            self._lanes[self.DOCUMENTS] = self._lane(
-                self.DOCUMENTS, docs_only, shared, merge_rows, stopped, sleep, backoff
-            )
-
-    def _lane(
-        self,
-        name: str,
-        applier: Applier,
-        handler: FailureHandler,
-        merge_rows: int,
-        stopped: threading.Event,
-        sleep: Callable[[float], object],
-        backoff: Callable[[int], float],
-    ) -> Lane:
-        return Lane(
-            name,
-            applier,
-            handler,
-            self.ledger,
-            policy=self._policy,
-            merge_rows=merge_rows,
-            stopped=stopped,
-            sleep=sleep,
-            backoff=backoff,
-            keepalive=self._keepalive,
-        )
+            for name in present
+        }
 
     def submit(
         self,
