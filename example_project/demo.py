@@ -3,9 +3,21 @@
 It uses the example blog (Django) on a fresh database of the private MariaDB,
 a Redis of its own (so stopping it disturbs nobody, and it saves to disk on
 shutdown: it comes back with the OLD cached values, which is exactly what
-loses invalidations in a plain cache-aside setup), the shared Kafka and
-Elasticsearch-API servers, and the real ``manage.py cachesync_listen`` and
-``cachesync_retry`` processes.
+loses invalidations in a plain cache-aside setup), the shared Elasticsearch-API
+server, and the real ``manage.py cachesync_listen`` and ``cachesync_retry``
+processes.
+
+By default it runs on the embedded retry path, as a team without Kafka would:
+no ``kafka_bootstrap``, so failures wait in the outbox table of the blog's own
+database and ``cachesync_retry`` retries them from there. With
+``CACHESYNC_DEMO_KAFKA=1`` it configures the shared Kafka broker and the same
+failures go through the Kafka retry topic instead. The variable is explicit on
+purpose: ``scripts/demo`` exports every private service's URL, Kafka's included,
+so "Kafka is in the environment" would always be true.
+
+One chapter makes one document permanently unindexable (a mapping that the
+document breaks): it must end as exactly one dead letter while every other
+change keeps flowing, and the demo fails on any other stale key or document.
 """
 
 from __future__ import annotations
@@ -27,6 +39,11 @@ sys.path[:0] = [str(ROOT), str(EXAMPLE)]
 from tests.support import services  # noqa: E402  (the project's own service manager)
 
 RUN = time.strftime("%H%M%S")
+#: ``CACHESYNC_DEMO_KAFKA=1``: the retry path is Kafka; otherwise the outbox table.
+USE_KAFKA = os.environ.get("CACHESYNC_DEMO_KAFKA", "") == "1"
+#: A user id above a ``short``'s 32767: the demo's mapping types ``author_id`` as one,
+#: so the article this user takes over is refused by Elasticsearch for good.
+POISON_AUTHOR = 40000
 DATABASE = "cachesync_demo"
 LOGS = services.SERVICES_DIR / "demo"
 
@@ -57,6 +74,10 @@ class Demo:
         self.invalidated = 0
         self.env: dict[str, str] = {}
         self.retry_topic = ""
+        self.converge = 0.0
+        self.stale_on_return = 0
+        #: the document chapter 7 makes unindexable; the one dead letter the demo expects
+        self.poison_id: int | None = None
 
     # --- set-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,9 +98,19 @@ class Demo:
             "DJANGO_SETTINGS_MODULE": "blogsite.settings",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(EXAMPLE), str(ROOT)]),
         }
+        if not USE_KAFKA:
+            # The embedded default: no kafka_bootstrap anywhere, this process's fast path included.
+            self.env.pop("CACHESYNC_KAFKA_BOOTSTRAP", None)
+            os.environ.pop("CACHESYNC_KAFKA_BOOTSTRAP", None)
         os.environ.update(self.env)
         self.retry_topic = f"cachesync.demo-{RUN}.retry"  # Settings.resolved_retry_topic
         say(f"  database {DATABASE}, cache Redis {self.redis.url} (its own, saves on shutdown)")
+        say(
+            f"  retry path: Kafka topic {self.retry_topic} (CACHESYNC_DEMO_KAFKA=1)"
+            if USE_KAFKA
+            else "  retry path: the outbox table cachesync_outbox in the same database "
+            "(no Kafka; CACHESYNC_DEMO_KAFKA=1 uses Kafka)"
+        )
         self.manage("migrate", "-v0")
         self.manage("blog_seed", "--articles", "30")
         import django
@@ -92,6 +123,11 @@ class Demo:
         self.es = Elasticsearch(urls["CACHESYNC_ES_URL"], request_timeout=10)
         for index in ("blog-articles", "blog-users"):
             self.es.indices.delete(index=index, ignore_unavailable=True)
+        # Created before anything writes to it, as a team with an explicit mapping would:
+        # every real author id fits a short; chapter 7's guest author does not.
+        self.es.indices.create(
+            index="blog-articles", mappings={"properties": {"author_id": {"type": "short"}}}
+        )
         self.cache = __import__("redis").Redis.from_url(self.redis.url, socket_timeout=1)
 
         listen = self.spawn("listen", "cachesync_listen")
@@ -113,6 +149,21 @@ class Demo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """``manage.py cachesync_dlq list --json``: what a user would look at, wherever the
+        dead letters live (the outbox table, or the Kafka dead-letter topic as well)."""
+        import json
+
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLE / "manage.py"), "cachesync_dlq", "list", "--json"],
+            env=self.env,
+            check=True,
+            cwd=EXAMPLE,
+            capture_output=True,
+            text=True,
+        )
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     def spawn(self, name: str, *args: str) -> Path:
         log = LOGS / f"{name}-{RUN}.log"
@@ -236,9 +287,18 @@ class Demo:
             f"  {len(drafts)} ORM commits (slowest {slowest * 1000:.0f} ms: the fast path gives up "
             f"quickly) and a raw UPDATE of {touched} rows, all committed while Redis was down"
         )
-        time.sleep(3)  # the sidecar retries briefly, then hands the deletes to Kafka
+        time.sleep(3)  # the sidecar retries briefly, then hands the deletes to the retry path
+        if not USE_KAFKA:
+            parked = self.outbox_counts()
+            say(
+                f"  the sidecar parked the deletes it could not apply in the outbox table: "
+                f"{parked['pending']} row(s) pending there, nothing blocked"
+            )
 
-        chapter("5. Redis is back: the retry consumer converges")
+        chapter(
+            "5. Redis is back: the retry consumer converges"
+            + ("" if USE_KAFKA else " (manage.py cachesync_retry, from the outbox table)")
+        )
         self.redis.start()
         stale_on_return = len(self.stale_keys())
         say(
@@ -271,35 +331,116 @@ class Demo:
             f"{not (found & {a.pk for a in drafts})}"
         )
 
-    def summary(self) -> None:
-        from cachesync.kafka.client import read_topic
+        self.dead_letter_chapter()
 
-        retries = sum(
-            1
-            for _ in read_topic(self.env["CACHESYNC_KAFKA_BOOTSTRAP"], self.retry_topic, timeout=5)
+    def outbox_counts(self) -> dict[str, int]:
+        """Rows of the outbox table per state, and ``parked``: the failures handed to it."""
+        from cachesync.outbox.schema import KIND_FAILED
+        from cachesync.outbox.store import OutboxStore
+
+        store = OutboxStore.from_url(self.env["CACHESYNC_MYSQL_URL"])
+        rows = [r for r in store.rows() if r["kind"] == KIND_FAILED]
+        counts = {
+            state: sum(1 for r in rows if r["state"] == state)
+            for state in ("pending", "done", "dead")
+        }
+        store.engine.dispose()
+        return {**counts, "parked": len(rows)}
+
+    def dead_letter_chapter(self) -> None:
+        from blog.models import Article
+        from django.contrib.auth.models import User
+        from django.db import connection, transaction
+
+        chapter("7. A document Elasticsearch refuses for good: one dead letter, nothing blocked")
+        poison, other = list(Article.objects.filter(status=1).order_by("id"))[:2]
+        self.poison_id = poison.pk
+        with transaction.atomic():
+            guest = User.objects.create(id=POISON_AUTHOR, username="guest-author", is_active=True)
+            poison.author = guest
+            poison.title = "Written by a guest"
+            poison.save()
+        self.changes += 2
+        say(
+            f"  article {poison.pk} now has author_id {POISON_AUTHOR}; the index maps author_id "
+            "as a short (max 32767), so Elasticsearch rejects its document (HTTP 400)"
         )
-        try:
-            dead = sum(
-                1
-                for _ in read_topic(
-                    self.env["CACHESYNC_KAFKA_BOOTSTRAP"],
-                    self.env["CACHESYNC_DEAD_LETTER_TOPIC"],
-                    timeout=3,
-                )
+        # The change right after it must not wait for it: a write to another article.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE blog_article SET title = 'Still flowing' WHERE id = %s", [other.pk]
             )
-        except Exception:  # no dead letter was ever written, so the topic may not exist
-            dead = 0
+        self.changes += 1
+
+        def other_indexed() -> bool:
+            found = self.es.options(ignore_status=404).get(index="blog-articles", id=str(other.pk))
+            body = found.body
+            return bool(body.get("found")) and body["_source"]["title"] == "Still flowing"
+
+        took = wait_for("the next change to reach Elasticsearch", other_indexed, 60)
+        say(
+            f"  the next change (article {other.pk}) was indexed {took:.2f} s later: stream flowing"
+        )
+
+        expected = f"blog-articles/{poison.pk}"
+        letters: list[dict[str, Any]] = []
+
+        def dead_letter_listed() -> bool:
+            letters[:] = self.dead_letters()
+            return any(expected in (line["key"] or "").split() for line in letters)
+
+        took = wait_for("the rejected document to become a dead letter", dead_letter_listed, 90)
+        say(f"  manage.py cachesync_dlq list, {took:.1f} s later (retries exhausted or refused):")
+        for line in letters:
+            error = " ".join(str(line["error"]).split())
+            say(
+                f"    {line['key']}  {line['reason']}  attempts={line['attempts']}  "
+                f"[{line['dlq']}]\n      error: {error[:400]}"
+            )
+
+    def summary(self) -> None:
+        from django.db import connection
+
+        from cachesync.registry import default_registry
+        from cachesync.verify import verify_index
+
+        letters = self.dead_letters()
+        expected = f"blog-articles/{self.poison_id}"
+        unexpected = [line for line in letters if (line["key"] or "") != expected]
+        spec = default_registry.for_model("Article")
+        index = verify_index(connection.connection, self.es, spec, spec.projections[0])
+        # The refused document keeps its old content in the index: that one is expected.
+        drift = sorted(set(index.missing + index.stale + index.orphans) - {str(self.poison_id)})
         stale = self.stale_keys()
         chapter("Summary")
         say(f"  row changes            {self.changes}")
         say(f"  cached keys invalidated  {self.invalidated} (seen cached, then seen deleted)")
         say(f"  stale after Redis came back  {self.stale_on_return}")
-        say(f"  retry records          {retries} (Kafka topic {self.retry_topic})")
-        say(f"  dead letters           {dead}")
+        if USE_KAFKA:
+            from cachesync.kafka.client import read_topic
+
+            retries = sum(
+                1
+                for _ in read_topic(
+                    self.env["CACHESYNC_KAFKA_BOOTSTRAP"], self.retry_topic, timeout=5
+                )
+            )
+            say(f"  retry records          {retries} (Kafka topic {self.retry_topic})")
+        else:
+            outbox = self.outbox_counts()
+            say(
+                f"  parked in the outbox   {outbox['parked']} row(s): {outbox['done']} relayed, "
+                f"{outbox['pending']} pending, {outbox['dead']} dead (table cachesync_outbox)"
+            )
+        say(f"  dead letters           {len(letters)} (expected 1: {expected})")
         say(f"  time to converge       {self.converge:.2f} s")
+        say(f"  stale documents now    {len(drift)} (besides the refused one)")
         say(f"  stale keys now         {len(stale)}")
-        if stale or dead:
-            raise SystemExit("demo: FAILED: stale keys or dead letters remain")
+        if stale or drift or len(letters) != 1 or unexpected:
+            raise SystemExit(
+                "demo: FAILED: stale keys or documents remain, or the dead letters are not "
+                f"exactly {expected} (got {[line['key'] for line in letters]})"
+            )
 
 
 def main() -> int:
