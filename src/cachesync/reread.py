@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
 from .errors import CacheSyncError, PermanentError, TransientError
 from .registry import Registry, TableSpec, default_registry
+from .related import joined_select
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -94,7 +95,12 @@ class SqlRowReader(RowReader):
         schema = refs[0].schema if refs and refs[0].schema is not None else spec.schema
         if self.engine.dialect.name == "sqlite":
             schema = None  # SQLite has one unnamed schema per database file
-        table = sa.table(spec.table, *(sa.column(n) for n in names), schema=schema)
+        table: Any = sa.table(spec.table, *(sa.column(n) for n in names), schema=schema)
+        select = sa.select(table)
+        if spec.related:  # documents with related fields: the CURRENT joined row
+            select, table, _ = joined_select(
+                spec, schema, sqlite=self.engine.dialect.name == "sqlite"
+            )
         key_cols = [table.c[c] for c in pk]
         found: dict[RowRef, Mapping[str, Any] | None] = {}
         unique = list(dict.fromkeys(refs))
@@ -107,7 +113,7 @@ class SqlRowReader(RowReader):
                         where = key_cols[0].in_([k[0] for k in wanted])
                     else:
                         where = sa.tuple_(*key_cols).in_(list(wanted))
-                    for row in conn.execute(sa.select(table).where(where)).mappings():
+                    for row in conn.execute(select.where(where)).mappings():
                         ref = wanted.get(tuple(row[c] for c in pk))
                         if ref is not None:
                             found[ref] = dict(row)
@@ -115,7 +121,7 @@ class SqlRowReader(RowReader):
                         if ref in found:
                             continue
                         cond = sa.and_(*(col == ref.primary_key.get(col.name) for col in key_cols))
-                        one = conn.execute(sa.select(table).where(cond)).mappings().first()
+                        one = conn.execute(select.where(cond)).mappings().first()
                         found[ref] = dict(one) if one is not None else None
         except Exception as exc:
             from sqlalchemy import exc as sa_exc

@@ -71,6 +71,7 @@ from ..registry import Registry, TableSpec, default_registry
 from . import guards, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
+from .fanout import Fanout
 from .lanes import Lanes
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
@@ -215,6 +216,8 @@ class Sidecar:
         self.batches = 0
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
+        self._fanout: Fanout | None = None  # rows embedding related rows, read when leading
+        self._submitted: ResumePoint | None = None  # the last batch handed to the lanes
         self._lanes: Lanes | None = None  # the per-sink lanes, while leading
         self._last_save = self._last_lock_ping = time.monotonic()
         self._saved_changes = 0  # changes settled at the last save (per leadership term)
@@ -405,17 +408,23 @@ class Sidecar:
                 index=cascade_index(self.applier, self.name),
                 default_schema=self._database,
             )
+            self._fanout = Fanout.start(
+                conn, self._mysql, self.registry, default_schema=self._database
+            )
             start = stored if stored is not None else self._first_point(conn)
         finally:
             conn.close()
         if stored is None:
             self._save(start)
-        self.saved = start
+        self.saved = self._submitted = start
         self.applied_through = start.commit_time
         self.leading.set()
         source = BinlogSource(
             self._mysql,
-            self._cascades.source_registry,  # the registry plus unwatched cascade parents
+            # the registry plus unwatched cascade parents and related tables
+            self._cascades.source_registry
+            if self._fanout is None
+            else self._fanout.source_registry(self._cascades.source_registry),
             server_id=self.server_id,
             start=start,
             default_schema=self._database,
@@ -428,6 +437,8 @@ class Sidecar:
         finally:
             source.close()
             self._cascades.close()
+            if self._fanout is not None:
+                self._fanout.close()
 
     def _watched(self) -> list[tuple[str, str]]:
         return [(s.schema or self._database or "*", s.table) for s in self.registry.tables()]
@@ -497,6 +508,7 @@ class Sidecar:
                     actions, point, len(batch), through=through, done=self._observer(batch)
                 ):
                     return  # stopped before the batch was planned or queued: not saved
+                self._submitted = point
                 self.batches += 1
                 self.rows += len(batch)
                 metrics.inc("batches_total")
@@ -676,10 +688,21 @@ class Sidecar:
             cascaded, buried = self._cascades.plan(batch, self.saved)
             actions.extend(cascaded)
             poison.extend(buried)
+        if self._fanout is not None:  # rows that embed the changed rows (binlog/fanout.py)
+            fanned = self._fanout.plan(batch, actions, self._flush_fanout)
+            if fanned is None:
+                return None
+            actions = fanned
         unknowable = self._unknowable.take()  # already logged by the partial-image step
         if (poison or unknowable) and not self._bury(poison, unknowable):
             return None
         return actions
+
+    def _flush_fanout(self, chunk: list[Action]) -> bool:
+        """A fan-out chunk to the lanes, under the previous batch's point: the checkpoint
+        cannot pass the related change before the whole fan-out is applied."""
+        assert self._lanes is not None and self._submitted is not None
+        return self._lanes.submit(chunk, self._submitted, 0)
 
     def _bury(self, poison: Sequence[PoisonChange], unknowable: Sequence[PoisonChange]) -> bool:
         """Store both kinds of dead letter durably, waiting out a refusing store; False if
