@@ -231,3 +231,14 @@ def joined_select(
         for name, (prefix, column) in relations.fields.items():
             columns.append(joined[prefix].c[column].label(label(name)))
     return sa.select(*columns).select_from(source), t0, joined
+
+
+def joined_sql(spec: TableSpec, schema: str | None) -> tuple[str, list[str]]:
+    """:func:`joined_select` as MySQL text for DB-API callers (``reindex``, ``verify``),
+    with the names of its result columns. The model's table is aliased ``t0``: qualify
+    its columns in any WHERE / ORDER BY appended."""
+    from sqlalchemy.dialects import mysql
+
+    select, _, _ = joined_select(spec, schema)
+    names = [str(c.name) for c in select.selected_columns]
+    return str(select.compile(dialect=mysql.dialect())), names

@@ -18,6 +18,7 @@ from typing import Any
 from .actions import DeleteDoc, DocumentAction, IndexDoc, RowRef
 from .changes import Position
 from .registry import ResolvedProjection, TableSpec
+from .related import joined_sql
 from .sinks.elasticsearch import SearchSink
 from .sqltext import qualified_table, quote
 
@@ -56,6 +57,9 @@ def table_rows(
     columns = ", ".join(quote(c) for c in names)
     table = qualified_table(spec.schema, spec.table)
     sql = f"SELECT {columns} FROM {table}"
+    if spec.related:  # joined fields: compared with a fresh joined SELECT
+        sql, joined = joined_sql(spec, spec.schema)
+        names = tuple(joined)
     if sample is not None:
         sql += f" ORDER BY RAND() LIMIT {int(sample)}"
     with connection.cursor() as cursor:

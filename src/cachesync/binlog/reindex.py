@@ -36,6 +36,7 @@ from ..changes import BinlogPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
+from ..related import joined_sql
 from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
@@ -156,7 +157,11 @@ def reindex(
     columns = list(spec.column_names)
     pk = list(spec.primary_key_columns())
     select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {table}"
-    order = " ORDER BY " + ", ".join(quote(c) for c in pk)
+    scanned, key_sql = columns, [quote(c) for c in pk]
+    if spec.related:  # joined fields: the table LEFT JOINed along its relations
+        select, scanned = joined_sql(spec, schema)
+        key_sql = [f"t0.{quote(c)}" for c in pk]
+    order = " ORDER BY " + ", ".join(key_sql)
     writer = _Writer(search, backoff=backoff, sleep=sleep)
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
 
@@ -172,7 +177,7 @@ def reindex(
     while True:
         sql, args = select, ()
         if cursor_key is not None:
-            keys = ", ".join(quote(c) for c in pk)
+            keys = ", ".join(key_sql)
             marks = ", ".join(["%s"] * len(pk))
             sql += f" WHERE ({keys}) > ({marks})" if len(pk) > 1 else f" WHERE {keys} > %s"
             args = cursor_key
@@ -180,7 +185,7 @@ def reindex(
         with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
             connection.commit()
             cur.execute(sql, args)
-            images = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+            images = [dict(zip(scanned, values, strict=True)) for values in cur.fetchall()]
         if not images:
             break
         cursor_key = tuple(images[-1][c] for c in pk)

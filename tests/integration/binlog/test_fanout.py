@@ -235,9 +235,9 @@ def test_foreign_key_without_index_fails_at_start_naming_the_model(shop: BinlogE
     env = shop
     env.sql("ALTER TABLE categories DROP INDEX department_id")
     sidecar = env.sidecar(registry=declare(env))
-    with pytest.raises(DeclarationError, match=r"Product: relation 'category.department'.*index"):
-        with running(sidecar):
-            pass
+    match = r"Product: relation 'category.department'.*index"
+    with pytest.raises(DeclarationError, match=match), running(sidecar):
+        pass
 
 
 def test_unknown_relation_fails_naming_the_model(shop: BinlogEnv) -> None:
@@ -252,3 +252,28 @@ def test_unknown_relation_fails_naming_the_model(shop: BinlogEnv) -> None:
     (spec,) = registry.tables()
     with pytest.raises(DeclarationError, match=r"Product: relation 'categori'.*no to-one"):
         relations_of(spec)
+
+
+def test_reindex_renders_and_verify_compares_joined_fields(shop: BinlogEnv) -> None:
+    from cachesync.binlog.reindex import reindex
+    from cachesync.verify import verify_index
+
+    env = shop
+    fill(env)
+    registry = declare(env)
+    spec = registry.for_model("Product")
+    conn = env.connect()
+    try:
+        report = reindex(spec, connection=conn, search=SearchSink(env.es), database=env.schema)
+        assert report.documents == 30
+        assert_documents_right(env)
+        (projection,) = spec.projections
+        assert verify_index(conn, env.es, spec, projection).ok
+        # No sidecar runs: a rename leaves the joined field stale, and verify sees it.
+        env.sql("UPDATE departments SET name = 'Elsewhere' WHERE id = 2")
+        conn.commit()
+        checked = verify_index(conn, env.es, spec, projection)
+        in_two = [str(i) for i in range(1, 31) if 1 + i % 3 == 2]
+        assert sorted(checked.stale, key=int) == in_two
+    finally:
+        conn.close()
