@@ -61,8 +61,10 @@ log = logging.getLogger("cachesync.fanout")
 #: Rows per keyset chunk of a fan-out (one indexed range scan and one lane hand-off each).
 DEFAULT_CHUNK = 1000
 
-#: Hands a chunk of actions to the lanes; False when the sidecar stopped meanwhile.
-Flush = Callable[[list[Action]], bool]
+#: ``flush(actions, rows)`` hands a chunk planned from *rows* rows to the lanes; False
+#: when the sidecar stopped meanwhile. The rows count as changes, so the lanes merge
+#: at most their usual number of rows into one apply.
+Flush = Callable[[list[Action], int], bool]
 
 
 class Fanout:
@@ -166,6 +168,7 @@ class Fanout:
         """
         out = self._joined(actions)
         pending: list[Action] = []
+        rows = 0
         for change in batch:
             for spec, relations in self.related:
                 for prefix, columns in relations.triggers(
@@ -175,14 +178,15 @@ class Fanout:
                         continue
                     hop = relations.hops[prefix]
                     for value in _values(change, hop.remote):
-                        for chunk in self._affected(
+                        for n, chunk in self._affected(
                             spec, relations, prefix, value, change.position
                         ):
                             pending += chunk
-                            if len(pending) >= self.chunk:
-                                if not flush(pending):
+                            rows += n
+                            if rows >= self.chunk:
+                                if not flush(pending, rows):
                                     return None
-                                pending = []
+                                pending, rows = [], 0
         return out + pending
 
     def _joined(self, actions: list[Action]) -> list[Action]:
@@ -218,8 +222,8 @@ class Fanout:
         prefix: tuple[str, ...],
         value: tuple[Any, ...],
         position: Position | None,
-    ) -> Iterator[list[Action]]:
-        """Chunks of actions for the rows of *spec* whose relation *prefix* ends at *value*."""
+    ) -> Iterator[tuple[int, list[Action]]]:
+        """``(rows, actions)`` chunks for the rows of *spec* whose relation *prefix* ends at *value*."""
         import sqlalchemy as sa
 
         select, t0, joined = joined_select(spec, spec.schema or self._default)
@@ -248,7 +252,7 @@ class Fanout:
             if not rows:
                 return
             self.fanned_out += len(rows)
-            yield self._chunk(spec, rows, dependent, documents, position)
+            yield len(rows), self._chunk(spec, rows, dependent, documents, position)
             if len(rows) < self.chunk:
                 return
             last = tuple(rows[-1][c] for c in pk)

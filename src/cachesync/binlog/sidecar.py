@@ -698,11 +698,11 @@ class Sidecar:
             return None
         return actions
 
-    def _flush_fanout(self, chunk: list[Action]) -> bool:
+    def _flush_fanout(self, chunk: list[Action], rows: int) -> bool:
         """A fan-out chunk to the lanes, under the previous batch's point: the checkpoint
         cannot pass the related change before the whole fan-out is applied."""
         assert self._lanes is not None and self._submitted is not None
-        return self._lanes.submit(chunk, self._submitted, 0)
+        return self._lanes.submit(chunk, self._submitted, rows)
 
     def _bury(self, poison: Sequence[PoisonChange], unknowable: Sequence[PoisonChange]) -> bool:
         """Store both kinds of dead letter durably, waiting out a refusing store; False if

@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from cachesync import Projection, Sync
 from cachesync.actions import DocumentAction, IndexDoc
@@ -23,77 +21,23 @@ from cachesync.errors import DeclarationError
 from cachesync.registry import Registry
 from cachesync.sinks import SearchSink
 from cachesync.sinks.base import DocumentFailure
-from tests.integration.binlog import models
 from tests.integration.binlog.harness import BinlogEnv, running
+from tests.integration.binlog.shop import DDL, Product, card_key, index_name
+from tests.integration.binlog.shop import declare as declare_shop
 
 pytestmark = pytest.mark.services
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Department(Base):
-    __tablename__ = "departments"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64))
-
-
-class Category(Base):
-    __tablename__ = "categories"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column("title", String(64))  # attribute != column
-    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
-    department: Mapped[Department | None] = relationship()
-
-
-class Product(Base):
-    __tablename__ = "products"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64))
-    category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
-    category: Mapped[Category | None] = relationship()
-
-
-DDL = [
-    "CREATE TABLE departments (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL) ENGINE=InnoDB",
-    """CREATE TABLE categories (id INT PRIMARY KEY, title VARCHAR(64) NOT NULL,
-        department_id INT NULL, KEY (department_id)) ENGINE=InnoDB""",
-    """CREATE TABLE products (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL,
-        category_id INT NULL,
-        CONSTRAINT products_category FOREIGN KEY (category_id) REFERENCES categories (id)
-            ON DELETE SET NULL) ENGINE=InnoDB""",
-]
-
-
 def index(env: BinlogEnv) -> str:
-    return f"{env.schema.lower()}-products"
+    return index_name(env.schema)
 
 
 def card(env: BinlogEnv, pid: int) -> str:
-    return f"{models.key_prefix(env.schema)}product:{pid}:card"
+    return card_key(env.schema, pid)
 
 
 def declare(env: BinlogEnv, registry: Registry | None = None) -> Registry:
-    registry = registry or env.registry()
-    prefix = models.key_prefix(env.schema)
-    register(
-        Product,
-        Sync(
-            keys=[prefix + "product:{id}", prefix + "product:{id}:card"],
-            depends_on={"category": [prefix + "product:{id}:card"]},
-            search=Projection(
-                index=index(env),
-                fields=["name", "category_id"],
-                related={
-                    "category_name": "category.name",
-                    "department_name": "category.department.name",
-                },
-            ),
-        ),
-        registry=registry,
-    )
-    return registry
+    return declare_shop(env.schema, registry or env.registry())
 
 
 def expected(env: BinlogEnv) -> dict[str, dict[str, Any]]:
