@@ -43,6 +43,7 @@ tables' changes wait for its duration (README, "Related data").
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -53,6 +54,8 @@ from ..registry import Registry, TableSpec
 from ..related import Relations, joined_select, relations_of
 from ..reread import Refresher, SqlRowReader, translate_db_error
 from . import server
+from .checkpoint import ResumePoint
+from .lanes import Lanes
 
 __all__ = ["Fanout"]
 
@@ -61,10 +64,40 @@ log = logging.getLogger("cachesync.fanout")
 #: Rows per keyset chunk of a fan-out (one indexed range scan and one lane hand-off each).
 DEFAULT_CHUNK = 1000
 
-#: ``flush(actions, rows)`` hands a chunk planned from *rows* rows to the lanes; False
-#: when the sidecar stopped meanwhile. The rows count as changes, so the lanes merge
-#: at most their usual number of rows into one apply.
-Flush = Callable[[list[Action], int], bool]
+#: Fan-out chunks in the lanes at once. Few, so a fan-out never fills a lane's queue:
+#: a full queue behind a long apply is what the lanes take for a frozen sink.
+WINDOW = 4
+
+
+class _Window:
+    """Counts fan-out chunks handed to the lanes and not applied yet (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.open = 0
+
+    def opened(self, lanes: int) -> Callable[[str], None]:
+        """Count one chunk for *lanes* lanes; the callback the lanes call when each is done."""
+        left = [lanes]
+        with self._cond:
+            self.open += 1
+
+        def done(_lane: str) -> None:
+            with self._cond:
+                left[0] -= 1
+                if left[0] == 0:
+                    self.open = max(0, self.open - 1)
+                    self._cond.notify_all()
+
+        return done
+
+    def wait(self, seconds: float) -> None:
+        with self._cond:
+            self._cond.wait(seconds)
+
+    def reset(self) -> None:
+        with self._cond:
+            self.open = 0
 
 
 class Fanout:
@@ -92,6 +125,7 @@ class Fanout:
         self.chunk = chunk
         self._engine: Any = None
         self.fanned_out = 0  #: rows re-planned by fan-outs so far (tests, logs)
+        self._window = _Window()
 
     @classmethod
     def start(
@@ -159,13 +193,39 @@ class Fanout:
     # -- planning -----------------------------------------------------------------------------
 
     def plan(
-        self, batch: Sequence[RowChange], actions: list[Action], flush: Flush
+        self,
+        batch: Sequence[RowChange],
+        actions: list[Action],
+        lanes: Lanes | None,
+        point: ResumePoint | None,
+        stopped: threading.Event,
+        keepalive: Callable[[], object],
     ) -> list[Action] | None:
         """*actions* with own documents re-read joined, plus the fan-out of *batch*.
 
-        Chunks of a large fan-out go to *flush* as they are read; the rest is
-        returned. ``None`` when *flush* reports the sidecar stopped.
+        Chunks of a large fan-out go to *lanes* as they are read, under *point*
+        (the previous batch's), at most :data:`WINDOW` at once; the rest is
+        returned. ``None`` when the sidecar stopped meanwhile (*stopped*).
+        *keepalive* is called while waiting (the leader lock's ping).
         """
+
+        def flush(chunk: list[Action], rows: int) -> bool:
+            if lanes is None or point is None:  # not streaming (tests): one list
+                held.extend(chunk)
+                return True
+            while self._window.open >= WINDOW:
+                if not lanes.ledger.owing():
+                    self._window.reset()  # work settled without its callback (a bypass)
+                    break
+                if stopped.is_set():
+                    return False
+                self._window.wait(0.05)
+                keepalive()
+            kinds = {Lanes.KEYS if isinstance(a, DeleteKeys) else Lanes.DOCUMENTS for a in chunk}
+            # The rows count as changes, so the lanes merge their usual rows into one apply.
+            return lanes.submit(chunk, point, rows, done=self._window.opened(len(kinds)))
+
+        held: list[Action] = []
         out = self._joined(actions)
         pending: list[Action] = []
         rows = 0
@@ -187,7 +247,7 @@ class Fanout:
                                 if not flush(pending, rows):
                                     return None
                                 pending, rows = [], 0
-        return out + pending
+        return out + held + pending
 
     def _joined(self, actions: list[Action]) -> list[Action]:
         """Document actions of models with related fields, re-read as their current joined row."""

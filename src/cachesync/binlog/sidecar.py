@@ -689,7 +689,9 @@ class Sidecar:
             actions.extend(cascaded)
             poison.extend(buried)
         if self._fanout is not None:  # rows that embed the changed rows (binlog/fanout.py)
-            fanned = self._fanout.plan(batch, actions, self._flush_fanout)
+            fanned = self._fanout.plan(
+                batch, actions, self._lanes, self._submitted, self._stop, self._keep_lock
+            )
             if fanned is None:
                 return None
             actions = fanned
@@ -697,12 +699,6 @@ class Sidecar:
         if (poison or unknowable) and not self._bury(poison, unknowable):
             return None
         return actions
-
-    def _flush_fanout(self, chunk: list[Action], rows: int) -> bool:
-        """A fan-out chunk to the lanes, under the previous batch's point: the checkpoint
-        cannot pass the related change before the whole fan-out is applied."""
-        assert self._lanes is not None and self._submitted is not None
-        return self._lanes.submit(chunk, self._submitted, rows)
 
     def _bury(self, poison: Sequence[PoisonChange], unknowable: Sequence[PoisonChange]) -> bool:
         """Store both kinds of dead letter durably, waiting out a refusing store; False if

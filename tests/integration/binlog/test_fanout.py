@@ -157,7 +157,9 @@ def test_late_fanout_retry_never_overwrites_a_newer_product_change(shop: BinlogE
         fanned = [
             a
             for a in search.seen
-            if isinstance(a, IndexDoc) and a.doc_id == "1" and a.document["category_name"] == "Renamed"
+            if isinstance(a, IndexDoc)
+            and a.doc_id == "1"
+            and a.document["category_name"] == "Renamed"
         ]
         assert fanned, "the rename fanned out to product 1"
         old = fanned[-1]
