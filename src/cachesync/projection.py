@@ -50,6 +50,9 @@ class ResolvedProjection:
             body = dict(self.declared.to_document(row))
         else:
             body = {name: row[name] for name in self.declared.fields or ()}
+            # Absent only in a plan from a bare row image, which the sidecar re-reads
+            # joined before it is written (cachesync.related).
+            body.update({name: row.get(name) for name in self.declared.related or ()})
         return {str(k): json_value(v) for k, v in body.items()}
 
     def live_id(self, spec: TableSpec, row: Row | None) -> str | None:

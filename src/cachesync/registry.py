@@ -15,6 +15,7 @@ from typing import Any
 from .errors import DeclarationError, TemplateError
 from .keys import KeyTemplate
 from .projection import ResolvedProjection
+from .related import Walker, parse_path
 from .spec import Projection, Sync
 from .tables import TableSpec
 
@@ -63,7 +64,9 @@ def _resolve_projection(
             raise DeclarationError(f"{model}: {where}: {label} must be callable")
     if p.id is None:  # the default: the primary key, injective for composite keys too
         return ResolvedProjection(declared=p, id_template=KeyTemplate.composite(primary_key))
-    return ResolvedProjection(declared=p, id_template=_parse(model, p.id, f"{where} id", attributes))
+    return ResolvedProjection(
+        declared=p, id_template=_parse(model, p.id, f"{where} id", attributes)
+    )
 
 
 def resolve(
@@ -74,9 +77,13 @@ def resolve(
     columns: Mapping[str, str],
     primary_key: Sequence[str],
     schema: str | None = None,
+    walker: Walker | None = None,
 ) -> TableSpec:
     """Check *sync* against a model's metadata and build its :class:`TableSpec`.
 
+    *walker* follows relation paths for ``related=`` fields and ``depends_on=``
+    (:mod:`cachesync.related`); their paths are checked here, the relations
+    themselves when first resolved (:func:`cachesync.related.relations_of`).
     Raises :class:`DeclarationError` naming *model* and the bad template or field.
     """
     if not isinstance(sync, Sync):
@@ -96,7 +103,15 @@ def resolve(
     )
     if sync.invalidates is not None and not callable(sync.invalidates):
         raise DeclarationError(f"{model}: invalidates must be callable(before, after) -> keys")
-    if not templates and not projections and sync.invalidates is None:
+    related = _related_fields(model, sync, columns)
+    depends_on = _depends_on(model, sync, columns)
+    if (related or depends_on) and walker is None:
+        raise DeclarationError(
+            f"{model}: related=/depends_on= need the SQLAlchemy or Django integration, "
+            "which follows the ORM's relations",
+            model=model,
+        )
+    if not templates and not projections and sync.invalidates is None and not depends_on:
         raise DeclarationError(
             f"{model}: Sync() declares nothing; give keys=[...], search=Projection(...) "
             "or invalidates=",
@@ -111,7 +126,78 @@ def resolve(
         key_templates=templates,
         projections=projections,
         invalidates=sync.invalidates,
+        related=related,
+        depends_on=depends_on,
+        walker=walker,
     )
+
+
+def _related_fields(model: str, sync: Sync, attributes: Mapping[str, str]) -> dict[str, str]:
+    """Every projection's ``related=`` fields; one name means one path across projections."""
+    fields: dict[str, str] = {}
+    for p in sync.projections:
+        if not isinstance(p, Projection) or p.related is None:
+            continue
+        if not isinstance(p.related, Mapping):
+            raise DeclarationError(
+                f"{model}: Projection(index={p.index!r}): related= must be a mapping "
+                "{'field': 'relation.attribute'}",
+                model=model,
+            )
+        for name, path in p.related.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise DeclarationError(f"{model}: related field name {name!r} is not a name")
+            if name in attributes:
+                raise DeclarationError(
+                    f"{model}: related field {name!r} is also an attribute of the model; "
+                    "give it another name",
+                    model=model,
+                )
+            parse_path(model, name, path)
+            if fields.setdefault(name, path) != path:
+                raise DeclarationError(
+                    f"{model}: related field {name!r} names two paths "
+                    f"({fields[name]!r}, {path!r}) in two projections",
+                    model=model,
+                )
+    return fields
+
+
+def _depends_on(
+    model: str, sync: Sync, attributes: Mapping[str, str]
+) -> dict[tuple[str, ...], tuple[KeyTemplate, ...]]:
+    if sync.depends_on is None:
+        return {}
+    if not isinstance(sync.depends_on, Mapping):
+        raise DeclarationError(
+            f"{model}: depends_on= must be a mapping {{'relation': ['key template', ...]}}",
+            model=model,
+        )
+    out: dict[tuple[str, ...], tuple[KeyTemplate, ...]] = {}
+    for relation, keys in sync.depends_on.items():
+        parts = tuple(relation.split(".")) if isinstance(relation, str) else ()
+        if not parts or not all(p.isidentifier() for p in parts):
+            raise DeclarationError(
+                f"{model}: depends_on key {relation!r} must name a relation ('category', "
+                "'category.department')",
+                model=model,
+            )
+        if isinstance(keys, str) or not keys:
+            raise DeclarationError(
+                f"{model}: depends_on[{relation!r}] must be a non-empty list of key templates",
+                model=model,
+            )
+        unlisted = [k for k in keys if k not in sync.keys]
+        if unlisted:
+            raise DeclarationError(
+                f"{model}: depends_on[{relation!r}] names {unlisted[0]!r}, which is not in "
+                "keys=[...]; list it there too (its row's own changes drop it as well)",
+                model=model,
+            )
+        out[parts] = tuple(
+            _parse(model, k, f"depends_on[{relation!r}] key", attributes) for k in keys
+        )
+    return out
 
 
 class Registry:

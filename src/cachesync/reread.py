@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
 from .errors import CacheSyncError, PermanentError, TransientError
 from .registry import Registry, TableSpec, default_registry
+from .related import joined_select
 from .selects import DOUBLE_ZERO, column_types, stored_row, utc_session
 from .sqltypes import ColumnType
 
@@ -100,16 +101,23 @@ class SqlRowReader(RowReader):
         schema = refs[0].schema if refs and refs[0].schema is not None else spec.schema
         if self.engine.dialect.name == "sqlite":
             schema = None  # SQLite has one unnamed schema per database file
-        table = sa.table(spec.table, *(sa.column(n) for n in names), schema=schema)
+        table: Any = sa.table(spec.table, *(sa.column(n) for n in names), schema=schema)
+        joined: Any = None
+        if spec.related:  # documents with related fields: the CURRENT joined row
+            joined, table, _ = joined_select(
+                spec, schema, sqlite=self.engine.dialect.name == "sqlite"
+            )
         key_cols = [table.c[c] for c in pk]
         found: dict[RowRef, Mapping[str, Any] | None] = {}
         unique = list(dict.fromkeys(refs))
         try:
             with self.engine.connect() as conn, self._session(conn, schema, spec.table) as types:
-                listed = [_listed(table.c[n], types.get(n)) for n in names]
+                base: Any = joined
+                if base is None:
+                    base = sa.select(*(_listed(table.c[n], types.get(n)) for n in names))
 
                 def select(where: Any) -> list[dict[str, Any]]:
-                    rows = conn.execute(sa.select(*listed).where(where)).mappings()
+                    rows = conn.execute(base.where(where)).mappings()
                     return [stored_row(dict(row), types) for row in rows]
 
                 for start in range(0, len(unique), _CHUNK):

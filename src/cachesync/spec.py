@@ -43,6 +43,12 @@ class Projection:
     to_document: Callable[[Row], Mapping[str, Any]] | None = None
     id: str | None = None
     when: Callable[[Row], bool] | None = None
+    #: Document fields taken from related rows: ``{"category_name": "category.name",
+    #: "department": "category.department.name"}`` names a to-one relation (the ORM's
+    #: relationship or foreign key), hop by hop, then an attribute of the last model.
+    #: The sidecar re-renders the document when a related row changes
+    #: (:mod:`cachesync.related`, :mod:`cachesync.binlog.fanout`).
+    related: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ class Sync:
     keys: Sequence[str] = ()
     search: Projection | Sequence[Projection] | None = None
     invalidates: Invalidates | None = None
+    #: Keys of this model that embed a related row: ``{"category": ["product:{id}:card"]}``
+    #: drops ``product:{id}:card`` of every product whose category (or, with
+    #: ``"category.department"``, whose category's department) changes.
+    depends_on: Mapping[str, Sequence[str]] | None = None
 
     @property
     def projections(self) -> tuple[Projection, ...]:

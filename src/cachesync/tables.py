@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .actions import RowRef
 from .errors import SchemaError
 from .keys import KeyTemplate
 from .projection import ResolvedProjection
 from .spec import Invalidates, Row
+
+if TYPE_CHECKING:
+    from .related import Walker
 
 __all__ = ["TableSpec"]
 
@@ -42,6 +45,12 @@ class TableSpec:
     key_templates: tuple[KeyTemplate, ...]
     projections: tuple[ResolvedProjection, ...]
     invalidates: Invalidates | None = None
+    #: Document fields read from related rows: field -> dotted path (:mod:`cachesync.related`).
+    related: Mapping[str, str] = field(default_factory=dict)
+    #: Relation path -> key templates of this model that drop when the related row changes.
+    depends_on: Mapping[tuple[str, ...], tuple[KeyTemplate, ...]] = field(default_factory=dict)
+    #: Follows relation paths through the ORM's metadata (set by the ORM integration).
+    walker: Walker | None = field(default=None, compare=False, repr=False)
     attributes_by_column: Mapping[str, str] = field(init=False, repr=False, compare=False)
     aliases: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
 
@@ -67,6 +76,10 @@ class TableSpec:
         for alias, attr in self.aliases:
             if attr in row:
                 row[alias] = row[attr]
+        for name in self.related:  # a joined read labels related values "@name"
+            labelled = "@" + name
+            if labelled in image:
+                row[name] = image[labelled]
         return row
 
     def columns_from_row(self, row: Mapping[str, Any]) -> dict[str, Any]:

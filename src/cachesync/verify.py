@@ -33,6 +33,7 @@ from .changes import Position
 from .errors import PermanentError
 from .keys import KeyTemplate, wire_key
 from .registry import ResolvedProjection, TableSpec
+from .related import joined_sql
 from .selects import column_types, select_list, stored_row, utc_session
 from .sinks.elasticsearch import SearchSink
 from .sinks.redis import RedisSink
@@ -166,6 +167,9 @@ def table_rows(
     names = spec.column_names
     table = qualified_table(spec.schema, spec.table)
     sql = f"SELECT {select_list(names, types)} FROM {table}"
+    if spec.related:  # joined fields: compared with a fresh joined SELECT
+        sql, joined = joined_sql(spec, spec.schema)
+        names = tuple(joined)
     if sample is not None:
         sql += f" ORDER BY RAND() LIMIT {int(sample)}"
     with connection.cursor() as cursor, utc_session(cursor):

@@ -47,7 +47,15 @@ values = st.recursive(
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
-        return a == b and a.utcoffset() == b.utcoffset() and type(a) is type(b)
+        # The same instant with the same offset. Compared in UTC, because an aware time in
+        # a zone's DST fold compares unequal to every time of another zone (PEP 495), the
+        # fixed offset the JSON form carries included.
+        same_instant = (
+            a.astimezone(dt.UTC) == b.astimezone(dt.UTC)
+            if a.tzinfo is not None and b.tzinfo is not None
+            else a == b
+        )
+        return same_instant and a.utcoffset() == b.utcoffset() and type(a) is type(b)
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
     if isinstance(a, dict):

@@ -38,6 +38,7 @@ from ..changes import BinlogPosition, GtidPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
+from ..related import joined_sql
 from ..selects import column_types, select_list, stored_row, utc_session
 from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
@@ -184,7 +185,11 @@ def _reindex(
     columns = list(spec.column_names)
     pk = list(spec.primary_key_columns())
     select = f"SELECT {select_list(columns, types)} FROM {table}"
-    order = " ORDER BY " + ", ".join(quote(c) for c in pk)
+    scanned, key_sql = columns, [quote(c) for c in pk]
+    if spec.related:  # joined fields: the table LEFT JOINed along its relations
+        select, scanned = joined_sql(spec, schema)
+        key_sql = [f"t0.{quote(c)}" for c in pk]
+    order = " ORDER BY " + ", ".join(key_sql)
     writer = _Writer(search, backoff=backoff, sleep=sleep)
     written: dict[str, set[str]] = {p.index: set() for p in spec.projections}
 
@@ -200,7 +205,7 @@ def _reindex(
     while True:
         sql, args = select, ()
         if cursor_key is not None:
-            keys = ", ".join(quote(c) for c in pk)
+            keys = ", ".join(key_sql)
             marks = ", ".join(["%s"] * len(pk))
             sql += f" WHERE ({keys}) > ({marks})" if len(pk) > 1 else f" WHERE {keys} > %s"
             args = cursor_key
@@ -208,7 +213,7 @@ def _reindex(
         with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
             connection.commit()
             cur.execute(sql, args)
-            raw = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+            raw = [dict(zip(scanned, values, strict=True)) for values in cur.fetchall()]
         if not raw:
             break
         # Keys go back into SQL as the server sent them (a stored FLOAT 1.1 is not the

@@ -71,6 +71,7 @@ from ..registry import Registry, TableSpec, default_registry
 from . import guards, positions, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
+from .fanout import Fanout
 from .lanes import Lanes
 from .leader import LeaderLock, lock_name
 from .partial import PartialDeadLetters, PartialImages
@@ -175,6 +176,8 @@ class Sidecar(Reporting):
         self.batches = 0
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
+        self._fanout: Fanout | None = None  # rows embedding related rows, read when leading
+        self._submitted: ResumePoint | None = None  # the last batch handed to the lanes
         self._lanes: Lanes | None = None  # the per-sink lanes, while leading
         self._last_save = self._last_lock_ping = time.monotonic()
         self._saved_changes = 0  # changes settled at the last save (per leadership term)
@@ -369,17 +372,23 @@ class Sidecar(Reporting):
                 index=cascade_index(self.applier, self.name),
                 default_schema=self._database,
             )
+            self._fanout = Fanout.start(
+                conn, self._mysql, self.registry, default_schema=self._database
+            )
             start = stored if stored is not None else self._first_point(conn)
         finally:
             conn.close()
         if stored is None:
             self._save(start)
-        self.saved = start
+        self.saved = self._submitted = start
         self.applied_through = start.commit_time
         self.leading.set()
         source = BinlogSource(
             self._mysql,
-            self._cascades.source_registry,  # the registry plus unwatched cascade parents
+            # the registry plus unwatched cascade parents and related tables
+            self._cascades.source_registry
+            if self._fanout is None
+            else self._fanout.source_registry(self._cascades.source_registry),
             server_id=self.server_id,
             start=start,
             default_schema=self._database,
@@ -393,6 +402,8 @@ class Sidecar(Reporting):
         finally:
             source.close()
             self._cascades.close()
+            if self._fanout is not None:
+                self._fanout.close()
 
     def _watched(self) -> list[tuple[str, str]]:
         return [(s.schema or self._database or "*", s.table) for s in self.registry.tables()]
@@ -462,6 +473,7 @@ class Sidecar(Reporting):
                     actions, point, len(batch), through=through, done=self._observer(batch)
                 ):
                     return  # stopped before the batch was planned or queued: not saved
+                self._submitted = point
                 self.batches += 1
                 self.rows += len(batch)
                 metrics.inc("batches_total")
@@ -598,6 +610,13 @@ class Sidecar(Reporting):
             cascaded, buried = self._cascades.plan(batch, self.saved)
             actions.extend(cascaded)
             poison.extend(buried)
+        if self._fanout is not None:  # rows that embed the changed rows (binlog/fanout.py)
+            fanned = self._fanout.plan(
+                batch, actions, self._lanes, self._submitted, self._stop, self._keep_lock
+            )
+            if fanned is None:
+                return None
+            actions = fanned
         unknowable = self._unknowable.take()  # already logged by the partial-image step
         if (poison or unknowable) and not self._bury(poison, unknowable):
             return None

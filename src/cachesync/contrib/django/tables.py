@@ -36,6 +36,7 @@ from ...binding import (
 from ...errors import DeclarationError
 from ...keys import KeyTemplate
 from ...registry import TableSpec, resolve
+from ...related import relations_of
 from ...spec import Sync
 from .conf import KeyAffixes
 
@@ -264,11 +265,24 @@ def build_table(model: Any, sync: Any, affixes: KeyAffixes | None = None) -> Dja
             f"{label}: is swapped out for {meta.swapped}; declare that model", model=label
         )
     columns, primary_key = column_map(model)
-    declared = resolve(label, sync, table=meta.db_table, columns=columns, primary_key=primary_key)
+    from .relations import relation_walker  # related data (cachesync.related)
+
+    walker = relation_walker(model)
+    declared = resolve(
+        label, sync, table=meta.db_table, columns=columns, primary_key=primary_key, walker=walker
+    )
     spec = declared
     if affixes is not None and not affixes.identity:
         wrapped = _wrapped(sync, affixes.wrap_template, affixes.wrap)
-        spec = resolve(label, wrapped, table=meta.db_table, columns=columns, primary_key=primary_key)
+        spec = resolve(
+            label,
+            wrapped,
+            table=meta.db_table,
+            columns=columns,
+            primary_key=primary_key,
+            walker=walker,
+        )
+    relations_of(spec)  # models are loaded here: a bad relation fails in ready(), naming the model
     by_column = spec.attributes_by_column
     local = [f for f in meta.local_concrete_fields if getattr(f, "column", None)]
     attnames = tuple(f.attname for f in local)

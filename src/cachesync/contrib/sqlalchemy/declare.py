@@ -31,6 +31,7 @@ from sqlalchemy.types import TypeEngine
 from ...binding import needed_attributes
 from ...errors import DeclarationError
 from ...registry import Registry, TableSpec, default_registry, resolve
+from ...related import Hop, Walker
 from ...spec import Invalidates, Projection, Sync
 
 __all__ = [
@@ -156,6 +157,7 @@ def _declare(cls: type, sync: Sync, registry: Registry) -> Declared:
         columns={attr: column.name for attr, column in columns.items()},
         primary_key=primary_key,
         schema=table.schema,
+        walker=_walker(cls),
     )
     needed = needed_attributes(spec, tuple(columns))
     stored_types = {
@@ -173,6 +175,88 @@ def _declare(cls: type, sync: Sync, registry: Registry) -> Declared:
         _declared[cls] = declared
         _lookup.clear()
     return declared
+
+
+def _columns_of(mapper: Mapper[Any]) -> dict[str, str]:
+    """attribute -> column name of a mapper's own table."""
+    out: dict[str, str] = {}
+    for column in mapper.local_table.columns:
+        try:
+            out.setdefault(mapper.get_property_by_column(column).key, column.name)
+        except UnmappedColumnError:
+            continue
+    return out
+
+
+def _walker(cls: type) -> Walker:
+    """Follows ``related=`` / ``depends_on=`` paths through relationships or foreign keys.
+
+    Called when relations are first resolved (the sidecar's start-up), not at class
+    definition: a relationship to a class defined later is known only once every
+    mapper is configured.
+    """
+
+    def walk(path: Sequence[str]) -> list[Hop]:
+        from sqlalchemy.orm import MANYTOONE, configure_mappers
+
+        name = _model_name(cls)
+        try:
+            configure_mappers()
+        except Exception as exc:
+            raise DeclarationError(
+                f"{name}: the SQLAlchemy mappers do not configure: {exc}", model=name
+            ) from None
+        mapper: Mapper[Any] = sa_inspect(cls)
+        hops: list[Hop] = []
+        for part in path:
+            where = f"{name}: relation {'.'.join(path)!r}: {_model_name(mapper.class_)}"
+            rel = mapper.relationships.get(part)
+            if rel is not None:
+                if rel.direction is not MANYTOONE:
+                    raise DeclarationError(
+                        f"{where}.{part} is a to-many relationship; related data follows "
+                        "to-one relations (a foreign key on this side)",
+                        model=name,
+                    )
+                pairs = list(rel.local_remote_pairs or ())
+                local = tuple(str(a.name) for a, _ in pairs)
+                remote = tuple(str(b.name) for _, b in pairs)
+                target = rel.mapper
+            else:
+                prop = mapper.attrs.get(part)
+                column = getattr(prop, "columns", [None])[0] if prop is not None else None
+                fks = list(getattr(column, "foreign_keys", ()))
+                targets = [
+                    m
+                    for m in mapper.registry.mappers
+                    if fks and m.local_table is fks[0].column.table
+                ]
+                if column is None or len(fks) != 1 or not targets:
+                    known = sorted(
+                        [r.key for r in mapper.relationships]
+                        + [c.key for c in mapper.column_attrs if c.columns[0].foreign_keys]
+                    )
+                    raise DeclarationError(
+                        f"{where} has no to-one relationship or foreign key {part!r} "
+                        f"(known: {', '.join(known) or 'none'})",
+                        model=name,
+                    )
+                local, remote, target = (column.name,), (fks[0].column.name,), targets[0]
+            table = target.local_table
+            hops.append(
+                Hop(
+                    model=_model_name(target.class_),
+                    schema=getattr(table, "schema", None),
+                    table=str(getattr(table, "name", "")),
+                    local=local,
+                    remote=remote,
+                    columns=_columns_of(target),
+                )
+            )
+            mapper = target
+        return hops
+
+    return walk
 
 
 def _declare_from_class_attribute(cls: type) -> None:

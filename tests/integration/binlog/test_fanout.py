@@ -1,0 +1,225 @@
+"""Related-row fan-out against the private MariaDB, Redis and the Elasticsearch API.
+
+Products embed their category's and department's names (SQLAlchemy
+relationships, two hops) and a ``product:{id}:card`` key that embeds the
+category. "Another service" renames, moves and deletes with raw SQL; every
+product document must equal a fresh joined ``SELECT`` and every dependent key
+must be gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from cachesync import Projection, Sync
+from cachesync.actions import DocumentAction, IndexDoc
+from cachesync.contrib.sqlalchemy import register
+from cachesync.errors import DeclarationError
+from cachesync.registry import Registry
+from cachesync.sinks import SearchSink
+from cachesync.sinks.base import DocumentFailure
+from tests.integration.binlog.harness import BinlogEnv, running
+from tests.integration.binlog.shop import DDL, Product, card_key, index_name
+from tests.integration.binlog.shop import declare as declare_shop
+
+pytestmark = pytest.mark.services
+
+
+def index(env: BinlogEnv) -> str:
+    return index_name(env.schema)
+
+
+def card(env: BinlogEnv, pid: int) -> str:
+    return card_key(env.schema, pid)
+
+
+def declare(env: BinlogEnv, registry: Registry | None = None) -> Registry:
+    return declare_shop(env.schema, registry or env.registry())
+
+
+def expected(env: BinlogEnv) -> dict[str, dict[str, Any]]:
+    """The product documents as a fresh joined SELECT says they are now."""
+    rows = env.sql(
+        "SELECT p.id, p.name, p.category_id, c.title, d.name FROM products p "
+        "LEFT JOIN categories c ON p.category_id = c.id "
+        "LEFT JOIN departments d ON c.department_id = d.id"
+    )
+    return {
+        str(r[0]): {
+            "name": r[1],
+            "category_id": r[2],
+            "category_name": r[3],
+            "department_name": r[4],
+        }
+        for r in rows
+    }
+
+
+def documents(env: BinlogEnv) -> dict[str, dict[str, Any]]:
+    from elasticsearch import helpers
+
+    env.es.indices.refresh(index=index(env), ignore_unavailable=True)
+    return {
+        h["_id"]: h["_source"]
+        for h in helpers.scan(
+            env.es, index=index(env), query={"query": {"match_all": {}}}, ignore_unavailable=True
+        )
+    }
+
+
+def assert_documents_right(env: BinlogEnv) -> None:
+    want, have = expected(env), documents(env)
+    wrong = sorted((i for i in want if have.get(i) != want[i]), key=int)
+    orphans = sorted(set(have) - set(want), key=int)
+    assert not wrong and not orphans, (
+        f"{len(wrong)} wrong {[(i, have.get(i), want[i]) for i in wrong[:3]]}, orphans {orphans[:5]}"
+    )
+
+
+@pytest.fixture
+def shop(binlog_env: BinlogEnv) -> Iterator[BinlogEnv]:
+    for statement in DDL:
+        binlog_env.sql(statement)
+    yield binlog_env
+    binlog_env.es.indices.delete(index=index(binlog_env), ignore_unavailable=True)
+
+
+def fill(env: BinlogEnv, products: int = 30) -> None:
+    env.sql("INSERT INTO departments VALUES (1, 'Garden'), (2, 'Kitchen')")
+    env.sql("INSERT INTO categories VALUES (1, 'Tools', 1), (2, 'Pots', 2), (3, 'Seeds', 1)")
+    env.sql(
+        "INSERT INTO products VALUES "
+        + ", ".join(f"({i}, 'p{i}', {1 + i % 3})" for i in range(1, products + 1))
+    )
+
+
+class RecordingSearch(SearchSink):
+    """The real sink, remembering every document action it was given."""
+
+    def __init__(self, es: Any) -> None:
+        super().__init__(es)
+        self.seen: list[DocumentAction] = []
+
+    def apply(self, actions: Sequence[DocumentAction]) -> list[DocumentFailure]:
+        self.seen.extend(actions)
+        return super().apply(actions)
+
+
+def test_rename_move_two_hops_and_delete_reach_documents_and_keys(shop: BinlogEnv) -> None:
+    env = shop
+    with running(env.sidecar(registry=declare(env))):
+        fill(env)
+        env.sync_point()
+        assert_documents_right(env)  # inserts rendered from the joined row
+        cards = [card(env, i) for i in range(1, 31)]
+        env.set_keys(cards)
+        env.sql("UPDATE categories SET title = 'Hand tools' WHERE id = 1")  # raw SQL
+        env.sync_point()
+        assert_documents_right(env)
+        in_one = {i for i in range(1, 31) if 1 + i % 3 == 1}
+        assert set(env.existing(cards)) == {card(env, i) for i in range(1, 31) if i not in in_one}
+        # Move a product: its document follows the new category.
+        env.sql("UPDATE products SET category_id = 2 WHERE id = 3")
+        env.sync_point()
+        assert documents(env)["3"]["category_name"] == "Pots"
+        # Two hops: a department rename reaches the products of its categories.
+        env.sql("UPDATE departments SET name = 'Outdoor' WHERE id = 1")
+        env.sync_point()
+        assert_documents_right(env)
+        assert documents(env)["6"]["department_name"] == "Outdoor"  # category 1, department 1
+        # A category re-parented to another department.
+        env.sql("UPDATE categories SET department_id = 2 WHERE id = 3")
+        env.sync_point()
+        assert_documents_right(env)
+        # A column nobody reads changes: no fan-out.
+        # Delete with ON DELETE SET NULL: products keep documents, with no category.
+        env.set_keys(cards)
+        env.sql("DELETE FROM categories WHERE id = 3")
+        env.sync_point()
+        assert_documents_right(env)
+        assert documents(env)["2"]["category_name"] is None
+        assert card(env, 2) not in env.existing(cards)
+
+
+def test_late_fanout_retry_never_overwrites_a_newer_product_change(shop: BinlogEnv) -> None:
+    env = shop
+    search = RecordingSearch(env.es)
+    applier = env.applier()
+    applier.documents = search
+    with running(env.sidecar(registry=declare(env), applier=applier)):
+        fill(env)
+        env.sync_point()
+        env.sql("UPDATE categories SET title = 'Renamed' WHERE id = 2")
+        env.sync_point()
+        fanned = [
+            a
+            for a in search.seen
+            if isinstance(a, IndexDoc)
+            and a.doc_id == "1"
+            and a.document["category_name"] == "Renamed"
+        ]
+        assert fanned, "the rename fanned out to product 1"
+        old = fanned[-1]
+        after_rename = env.es.get(index=index(env), id="1")["_version"]
+        assert after_rename == old.version  # the fan-out's version: the category change's position
+        env.sql("UPDATE products SET name = 'newer' WHERE id = 1")
+        env.sync_point()
+        newer = env.es.get(index=index(env), id="1")
+        assert newer["_version"] > old.version
+        # The late retry of the old fan-out, as the retry path would send it.
+        assert applier.apply([old]).failures == []
+        again = env.es.get(index=index(env), id="1")
+        assert again["_version"] == newer["_version"]
+        assert again["_source"]["name"] == "newer"
+        assert_documents_right(env)
+
+
+def test_foreign_key_without_index_fails_at_start_naming_the_model(shop: BinlogEnv) -> None:
+    env = shop
+    env.sql("ALTER TABLE categories DROP INDEX department_id")
+    sidecar = env.sidecar(registry=declare(env))
+    match = r"Product: relation 'category.department'.*index"
+    with pytest.raises(DeclarationError, match=match), running(sidecar):
+        pass
+
+
+def test_unknown_relation_fails_naming_the_model(shop: BinlogEnv) -> None:
+    registry = Registry()
+    register(
+        Product,
+        Sync(search=Projection(index="x", fields=["name"], related={"c": "categori.name"})),
+        registry=registry,
+    )
+    from cachesync.related import relations_of
+
+    (spec,) = registry.tables()
+    with pytest.raises(DeclarationError, match=r"Product: relation 'categori'.*no to-one"):
+        relations_of(spec)
+
+
+def test_reindex_renders_and_verify_compares_joined_fields(shop: BinlogEnv) -> None:
+    from cachesync.binlog.reindex import reindex
+    from cachesync.verify import verify_index
+
+    env = shop
+    fill(env)
+    registry = declare(env)
+    spec = registry.for_model("Product")
+    conn = env.connect()
+    try:
+        report = reindex(spec, connection=conn, search=SearchSink(env.es), database=env.schema)
+        assert report.documents == 30
+        assert_documents_right(env)
+        (projection,) = spec.projections
+        assert verify_index(conn, env.es, spec, projection).ok
+        # No sidecar runs: a rename leaves the joined field stale, and verify sees it.
+        env.sql("UPDATE departments SET name = 'Elsewhere' WHERE id = 2")
+        conn.commit()
+        checked = verify_index(conn, env.es, spec, projection)
+        in_two = [str(i) for i in range(1, 31) if 1 + i % 3 == 2]
+        assert sorted(checked.stale, key=int) == in_two
+    finally:
+        conn.close()
