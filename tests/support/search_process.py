@@ -50,11 +50,14 @@ class SearchProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while not _answers(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise svc.ServiceError(f"noida-db on port {self.port} did not start")
-            time.sleep(0.1)
+        try:
+            while not _answers(self.port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise svc.ServiceError(f"noida-db on port {self.port} did not start")
+                time.sleep(0.1)
+        except BaseException:  # never leave a server behind a failed start
+            self.stop()
+            raise
         return self
 
     def freeze(self) -> None:
