@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from .. import metrics
 from ..actions import Action, DeleteKeys, per_key
-from ..apply import Applier, Failure, FailureHandler, hand_off
+from ..apply import Applier, ApplyReport, Failure, FailureHandler, hand_off
 from ..errors import HandOffError, TransientError
 from ..policies import LanePolicy
 from .checkpoint import ResumePoint
@@ -267,7 +267,7 @@ class Lane:
         )
         failures = [Failure(one, error) for w in stuck for a in w.actions for one in per_key(a)]
         try:
-            self._handler.handle(failures)
+            hand_off(ApplyReport(failures=failures), self._handler)
         except HandOffError as exc:
             self._bypass_attempts += 1
             delay = self._backoff(self._bypass_attempts)
@@ -285,7 +285,6 @@ class Lane:
             return
         self._bypass_attempts = 0
         metrics.inc("lane_handoffs_total", len(failures))
-        metrics.inc("handed_off_total", len(failures))
         log.warning("cachesync: %s", error)
         self._ledger.finish(self.name, [w.seq for w in stuck])
 

@@ -16,13 +16,18 @@ from cachesync.outbox.dead_letters import OutboxDeadLetterStore
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _env(**env: str) -> dict[str, str]:
+    """This environment without its CACHESYNC_ settings, plus *env*."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_")}
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
     clean.update(env)
+    return clean
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cachesync.cli", *args],
-        env=clean,
+        env=_env(**env),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -86,14 +91,11 @@ def test_retry_without_kafka_retries_the_failures_parked_in_the_outbox(tmp_path:
     client = redis.Redis.from_url(cache.url)
     client.set("user:8", "stale")
     store.add(KIND_FAILED, [DeleteKeys(("user:8",), BinlogPosition("mysql-bin.000001", 10))])
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CACHESYNC_")}
-    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
-    clean.update(CACHESYNC_OUTBOX_URL=url, CACHESYNC_REDIS_URL=cache.url)
     log = tmp_path / "retry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cachesync.cli", "retry", "--retry-policy", "fast"],
-            env=clean,
+            env=_env(CACHESYNC_OUTBOX_URL=url, CACHESYNC_REDIS_URL=cache.url),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
