@@ -59,6 +59,7 @@ __all__ = [
     "encode_actions",
     "load_json",
     "tag_value",
+    "untag_value",
 ]
 
 FORMAT_VERSION = 1
@@ -194,7 +195,7 @@ UNTAG: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _untag(value: Any) -> Any:
+def untag_value(value: Any) -> Any:
     """A primary-key value from its JSON form; only values a database can bind and a dict can hash."""
     if isinstance(value, dict):
         if len(value) != 1:
@@ -227,7 +228,9 @@ def _row_ref(source: Any) -> RowRef | None:
     pk = source.get("pk")
     if not isinstance(pk, dict) or not pk:
         raise DecodeError(f"source.pk must be a non-empty object, got {pk!r:.80}")
-    return RowRef(schema, table, {check_text(k, "pk column"): _untag(v) for k, v in pk.items()})
+    return RowRef(
+        schema, table, {check_text(k, "pk column"): untag_value(v) for k, v in pk.items()}
+    )
 
 
 def _document(value: Any) -> dict[str, Any]:

@@ -116,6 +116,11 @@ CATALOGUE: dict[str, Metric] = {
     "table_statements_total": Metric("TRUNCATE/DROP/RENAME statements of watched tables purged"),
     "purged_keys_total": Metric("cache keys deleted by pattern after a TRUNCATE/DROP/RENAME"),
     "purged_documents_total": Metric("documents deleted after a TRUNCATE/DROP/RENAME"),
+    "fanout_jobs": Metric(
+        "related-row fan-outs being worked through in the background", kind="gauge"
+    ),
+    "fanout_rows_total": Metric("rows re-planned by background fan-outs"),
+    "fanout_abandoned_total": Metric("background fan-outs dropped because they cannot go on"),
 }
 
 _prom: Any

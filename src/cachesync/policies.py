@@ -16,6 +16,7 @@ from .errors import ConfigurationError
 __all__ = [
     "Backoff",
     "BatchPolicy",
+    "FanoutPolicy",
     "ImmediateRetryPolicy",
     "LanePolicy",
     "ReconnectPolicy",
@@ -195,6 +196,30 @@ class LanePolicy:
             queue_actions=self.queue_actions,
             stuck_after=self.stuck_after,
             stuck_factor=self.stuck_factor,
+            stop_timeout=self.stop_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class FanoutPolicy:
+    """How related-row fan-outs (:mod:`cachesync.binlog.fanjobs`) are bounded.
+
+    * ``chunk``: rows per keyset chunk (one indexed range scan and one lane
+      hand-off each); also the most fan-out rows planned inline with one batch;
+    * ``max_jobs``: the most fan-outs waiting for the background worker; the
+      reader waits for room beyond that (each is a few hundred bytes);
+    * ``stop_timeout``: how long a stopping sidecar waits for the worker.
+    """
+
+    chunk: int = 1000
+    max_jobs: int = 1000
+    stop_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        _positive(
+            "FanoutPolicy",
+            chunk=self.chunk,
+            max_jobs=self.max_jobs,
             stop_timeout=self.stop_timeout,
         )
 
@@ -417,6 +442,7 @@ class SidecarPolicy:
     * ``retry_backoff``: the wait after a transient start-up failure;
     * ``reconnect``: the binlog reader's :class:`ReconnectPolicy`;
     * ``lanes``: the per-sink queues (:class:`LanePolicy`);
+    * ``fanout``: the bounds of related-row fan-outs (:class:`FanoutPolicy`);
     * ``checkpoint_interval``: the most often a busy stream saves its checkpoint
       (an idle one saves what settled at once); a crash in between only repeats work.
     """
@@ -432,6 +458,7 @@ class SidecarPolicy:
     retry_backoff: Backoff = Backoff(first=0.5, cap=10.0)
     reconnect: ReconnectPolicy = field(default_factory=lambda: ReconnectPolicy.DEFAULT)
     lanes: LanePolicy = field(default_factory=LanePolicy)
+    fanout: FanoutPolicy = field(default_factory=FanoutPolicy)
     checkpoint_interval: float = 0.1
 
     DEFAULT: ClassVar[SidecarPolicy]
@@ -442,7 +469,13 @@ class SidecarPolicy:
                 f"SidecarPolicy.batch must be a BatchPolicy, got {self.batch!r}"
             )
         if not isinstance(self.lanes, LanePolicy):
-            raise ConfigurationError(f"SidecarPolicy.lanes must be a LanePolicy, got {self.lanes!r}")
+            raise ConfigurationError(
+                f"SidecarPolicy.lanes must be a LanePolicy, got {self.lanes!r}"
+            )
+        if not isinstance(self.fanout, FanoutPolicy):
+            raise ConfigurationError(
+                f"SidecarPolicy.fanout must be a FanoutPolicy, got {self.fanout!r}"
+            )
         if not isinstance(self.reconnect, ReconnectPolicy):
             raise ConfigurationError(
                 f"SidecarPolicy.reconnect must be a ReconnectPolicy, got {self.reconnect!r}"

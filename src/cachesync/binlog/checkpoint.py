@@ -232,6 +232,15 @@ class CheckpointStore(ABC):
     def delete(self, name: str) -> None:
         """Forget the checkpoint of *name* (``listen --reset-checkpoint``)."""
 
+    @abstractmethod
+    def names(self, prefix: str) -> list[str]:
+        """The names saved that start with *prefix*, sorted (the fan-out jobs of a pipeline)."""
+
+    @property
+    def width(self) -> int | None:
+        """The longest position text :meth:`save` takes (``None``: no limit)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release connections or files."""
 
@@ -375,6 +384,19 @@ class TableCheckpointStore(CheckpointStore):
         with self._cursor() as cur:
             cur.execute(f"DELETE FROM {self._table} WHERE name = %s", (name,))
 
+    def names(self, prefix: str) -> list[str]:
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._cursor() as cur:
+            cur.execute(
+                f"SELECT name FROM {self._table} WHERE name LIKE %s ORDER BY name", (pattern,)
+            )
+            return [str(row[0]) for row in cur.fetchall()]
+
+    @property
+    def width(self) -> int | None:
+        self._connection()  # reads the column's width
+        return self._width
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -477,6 +499,9 @@ class FileCheckpointStore(CheckpointStore):
             data = self._read()
             if data.pop(name, None) is not None:
                 self._write(data)
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(n for n in self._read() if n.startswith(prefix))
 
 
 def checkpoint_store(checkpoint_url: str | None, mysql_url: str | None) -> CheckpointStore:

@@ -208,6 +208,7 @@ def _serve_health(settings: Settings, sidecar: Any) -> Any:
         return None
     metrics.gauge_function("source_lag_seconds", sidecar.lag_seconds)
     metrics.gauge_function("leader", lambda: 1.0 if sidecar.leading.is_set() else 0.0)
+    metrics.gauge_function("fanout_jobs", lambda: float(sidecar.fanout_jobs))
     if settings.outbox_database is not None:
         from ..outbox.backlog import OutboxBacklog
 

@@ -29,75 +29,63 @@ right data anyway (it loses the version race with a 409, which counts as done).
 A late retry of a fan-out re-reads the row (:mod:`cachesync.reread`) and cannot
 overwrite a newer write: its version is older.
 
-Bounded. Chunks of :attr:`chunk` rows are handed to the lanes as they are
-read (*flush*), which block while the lanes' queues are full, so memory is
-bounded by the lane queues, not by the fan-out. The chunks are submitted
-under the resume point of the previous batch, so the checkpoint cannot pass
-the related change before its whole fan-out is applied: a SIGKILL in the
-middle replays the batch and the fan-out starts again (idempotent: deletes,
-and versioned writes of current data). What this does NOT do yet: interleave
-a large fan-out with the stream; the reading thread works through it, so other
-tables' changes wait for its duration (README, "Related data").
+Bounded, and interleaved with the stream. The first chunk of each fan-out is
+read on the reading thread and planned with the batch (most fan-outs are one
+chunk: a category with a few hundred products), at most :attr:`chunk` rows per
+batch. A fan-out that fills its first chunk, or that finds the batch's budget
+spent, becomes a :class:`~cachesync.binlog.fanjobs.FanoutJob`: the relation, the
+related value, the related change's position and the primary key it has reached.
+The job is saved next to the checkpoint before the checkpoint passes the change
+that made it, and a worker thread works through it chunk by chunk as background
+work of the lanes (which take stream work first), saving its progress as chunks
+are applied. A SIGKILL in the middle resumes it from its last saved chunk.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..actions import Action, DeleteDoc, DeleteKeys, DocumentAction, IndexDoc, RowRef
-from ..changes import Position, RowChange
+from ..actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
+from ..changes import Op, RowChange
+from ..deadletters import PoisonChange, is_poison
 from ..errors import CacheSyncError, DeclarationError
 from ..registry import Registry, TableSpec
 from ..related import Relations, joined_select, relations_of
 from ..reread import Refresher, SqlRowReader, translate_db_error
 from . import server
-from .checkpoint import ResumePoint
-from .lanes import Lanes
+from .fanjobs import FanoutJob
 
-__all__ = ["Fanout"]
+__all__ = ["FannedOut", "Fanout", "FanoutChunk"]
 
 log = logging.getLogger("cachesync.fanout")
 
 #: Rows per keyset chunk of a fan-out (one indexed range scan and one lane hand-off each).
 DEFAULT_CHUNK = 1000
 
-#: Fan-out chunks in the lanes at once. Few, so a fan-out never fills a lane's queue:
-#: a full queue behind a long apply is what the lanes take for a frozen sink.
-WINDOW = 4
+
+@dataclass
+class FanoutChunk:
+    """One chunk of a fan-out, planned: its actions and dead letters, and where it ended."""
+
+    rows: int
+    final: bool  #: fewer rows than asked for: the fan-out is done
+    last: tuple[Any, ...] | None  #: the primary key of its last row (the job's next ``after``)
+    actions: list[Action] = field(default_factory=list)
+    poison: list[PoisonChange] = field(default_factory=list)
+    keys: dict[str, None] = field(default_factory=dict)
 
 
-class _Window:
-    """Counts fan-out chunks handed to the lanes and not applied yet (thread-safe)."""
+@dataclass
+class FannedOut:
+    """What :meth:`Fanout.plan` made of a batch."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.open = 0
-
-    def opened(self, lanes: int) -> Callable[[str], None]:
-        """Count one chunk for *lanes* lanes; the callback the lanes call when each is done."""
-        left = [lanes]
-        with self._cond:
-            self.open += 1
-
-        def done(_lane: str) -> None:
-            with self._cond:
-                left[0] -= 1
-                if left[0] == 0:
-                    self.open = max(0, self.open - 1)
-                    self._cond.notify_all()
-
-        return done
-
-    def wait(self, seconds: float) -> None:
-        with self._cond:
-            self._cond.wait(seconds)
-
-    def reset(self) -> None:
-        with self._cond:
-            self.open = 0
+    actions: list[Action]
+    poison: list[PoisonChange] = field(default_factory=list)
+    #: fan-outs left for the worker (binlog/fanjobs.py)
+    jobs: list[FanoutJob] = field(default_factory=list)
 
 
 class Fanout:
@@ -125,7 +113,6 @@ class Fanout:
         self.chunk = chunk
         self._engine: Any = None
         self.fanned_out = 0  #: rows re-planned by fan-outs so far (tests, logs)
-        self._window = _Window()
 
     @classmethod
     def start(
@@ -192,62 +179,36 @@ class Fanout:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def plan(
-        self,
-        batch: Sequence[RowChange],
-        actions: list[Action],
-        lanes: Lanes | None,
-        point: ResumePoint | None,
-        stopped: threading.Event,
-        keepalive: Callable[[], object],
-    ) -> list[Action] | None:
+    def plan(self, batch: Sequence[RowChange], actions: list[Action]) -> FannedOut:
         """*actions* with own documents re-read joined, plus the fan-out of *batch*.
 
-        Chunks of a large fan-out go to *lanes* as they are read, under *point*
-        (the previous batch's), at most :data:`WINDOW` at once; the rest is
-        returned. ``None`` when the sidecar stopped meanwhile (*stopped*).
-        *keepalive* is called while waiting (the leader lock's ping).
+        The first chunk of each fan-out is planned here, up to :attr:`chunk` rows
+        for the whole batch; what is left becomes :class:`FanoutJob`\\ s for the
+        worker (module docstring). Raises :class:`~cachesync.errors.TransientError`
+        when the database cannot be reached.
         """
-
-        def flush(chunk: list[Action], rows: int) -> bool:
-            if lanes is None or point is None:  # not streaming (tests): one list
-                held.extend(chunk)
-                return True
-            while self._window.open >= WINDOW:
-                if not lanes.ledger.owing():
-                    self._window.reset()  # work settled without its callback (a bypass)
-                    break
-                if stopped.is_set():
-                    return False
-                self._window.wait(0.05)
-                keepalive()
-            kinds = {Lanes.KEYS if isinstance(a, DeleteKeys) else Lanes.DOCUMENTS for a in chunk}
-            # The rows count as changes, so the lanes merge their usual rows into one apply.
-            return lanes.submit(chunk, point, rows, done=self._window.opened(len(kinds)))
-
-        held: list[Action] = []
-        out = self._joined(actions)
-        pending: list[Action] = []
-        rows = 0
+        out = FannedOut(self._joined(actions))
+        budget = self.chunk
         for change in batch:
             for spec, relations in self.related:
                 for prefix, columns in relations.triggers(
                     change.schema, change.table, self._default
                 ):
-                    if _untouched(change, columns):
+                    if _untouched(change, columns) or change.position is None:
                         continue
-                    hop = relations.hops[prefix]
-                    for value in _values(change, hop.remote):
-                        for n, chunk in self._affected(
-                            spec, relations, prefix, value, change.position
-                        ):
-                            pending += chunk
-                            rows += n
-                            if rows >= self.chunk:
-                                if not flush(pending, rows):
-                                    return None
-                                pending, rows = [], 0
-        return out + held + pending
+                    for value in _values(change, relations.hops[prefix].remote):
+                        job = FanoutJob(spec, prefix, value, change.position)
+                        if budget <= 0:
+                            out.jobs.append(job)
+                            continue
+                        chunk = self.read(job, limit=budget)
+                        budget -= chunk.rows
+                        out.actions += chunk.actions
+                        out.poison += chunk.poison
+                        if not chunk.final:
+                            job.after = chunk.last
+                            out.jobs.append(job)
+        return out
 
     def _joined(self, actions: list[Action]) -> list[Action]:
         """Document actions of models with related fields, re-read as their current joined row."""
@@ -275,79 +236,111 @@ class Fanout:
         spec = self.registry.get(ref.schema, ref.table)
         return spec is not None and bool(spec.related)
 
-    def _affected(
-        self,
-        spec: TableSpec,
-        relations: Relations,
-        prefix: tuple[str, ...],
-        value: tuple[Any, ...],
-        position: Position | None,
-    ) -> Iterator[tuple[int, list[Action]]]:
-        """``(rows, actions)`` chunks for the rows of *spec* whose relation *prefix* ends at *value*."""
+    def read(self, job: FanoutJob, *, limit: int | None = None) -> FanoutChunk:
+        """The next chunk of *job* after ``job.after`` (at most *limit* rows, default
+        :attr:`chunk`), planned at the job's position. Safe from any thread."""
         import sqlalchemy as sa
 
+        spec, prefix, relations = job.spec, job.prefix, self._relations(job.spec)
+        limit = self.chunk if limit is None else limit
         select, t0, joined = joined_select(spec, spec.schema or self._default)
         hop = relations.hops[prefix]
         previous = t0 if len(prefix) == 1 else joined[prefix[:-1]]
-        match = sa.and_(*(previous.c[c] == v for c, v in zip(hop.local, value, strict=True)))
+        where = sa.and_(*(previous.c[c] == v for c, v in zip(hop.local, job.value, strict=True)))
         pk = spec.primary_key_columns()
         keys = [t0.c[c] for c in pk]
+        if job.after is not None:
+            after = (
+                keys[0] > job.after[0]
+                if len(keys) == 1
+                else sa.tuple_(*keys) > sa.tuple_(*job.after)
+            )
+            where = sa.and_(where, after)
+        stmt = select.where(where).order_by(*keys).limit(limit)
+        try:
+            with self._db().connect() as conn:
+                rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        except sa.exc.SQLAlchemyError as exc:
+            raise translate_db_error(exc, f"fan-out into {spec.table}") from exc
+        self.fanned_out += len(rows)
         dependent = relations.dependent.get(prefix, ())
         documents = bool(spec.projections) and (
             prefix in relations.dependent
             or any(p[: len(prefix)] == prefix for p, _ in relations.fields.values())
         )
-        last: tuple[Any, ...] | None = None
-        while True:
-            where = match
-            if last is not None:
-                after = keys[0] > last[0] if len(keys) == 1 else sa.tuple_(*keys) > sa.tuple_(*last)
-                where = sa.and_(match, after)
-            stmt = select.where(where).order_by(*keys).limit(self.chunk)
-            try:
-                with self._db().connect() as conn:
-                    rows = [dict(r) for r in conn.execute(stmt).mappings()]
-            except sa.exc.SQLAlchemyError as exc:
-                raise translate_db_error(exc, f"fan-out into {spec.table}") from exc
-            if not rows:
-                return
-            self.fanned_out += len(rows)
-            yield len(rows), self._chunk(spec, rows, dependent, documents, position)
-            if len(rows) < self.chunk:
-                return
-            last = tuple(rows[-1][c] for c in pk)
+        chunk = FanoutChunk(
+            rows=len(rows),
+            final=len(rows) < limit,
+            last=tuple(rows[-1][c] for c in pk) if rows else job.after,
+        )
+        for image in rows:
+            self._plan_row(spec, image, dependent, documents, job, chunk)
+        if chunk.keys:
+            chunk.actions.insert(0, DeleteKeys(tuple(chunk.keys), job.position))
+        return chunk
+
+    def _relations(self, spec: TableSpec) -> Relations:
+        for candidate, relations in self.related:
+            if candidate is spec:
+                return relations
+        raise KeyError(spec.model)
+
+    def spec_of(self, model: str) -> TableSpec | None:
+        """The embedding model's spec by name (a stored job's ``model``)."""
+        return next((s for s, _ in self.related if s.model == model), None)
 
     @staticmethod
-    def _chunk(
+    def _plan_row(
         spec: TableSpec,
-        images: list[dict[str, Any]],
+        image: dict[str, Any],
         dependent: Sequence[Any],
         documents: bool,
-        position: Position | None,
-    ) -> list[Action]:
-        keys: dict[str, None] = {}
-        docs: list[DocumentAction] = []
-        for image in images:
-            row = spec.row_from_columns(image)
-            for template in dependent:
+        job: FanoutJob,
+        chunk: FanoutChunk,
+    ) -> None:
+        """Add one fanned-out row's keys and documents to *chunk*.
+
+        A template or a projection callable (``when=``, ``to_document=``) that raises
+        on this row makes it a dead letter with its joined image (the redrive
+        re-plans it and the retry path re-reads its current joined row); the keys
+        that still render are deleted and the fan-out goes on.
+        """
+        row = spec.row_from_columns(image)
+        position = job.position
+        failed: Exception | None = None
+        for template in dependent:
+            try:
                 key = template.render(row)
-                if key is not None:
-                    keys[key] = None
-            if not documents or position is None:
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                failed = exc
                 continue
-            ref = spec.row_ref(image)
-            for projection in spec.projections:
-                doc_id = projection.doc_id(row)
-                if doc_id is None:
-                    continue
-                if projection.matches(row):
-                    docs.append(
-                        IndexDoc(projection.index, doc_id, projection.document(row), position, ref)
-                    )
-                else:
-                    docs.append(DeleteDoc(projection.index, doc_id, position, ref))
-        out: list[Action] = [DeleteKeys(tuple(keys), position)] if keys else []
-        return out + list(docs)
+            if key is not None:
+                chunk.keys[key] = None
+        if documents:
+            try:
+                ref = spec.row_ref(image)
+                docs: list[Action] = []
+                for projection in spec.projections:
+                    doc_id = projection.doc_id(row)
+                    if doc_id is None:
+                        continue
+                    if projection.matches(row):
+                        document = projection.document(row)
+                        docs.append(IndexDoc(projection.index, doc_id, document, position, ref))
+                    else:
+                        docs.append(DeleteDoc(projection.index, doc_id, position, ref))
+                chunk.actions += docs
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                failed = exc
+        if failed is not None:
+            change = RowChange(Op.UPDATE, spec.schema, spec.table, image, image, position)
+            letter = PoisonChange.of(change, spec.model, spec.primary_key_columns(), failed)
+            why = f"{letter.error} (re-rendered by the fan-out of {job.describe()})"
+            chunk.poison.append(replace(letter, error=why))
 
     def _db(self) -> Any:
         if self._engine is None:
@@ -361,7 +354,7 @@ class Fanout:
                     **params, connect_timeout=5, read_timeout=60, charset="utf8mb4"
                 ),
                 pool_pre_ping=True,
-                pool_size=1,
+                pool_size=2,  # the reading thread and the fan-out worker
             )
         return self._engine
 

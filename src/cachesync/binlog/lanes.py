@@ -15,6 +15,12 @@ without a fixed waiting window.
 The checkpoint rule is unchanged: the :class:`Ledger` moves the checkpoint only
 past a batch that EVERY lane has applied or durably handed off.
 
+Background work (the chunks of a large related-row fan-out, which keeps its own
+durable progress: :mod:`cachesync.binlog.fanjobs`) goes to a second queue that
+the ledger does not track and that a lane takes from only when no stream work
+is queued, one item per apply: the stream never waits behind more than one
+background chunk.
+
 A lane that is stuck while its queue is full does not stall the stream either.
 Stuck means no progress: the apply in flight has run longer than ``stuck_after``
 seconds AND ``stuck_factor`` times the lane's usual apply time (a moving
@@ -147,7 +153,7 @@ class Ledger:
 
 @dataclass
 class _Work:
-    seq: int
+    seq: int  # 0: background work, which the ledger does not track
     actions: list[Action]
     changes: int
     done: Callable[[str], None] | None = None
@@ -201,6 +207,7 @@ class Lane:
         self._next_bypass = 0.0
         self._bypass_attempts = 0
         self._queue = _Queue()
+        self._background: deque[_Work] = deque()
         self._cond = threading.Condition()
         self._busy_since: float | None = None
         self._usual = 0.0  # moving average of apply durations, seconds
@@ -238,6 +245,16 @@ class Lane:
             self._queue.actions += len(actions)
             self._cond.notify_all()
         return True
+
+    def submit_background(self, actions: list[Action], done: Callable[[str], None]) -> None:
+        """Queue background *actions* (module docstring); *done* is called once applied.
+
+        Never blocks: the caller (the fan-out worker) keeps at most a chunk or two
+        in the lanes."""
+        with self._cond:
+            self.raise_error()
+            self._background.append(_Work(0, actions, len(actions), done))
+            self._cond.notify_all()
 
     def _stuck_for(self) -> float:
         since = self._busy_since
@@ -301,6 +318,7 @@ class Lane:
             self._closing = True
             if not drain:
                 self._queue = _Queue()
+            self._background.clear()  # the fan-out's durable progress says where to resume
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         while self._thread.is_alive() and time.monotonic() < deadline:
@@ -319,9 +337,10 @@ class Lane:
     # -- lane thread ----------------------------------------------------------------------
 
     def _take(self) -> list[_Work] | None:
-        """The queued batches up to ``merge_rows`` changes (at least one); None to exit."""
+        """The queued batches up to ``merge_rows`` changes (at least one), then one
+        background item if there is room; None to exit."""
         with self._cond:
-            while not self._queue.items:
+            while not self._queue.items and not self._background:
                 if self._closing:
                     return None
                 self._cond.wait(0.2)
@@ -333,6 +352,10 @@ class Lane:
                 taken.append(work)
                 rows += work.changes
                 self._queue.actions -= len(work.actions)
+            if self._background and (
+                not taken or rows + self._background[0].changes <= self._merge_rows
+            ):
+                taken.append(self._background.popleft())
             self._busy_since = time.monotonic()
             self._cond.notify_all()
             return taken
@@ -345,7 +368,7 @@ class Lane:
                     return
                 actions = [a for w in taken for a in w.actions]
                 if self._apply(actions):
-                    self._ledger.finish(self.name, [w.seq for w in taken])
+                    self._ledger.finish(self.name, [w.seq for w in taken if w.seq])
                     self._observe(taken)
                 with self._cond:
                     if self._busy_since is not None:
@@ -458,17 +481,46 @@ class Lanes:
         Raises :class:`~cachesync.errors.ConfigurationError` for actions no sink
         is configured for, and re-raises what a lane thread died of.
         """
+        split = self._split(actions)
+        seq = self.ledger.open(point, changes, list(split), through)
+        return all(
+            self._lanes[name].submit(seq, group, changes, done) for name, group in split.items()
+        )
+
+    def _split(self, actions: Sequence[Action]) -> dict[str, list[Action]]:
+        """*actions* by lane, in order; raises the ConfigurationError naming the setting
+        for actions no sink is configured for."""
         split: dict[str, list[Action]] = {}
         for action in actions:
             name = self.KEYS if isinstance(action, DeleteKeys) else self.DOCUMENTS
             split.setdefault(name, []).append(action)
         orphans = [a for name, group in split.items() if name not in self._lanes for a in group]
         if orphans:
-            self._applier.apply(orphans)  # raises the ConfigurationError naming the setting
-        seq = self.ledger.open(point, changes, list(split), through)
-        return all(
-            self._lanes[name].submit(seq, group, changes, done) for name, group in split.items()
-        )
+            self._applier.apply(orphans)
+        return split
+
+    def submit_background(self, actions: Sequence[Action], done: Callable[[], None]) -> None:
+        """Hand background *actions* to their lanes; *done()* once every lane applied its part.
+
+        The ledger does not track them (module docstring): whoever submits keeps
+        its own durable progress. Raises :class:`~cachesync.errors.ConfigurationError`
+        for actions no sink is configured for."""
+        split = self._split(actions)
+        if not split:
+            done()
+            return
+        left = [len(split)]
+        guard = threading.Lock()
+
+        def one(_lane: str) -> None:
+            with guard:
+                left[0] -= 1
+                finished = left[0] == 0
+            if finished:
+                done()
+
+        for name, group in split.items():
+            self._lanes[name].submit_background(group, one)
 
     def check(self) -> None:
         """Re-raise, on the reading thread, what a lane thread died of."""

@@ -71,6 +71,7 @@ from ..registry import Registry, TableSpec, default_registry
 from . import guards, positions, server
 from .cascades import Cascades, cascade_index
 from .checkpoint import CheckpointStore, ResumePoint, checkpoint_store
+from .fanjobs import FanoutJobs
 from .fanout import Fanout
 from .lanes import Lanes
 from .leader import LeaderLock, lock_name
@@ -177,6 +178,9 @@ class Sidecar(Reporting):
         self.rows = 0
         self._cascades: Cascades | None = None  # foreign-key cascades, read when leading
         self._fanout: Fanout | None = None  # rows embedding related rows, read when leading
+        self._jobs: FanoutJobs | None = None  # the background fan-outs, while streaming
+        self._last_jobs_save = time.monotonic()
+        self._bury_lock = threading.Lock()  # the reader and the fan-out worker bury
         self._submitted: ResumePoint | None = None  # the last batch handed to the lanes
         self._lanes: Lanes | None = None  # the per-sink lanes, while leading
         self._last_save = self._last_lock_ping = time.monotonic()
@@ -373,7 +377,11 @@ class Sidecar(Reporting):
                 default_schema=self._database,
             )
             self._fanout = Fanout.start(
-                conn, self._mysql, self.registry, default_schema=self._database
+                conn,
+                self._mysql,
+                self.registry,
+                default_schema=self._database,
+                chunk=self.policy.fanout.chunk,
             )
             start = stored if stored is not None else self._first_point(conn)
         finally:
@@ -428,6 +436,20 @@ class Sidecar(Reporting):
         self._saved_changes = 0
         drained = False
         try:
+            if self._fanout is not None:
+                self._jobs = FanoutJobs(
+                    self._fanout,
+                    lanes,
+                    self.store,
+                    self.name,
+                    policy=self.policy.fanout,
+                    bury=self._bury_fanned,
+                    backoff=self.policy.retry_backoff.delay,
+                    stopped=self._stop,
+                    keepalive=self._keep_lock,
+                )
+                self._jobs.load()
+                self._jobs.start()
             self._read(source, lanes)
             # Stopping: let the lanes apply what was submitted, then keep whatever the
             # idle stream passed over.
@@ -437,6 +459,9 @@ class Sidecar(Reporting):
             lanes.submit((), source.resume_point, 0)
             self._save_settled(lanes, force=True)
         finally:
+            if self._jobs is not None:
+                self._jobs.close()  # its unsaved progress is redone by the next leader
+                self._jobs = None
             if not drained:  # leadership lost or an error: settle nothing more
                 lanes.close(drain=False)
             self._lanes = None
@@ -449,8 +474,9 @@ class Sidecar(Reporting):
             lanes.check()
             self._track_applied(lanes, source)
             self._report(source)
+            jobs_unsaved = self._save_jobs()
             # Work in the lanes, or settled but unsaved: come back soon to save it.
-            busy = lanes.ledger.owing() or self._unsaved(lanes)
+            busy = lanes.ledger.owing() or self._unsaved(lanes) or jobs_unsaved
             wait = self.policy.checkpoint_interval if busy else self.policy.idle_wait
             batch = source.poll(batch_policy.max_rows, wait)
             if batch:
@@ -498,6 +524,26 @@ class Sidecar(Reporting):
             elif now - last_lock_check >= self.policy.lock_check_seconds:
                 self.lock.check()
                 last_lock_check = now
+
+    def _save_jobs(self) -> bool:
+        """Save the background fan-outs' progress every ``checkpoint_interval`` (the
+        checkpoint saves it too, first); whether some is still unsaved."""
+        jobs = self._jobs
+        if jobs is None:
+            return False
+        jobs.check()
+        if not jobs.unsaved:
+            return False
+        now = time.monotonic()
+        if now - self._last_jobs_save < self.policy.checkpoint_interval:
+            return True
+        self.lock.check()
+        self._last_jobs_save = now
+        try:
+            jobs.persist()
+        except TransientError as exc:
+            log.warning("cachesync: fan-out progress not saved (%s); will retry", exc)
+        return jobs.unsaved
 
     def _keep_lock(self) -> None:
         """Ping the leader lock while the reader waits on a lane (at most every
@@ -610,16 +656,16 @@ class Sidecar(Reporting):
             cascaded, buried = self._cascades.plan(batch, self.saved)
             actions.extend(cascaded)
             poison.extend(buried)
+        jobs = []
         if self._fanout is not None:  # rows that embed the changed rows (binlog/fanout.py)
-            fanned = self._fanout.plan(
-                batch, actions, self._lanes, self._submitted, self._stop, self._keep_lock
-            )
-            if fanned is None:
-                return None
-            actions = fanned
+            fanned = self._fanout.plan(batch, actions)
+            actions, jobs = fanned.actions, fanned.jobs
+            poison.extend(fanned.poison)
         unknowable = self._unknowable.take()  # already logged by the partial-image step
         if (poison or unknowable) and not self._bury(poison, unknowable):
             return None
+        if jobs and (self._jobs is None or not self._jobs.add(jobs)):
+            return None  # stopped while waiting for room: the batch is replayed
         return actions
 
     def _bury(self, poison: Sequence[PoisonChange], unknowable: Sequence[PoisonChange]) -> bool:
@@ -628,7 +674,8 @@ class Sidecar(Reporting):
         attempts = 0
         while True:
             try:
-                self.dead_letters.bury([*poison, *unknowable])
+                with self._bury_lock:
+                    self.dead_letters.bury([*poison, *unknowable])
                 report_poison(poison)
                 return True
             except HandOffError as exc:
@@ -647,8 +694,22 @@ class Sidecar(Reporting):
                     return False
                 self.lock.check()
 
+    def _bury_fanned(self, letters: Sequence[PoisonChange]) -> None:
+        """The fan-out worker's dead letters (HandOffError: it retries the chunk)."""
+        with self._bury_lock:
+            self.dead_letters.bury(letters)
+        report_poison(letters)
+
+    @property
+    def fanout_jobs(self) -> int:
+        """Background fan-outs not finished yet (the ``fanout_jobs`` gauge)."""
+        jobs = self._jobs
+        return 0 if jobs is None else jobs.pending
+
     def _save(self, point: ResumePoint) -> None:
         try:
+            if self._jobs is not None:  # the fan-outs made before *point* first
+                self._jobs.persist()
             self.store.save(self.name, point.encode(), point.commit_time)
         except TransientError as exc:
             # The next save carries a later position; a crash meanwhile only repeats work.

@@ -293,6 +293,10 @@ class MemoryCheckpointStore(CheckpointStore):
         self._check()
         self.checkpoints.pop(name, None)
 
+    def names(self, prefix: str) -> list[str]:
+        self._check()
+        return sorted(n for n in self.checkpoints if n.startswith(prefix))
+
     def describe(self) -> str:
         return "memory"
 

@@ -21,7 +21,7 @@ from cachesync.errors import DeclarationError
 from cachesync.registry import Registry
 from cachesync.sinks import SearchSink
 from cachesync.sinks.base import DocumentFailure
-from tests.integration.binlog.harness import BinlogEnv, running
+from tests.integration.binlog.harness import BinlogEnv, running, wait_for
 from tests.integration.binlog.shop import DDL, Product, card_key, index_name
 from tests.integration.binlog.shop import declare as declare_shop
 
@@ -223,3 +223,97 @@ def test_reindex_renders_and_verify_compares_joined_fields(shop: BinlogEnv) -> N
         assert sorted(checked.stale, key=int) == in_two
     finally:
         conn.close()
+
+
+def settle(env: BinlogEnv, sidecar: Any) -> None:
+    """Everything committed so far applied, background fan-outs included."""
+    env.sync_point()
+    wait_for(lambda: sidecar.fanout_jobs == 0, 60, "the background fan-outs")
+
+
+def fanned_rows() -> int:
+    from cachesync import metrics
+
+    return metrics.snapshot()["fanout_rows_total"]
+
+
+def test_a_fanout_bigger_than_a_chunk_runs_beside_the_stream(shop: BinlogEnv) -> None:
+    """Chunks of 4: a rename of a 20-product category plans 4 rows with its batch and
+    leaves 16 to the background worker, which saves its job next to the checkpoint."""
+    from cachesync.policies import FanoutPolicy
+    from cachesync.testing import MemoryCheckpointStore
+
+    env = shop
+    store = MemoryCheckpointStore()
+    sidecar = env.sidecar(registry=declare(env), store=store, fanout=FanoutPolicy(chunk=4))
+    with running(sidecar):
+        fill(env, products=60)
+        settle(env, sidecar)  # the categories' inserts fan out to products inserted since
+        cards = [card(env, i) for i in range(1, 61)]
+        env.set_keys(cards)
+        before = fanned_rows()
+        env.sql("UPDATE categories SET title = 'Hand tools' WHERE id = 1")
+        env.sql("UPDATE departments SET name = 'Outdoor' WHERE id = 1")  # 40 products, 2 hops
+        wait_for(lambda: sidecar.fanout_jobs == 0 and fanned_rows() - before >= 52, 60, "jobs")
+        env.sync_point()
+        assert_documents_right(env)
+        in_one = {i for i in range(1, 61) if 1 + i % 3 == 1}
+        assert set(env.existing(cards)) == {card(env, i) for i in range(1, 61) if i not in in_one}
+        # 20 + 40 rows fanned out, 4 of each planned inline and the rest by the worker; or
+        # 4 inline in all when both changes shared a batch (its budget spent on the first).
+        assert fanned_rows() - before in (16 + 36, 16 + 40)
+        wait_for(lambda: not store.names(f"{env.schema}#fanout:"), 10, "finished jobs deleted")
+
+
+def test_a_raising_callable_on_a_fanned_out_row_costs_one_dead_letter(shop: BinlogEnv) -> None:
+    """#9's rule for fan-outs: a ``when=`` that raises on one product (inline chunk and
+    background chunk alike) buries that product with its joined image; the others are
+    re-indexed and the stream goes on."""
+    from cachesync.policies import FanoutPolicy
+    from cachesync.testing import MemoryDeadLetterStore
+
+    env = shop
+    poisoned = {13, 55}
+
+    def when(row: dict[str, Any]) -> bool:
+        if row["id"] in poisoned and row.get("category_name") == "Renamed":
+            raise ValueError(f"cannot decide product {row['id']}")
+        return True
+
+    registry = env.registry()
+    register(
+        Product,
+        Sync(
+            keys=[card(env, 0).replace(":0:card", ":{id}:card")],
+            depends_on={"category": [card(env, 0).replace(":0:card", ":{id}:card")]},
+            search=Projection(
+                index=index(env),
+                fields=["name", "category_id"],
+                related={"category_name": "category.name"},
+                when=when,
+            ),
+        ),
+        registry=registry,
+    )
+    sidecar = env.sidecar(registry=registry, fanout=FanoutPolicy(chunk=5))
+    letters = sidecar.dead_letters = MemoryDeadLetterStore()
+    with running(sidecar):
+        fill(env, products=60)
+        settle(env, sidecar)
+        cards = [card(env, i) for i in range(1, 61)]
+        env.set_keys(cards)
+        env.sql("UPDATE categories SET title = 'Renamed' WHERE id = 2")  # 1 + i % 3 == 2
+        wait_for(lambda: sidecar.fanout_jobs == 0 and len(letters.buried) == 2, 60, "letters")
+        env.sql("UPDATE products SET name = 'still flowing' WHERE id = 3")
+        env.sync_point()
+        assert sorted(letter.primary_key["id"] for letter in letters.buried) == [13, 55]
+        assert all("cannot decide product" in letter.error for letter in letters.buried)
+        assert all(letter.model.endswith(".Product") for letter in letters.buried)
+        assert all("fan-out of" in letter.error for letter in letters.buried)
+        docs = documents(env)
+        renamed = [i for i in range(1, 61) if 1 + i % 3 == 2 and i not in poisoned]
+        assert all(docs[str(i)]["category_name"] == "Renamed" for i in renamed)
+        assert docs["3"]["name"] == "still flowing"
+        # Their keys still go: the template renders, only the document waits for a human.
+        in_two = {i for i in range(1, 61) if 1 + i % 3 == 2}
+        assert not set(env.existing(cards)) & {card(env, i) for i in in_two}
