@@ -116,6 +116,18 @@ class FanoutJob:
         except (ValueError, KeyError, TypeError) as exc:
             raise DecodeError(f"malformed fan-out job {text!r:.120}: {exc}") from None
 
+    @staticmethod
+    def summary(text: str) -> str:
+        """One line for ``cachesync status`` from a stored job, without its model's spec."""
+        try:
+            body = json.loads(text)
+            value = ", ".join(repr(untag_value(v)) for v in body["v"])
+            after = body.get("a")
+            where = "from its start" if after is None else f"after primary key {after}"
+            return f"{body['m']} via {'.'.join(body['r'])} = {value} (at {body['p']}), {where}"
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"unreadable fan-out job ({exc})"
+
     def describe(self) -> str:
         value = ", ".join(map(repr, self.value))
         return f"{self.spec.model} via {'.'.join(self.prefix)} = {value} (at {self.position})"

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 from ..errors import DecodeError
 from . import server
 from .checkpoint import CheckpointStore, ResumePoint
+from .fanjobs import FanoutJob, job_prefix
 from .leader import LeaderLock, lock_name
 from .positions import server_state
 
@@ -106,6 +107,8 @@ class StatusReport:
     read_position: str | None = None
     reported_at: float | None = None
     lag_from: str = "checkpoint"
+    #: related-row fan-outs still being worked through in the background (binlog/fanjobs.py)
+    fanouts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +143,8 @@ class StatusReport:
             f"server       {self.server_position}",
             f"lag          {lag}",
             f"leader       {leader} [lock {self.lock}]",
+            f"fan-outs     {len(self.fanouts) or 'none'} in progress",
+            *(f"  {line}" for line in self.fanouts),
         ]
 
 
@@ -173,6 +178,11 @@ def collect_status(
         state = server_state(conn, flavour) if flavour is not None else None
         stored = store.load(name)
         reported = store.load(SidecarReport.store_name(name))
+        fanouts = []
+        for entry in store.names(job_prefix(name)):
+            job = store.load(entry)
+            if job is not None:
+                fanouts.append(FanoutJob.summary(job.position))
         point = None
         if stored is not None:
             try:
@@ -235,4 +245,5 @@ def collect_status(
         read_position=f"{report.seen[0]}:{report.seen[1]}" if report and report.seen else None,
         reported_at=report.reported_at if report else None,
         lag_from="report" if report else "checkpoint",
+        fanouts=tuple(fanouts),
     )

@@ -224,7 +224,7 @@ def test_the_reader_waits_for_room_and_gives_up_when_stopped(stop: threading.Eve
 
 
 def test_stream_work_goes_before_background_chunks(stop: threading.Event) -> None:
-    keys, docs, store = MemoryKeySink(), MemoryDocumentSink(), MemoryCheckpointStore()
+    keys, docs = MemoryKeySink(), MemoryDocumentSink()
     lanes = _lanes(keys, docs, stop)
     try:
         docs.freeze()  # the lane is busy with something: both kinds of work queue up
@@ -290,3 +290,6 @@ def test_a_job_round_trips_through_the_store(
         job.position,
     )
     assert back.id == job.id
+    summary = FanoutJob.summary(job.encode())  # what `cachesync status` lists
+    assert summary.startswith(f"{SPEC.model} via category.department = ")
+    assert ("from its start" in summary) is (after is None)
