@@ -469,7 +469,6 @@ class Sidecar(Reporting):
     def _read(self, source: BinlogSource, lanes: Lanes) -> None:
         batch_policy = self.policy.batch
         max_delay = batch_policy.max_delay_ms / 1000.0
-        last_lock_check = time.monotonic()
         while not self._stop.is_set():
             lanes.check()
             self._track_applied(lanes, source)
@@ -504,26 +503,21 @@ class Sidecar(Reporting):
                 self.rows += len(batch)
                 metrics.inc("batches_total")
                 metrics.observe("batch_rows", len(batch))
-                if self._save_settled(lanes, force=False):
-                    last_lock_check = time.monotonic()
+                self._save_settled(lanes, force=False)
                 continue
             if source.table_statement is not None:
                 if not self._table_statement(source, lanes):
                     return  # stopped before the purge was done: it is redone on restart
-                last_lock_check = time.monotonic()
                 continue
             now = time.monotonic()
             if self._save_settled(lanes, force=not lanes.ledger.owing()):
-                last_lock_check = now
                 continue
             point = source.resume_point
             if not lanes.ledger.owing() and self._idle_save_due(point, now - self._last_save):
                 lanes.submit((), point, 0)
                 self._save_settled(lanes, force=True)
-                last_lock_check = now
-            elif now - last_lock_check >= self.policy.lock_check_seconds:
-                self.lock.check()
-                last_lock_check = now
+            else:
+                self._keep_lock()
 
     def _save_jobs(self) -> bool:
         """Save the background fan-outs' progress every ``checkpoint_interval`` (the
@@ -537,7 +531,7 @@ class Sidecar(Reporting):
         now = time.monotonic()
         if now - self._last_jobs_save < self.policy.checkpoint_interval:
             return True
-        self.lock.check()
+        self._check_lock()
         self._last_jobs_save = now
         try:
             jobs.persist()
@@ -546,12 +540,17 @@ class Sidecar(Reporting):
         return jobs.unsaved
 
     def _keep_lock(self) -> None:
-        """Ping the leader lock while the reader waits on a lane (at most every
-        ``lock_check_seconds``), so the server does not drop it as idle."""
-        now = time.monotonic()
-        if now - self._last_lock_ping >= self.policy.lock_check_seconds:
-            self.lock.check()
-            self._last_lock_ping = now
+        """Ping the leader lock at most every ``lock_check_seconds`` (while idle, or
+        waiting on a lane), so the server does not drop it as idle and a lost lock is
+        noticed."""
+        if time.monotonic() - self._last_lock_ping >= self.policy.lock_check_seconds:
+            self._check_lock()
+
+    def _check_lock(self) -> None:
+        """Raise :class:`LeadershipLost` unless this sidecar still holds the lock (before
+        every durable write: a deposed leader never moves the checkpoint)."""
+        self.lock.check()
+        self._last_lock_ping = time.monotonic()
 
     def _unsaved(self, lanes: Lanes) -> bool:
         """Whether changes have settled since the last save."""
@@ -567,7 +566,7 @@ class Sidecar(Reporting):
         due = time.monotonic() - self._last_save >= self.policy.checkpoint_interval
         if not force and not (fresh and due):
             return False
-        self.lock.check()
+        self._check_lock()
         self._save(point)
         if self.saved == point:
             self._saved_changes = changes
@@ -608,7 +607,7 @@ class Sidecar(Reporting):
                 self._sleep(delay)
                 if self._stop.is_set():
                     return False
-                self.lock.check()
+                self._check_lock()
         source.pass_table_statement()
         lanes.submit((), source.resume_point, 0)  # nothing owed: settles at once
         self._save_settled(lanes, force=True)
@@ -692,7 +691,7 @@ class Sidecar(Reporting):
                 self._sleep(delay)
                 if self._stop.is_set():
                     return False
-                self.lock.check()
+                self._check_lock()
 
     def _bury_fanned(self, letters: Sequence[PoisonChange]) -> None:
         """The fan-out worker's dead letters (HandOffError: it retries the chunk)."""
