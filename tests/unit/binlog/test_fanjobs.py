@@ -11,31 +11,36 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cachesync.actions import DeleteKeys, IndexDoc
-from cachesync.apply import Applier
 from cachesync.binlog.checkpoint import ResumePoint
 from cachesync.binlog.fanjobs import FanoutJob, FanoutJobs, job_prefix
 from cachesync.binlog.fanout import FanoutChunk
 from cachesync.binlog.lanes import Lanes
 from cachesync.changes import BinlogPosition, GtidPosition, Position
 from cachesync.deadletters import PoisonChange
-from cachesync.policies import FanoutPolicy, ImmediateRetryPolicy, LanePolicy
+from cachesync.policies import FanoutPolicy
 from cachesync.testing import (
     MemoryCheckpointStore,
     MemoryDocumentSink,
     MemoryKeySink,
     RecordingFailureHandler,
 )
+from tests.unit.binlog.test_lanes import _lanes as _shared_lanes
+from tests.unit.binlog.test_lanes import _wait, stop
 from tests.unit.models import user_spec
 
+__all__ = ["stop"]  # the fixture
+
 SPEC = user_spec()
+
+
+def _lanes(keys: MemoryKeySink, docs: MemoryDocumentSink, stop: threading.Event) -> Lanes:
+    return _shared_lanes(keys, docs, RecordingFailureHandler(), stop)
 PIPELINE = "p"
 
 
@@ -65,34 +70,6 @@ class Rows:
         chunk.actions.append(DeleteKeys(tuple(f"card:{i}" for i in ids), job.position))
         chunk.actions += [IndexDoc("idx", str(i), {"v": job.value}, job.position) for i in ids]
         return chunk
-
-
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-def _wait(what: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-def _lanes(keys: MemoryKeySink, docs: MemoryDocumentSink, stop: threading.Event) -> Lanes:
-    applier = Applier(keys, docs, policy=ImmediateRetryPolicy.NONE, sleep=lambda _s: None)
-    return Lanes(
-        applier,
-        RecordingFailureHandler(),
-        policy=LanePolicy(),
-        merge_rows=1000,
-        stopped=stop,
-        sleep=lambda _s: None,
-        backoff=lambda _n: 0.01,
-        keepalive=lambda: None,
-    )
 
 
 def _jobs(
