@@ -66,6 +66,11 @@ log = logging.getLogger("cachesync.fanout")
 DEFAULT_CHUNK = 1000
 
 
+#: The most fan-out lookups made on the reading thread per batch (a bulk UPDATE of
+#: thousands of related rows leaves the rest to the worker instead of holding the stream).
+INLINE_LOOKUPS = 64
+
+
 @dataclass
 class FanoutChunk:
     """One chunk of a fan-out, planned: its actions and dead letters, and where it ended."""
@@ -183,12 +188,12 @@ class Fanout:
         """*actions* with own documents re-read joined, plus the fan-out of *batch*.
 
         The first chunk of each fan-out is planned here, up to :attr:`chunk` rows
-        for the whole batch; what is left becomes :class:`FanoutJob`\\ s for the
-        worker (module docstring). Raises :class:`~cachesync.errors.TransientError`
-        when the database cannot be reached.
+        and :data:`INLINE_LOOKUPS` lookups for the whole batch; what is left
+        becomes fan-out jobs for the worker (module docstring). Raises
+        :class:`~cachesync.errors.TransientError` when the database cannot be reached.
         """
         out = FannedOut(self._joined(actions))
-        budget = self.chunk
+        budget, lookups = self.chunk, INLINE_LOOKUPS
         for change in batch:
             for spec, relations in self.related:
                 for prefix, columns in relations.triggers(
@@ -198,11 +203,12 @@ class Fanout:
                         continue
                     for value in _values(change, relations.hops[prefix].remote):
                         job = FanoutJob(spec, prefix, value, change.position)
-                        if budget <= 0:
+                        if budget <= 0 or lookups <= 0:
                             out.jobs.append(job)
                             continue
                         chunk = self.read(job, limit=budget)
                         budget -= chunk.rows
+                        lookups -= 1
                         out.actions += chunk.actions
                         out.poison += chunk.poison
                         if not chunk.final:

@@ -317,3 +317,31 @@ def test_a_raising_callable_on_a_fanned_out_row_costs_one_dead_letter(shop: Binl
         # Their keys still go: the template renders, only the document waits for a human.
         in_two = {i for i in range(1, 61) if 1 + i % 3 == 2}
         assert not set(env.existing(cards)) & {card(env, i) for i in in_two}
+
+
+def test_a_bulk_update_of_many_related_rows_leaves_the_rest_to_the_worker(
+    shop: BinlogEnv,
+) -> None:
+    """One statement renames 100 categories: the batch looks up at most INLINE_LOOKUPS of
+    them on the reading thread; the worker does the others; every document ends right."""
+    from cachesync.binlog.fanout import INLINE_LOOKUPS
+
+    env = shop
+    sidecar = env.sidecar(registry=declare(env))
+    with running(sidecar):
+        env.sql("INSERT INTO departments VALUES (1, 'Garden')")
+        env.sql(
+            "INSERT INTO categories VALUES "
+            + ", ".join(f"({c}, 'c{c}', 1)" for c in range(1, 101))
+        )
+        env.sql(
+            "INSERT INTO products VALUES "
+            + ", ".join(f"({i}, 'p{i}', {1 + i % 100})" for i in range(1, 301))
+        )
+        settle(env, sidecar)
+        before = fanned_rows()
+        env.sql("UPDATE categories SET title = CONCAT(title, ' renamed')")
+        wait_for(lambda: fanned_rows() - before >= 3 * (100 - INLINE_LOOKUPS), 60, "the worker")
+        settle(env, sidecar)
+        assert_documents_right(env)
+        assert fanned_rows() - before == 3 * (100 - INLINE_LOOKUPS)
