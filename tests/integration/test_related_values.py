@@ -214,6 +214,16 @@ def test_related_fields_render_as_the_related_rows_own_document(
         with zoned_engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT @@session.time_zone").scalar() == "+08:00"
         wrong(fanned, "fan-out read")
+        # Column types kept by the caller (read once, not per chunk) give the same rows.
+        with zoned_engine.connect() as conn, joined_reads(conn, spec, None) as first:
+            kept = dict(first.types)
+        assert {f"p_{c}" for c in COLUMNS} <= {n.removeprefix("@") for n in kept}
+        with zoned_engine.connect() as conn, joined_reads(conn, spec, None, types=kept) as query:
+            again = {
+                str(image["id"]): projection.document(spec.row_from_columns(image))
+                for image in query.rows(query.select.order_by(query.t0.c.id))
+            }
+        wrong(again, "fan-out read, kept types")
 
         # 3. reindex sends them; verify expects them.
         es.indices.create(index=index, mappings={"dynamic": False})
