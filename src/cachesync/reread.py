@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from .actions import Action, DeleteDoc, DeleteKeys, IndexDoc, RowRef
 from .errors import CacheSyncError, PermanentError, TransientError
 from .registry import Registry, TableSpec, default_registry
-from .related import joined_select
-from .selects import DOUBLE_ZERO, column_types, stored_row, utc_session
+from .related import JoinedQuery, joined_reads
+from .selects import DOUBLE_ZERO, ConnectionCursor, column_types, utc_session
 from .sqltypes import ColumnType
 
 if TYPE_CHECKING:
@@ -102,23 +102,14 @@ class SqlRowReader(RowReader):
         if self.engine.dialect.name == "sqlite":
             schema = None  # SQLite has one unnamed schema per database file
         table: Any = sa.table(spec.table, *(sa.column(n) for n in names), schema=schema)
-        joined: Any = None
-        if spec.related:  # documents with related fields: the CURRENT joined row
-            joined, table, _ = joined_select(
-                spec, schema, sqlite=self.engine.dialect.name == "sqlite"
-            )
-        key_cols = [table.c[c] for c in pk]
         found: dict[RowRef, Mapping[str, Any] | None] = {}
         unique = list(dict.fromkeys(refs))
         try:
-            with self.engine.connect() as conn, self._session(conn, schema, spec.table) as types:
-                base: Any = joined
-                if base is None:
-                    base = sa.select(*(_listed(table.c[n], types.get(n)) for n in names))
+            with self.engine.connect() as conn, self._query(conn, spec, schema, table) as query:
+                key_cols = [query.t0.c[c] for c in pk]
 
                 def select(where: Any) -> list[dict[str, Any]]:
-                    rows = conn.execute(base.where(where)).mappings()
-                    return [stored_row(dict(row), types) for row in rows]
+                    return query.rows(query.select.where(where))
 
                 for start in range(0, len(unique), _CHUNK):
                     chunk = unique[start : start + _CHUNK]
@@ -146,37 +137,32 @@ class SqlRowReader(RowReader):
         return found
 
     @contextlib.contextmanager
-    def _session(
-        self, conn: Any, schema: str | None, table: str
-    ) -> Iterator[Mapping[str, ColumnType]]:
-        """The column types of *table*, the block run in a UTC session (MySQL/MariaDB only).
+    def _query(
+        self, conn: Any, spec: TableSpec, schema: str | None, table: Any
+    ) -> Iterator[JoinedQuery]:
+        """The read of *spec*'s rows, in stored forms, the block run in a UTC session
+        (MySQL/MariaDB only).
 
+        A model with related fields reads its CURRENT joined row, each related value
+        typed like the related table's own column (:func:`~cachesync.related.joined_reads`).
         The engine may be shared with the outbox (the relay), whose writes must
         keep the session's own zone: it is put back after the read.
         """
-        if not self.mysql:
-            yield {}
+        if spec.related:
+            with joined_reads(conn, spec, schema) as query:
+                yield query
             return
-        cursor = _Cursor(conn)
-        types = column_types(cursor, schema, table)
+        import sqlalchemy as sa
+
+        names = list(dict.fromkeys([*spec.primary_key_columns(), *spec.column_names]))
+        if not self.mysql:
+            yield JoinedQuery(sa.select(*(table.c[n] for n in names)), table, {}, {}, conn)
+            return
+        cursor = ConnectionCursor(conn)
+        types = column_types(cursor, schema, spec.table)
         with utc_session(cursor):
-            yield types
-
-
-class _Cursor:
-    """The two DB-API cursor methods :mod:`cachesync.selects` uses, on a SQLAlchemy
-    connection (so errors arrive wrapped, as :func:`translate_db_error` expects)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.rows: list[Any] = []
-
-    def execute(self, sql: str, args: Any = None) -> None:
-        result = self.conn.exec_driver_sql(sql, args) if args else self.conn.exec_driver_sql(sql)
-        self.rows = list(result.fetchall()) if result.returns_rows else []
-
-    def fetchall(self) -> list[Any]:
-        return self.rows
+            listed = sa.select(*(_listed(table.c[n], types.get(n)) for n in names))
+            yield JoinedQuery(listed, table, {}, types, conn)
 
 
 def _listed(column: Any, ctype: ColumnType | None) -> Any:

@@ -32,7 +32,14 @@ from . import values
 from .sqltext import quote
 from .sqltypes import ColumnType
 
-__all__ = ["DOUBLE_ZERO", "column_types", "select_list", "stored_row", "utc_session"]
+__all__ = [
+    "DOUBLE_ZERO",
+    "ConnectionCursor",
+    "column_types",
+    "select_list",
+    "stored_row",
+    "utc_session",
+]
 
 #: Added to a FLOAT column so the server sends it as an exact DOUBLE (a DOUBLE literal).
 DOUBLE_ZERO = "0e0"
@@ -117,3 +124,23 @@ def utc_session(cursor: Any) -> Iterator[None]:
     finally:
         with contextlib.suppress(Exception):  # a lost connection has no session to restore
             cursor.execute("SET time_zone = @cachesync_time_zone")
+
+
+class ConnectionCursor:
+    """The two DB-API cursor methods this module uses, on a SQLAlchemy connection.
+
+    So :func:`column_types` and :func:`utc_session` serve SQLAlchemy callers (the
+    re-read, the fan-out) as well as PyMySQL ones; errors arrive wrapped by
+    SQLAlchemy, as :func:`cachesync.reread.translate_db_error` expects.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.rows: list[Any] = []
+
+    def execute(self, sql: str, args: Any = None) -> None:
+        result = self.conn.exec_driver_sql(sql, args) if args else self.conn.exec_driver_sql(sql)
+        self.rows = list(result.fetchall()) if result.returns_rows else []
+
+    def fetchall(self) -> list[Any]:
+        return self.rows

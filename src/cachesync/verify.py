@@ -33,7 +33,7 @@ from .changes import Position
 from .errors import PermanentError
 from .keys import KeyTemplate, wire_key
 from .registry import ResolvedProjection, TableSpec
-from .related import joined_sql
+from .related import joined_sql, joined_types
 from .selects import column_types, select_list, stored_row, utc_session
 from .sinks.elasticsearch import SearchSink
 from .sinks.redis import RedisSink
@@ -163,12 +163,13 @@ def table_rows(
     Read in a UTC session (put back afterwards) with FLOAT widened (:mod:`cachesync.selects`).
     """
     with connection.cursor() as cursor:
-        types = column_types(cursor, spec.schema, spec.table)
+        # Related fields typed like their own tables' columns (cachesync.related).
+        types = joined_types(cursor, spec, None)
     names = spec.column_names
     table = qualified_table(spec.schema, spec.table)
     sql = f"SELECT {select_list(names, types)} FROM {table}"
     if spec.related:  # joined fields: compared with a fresh joined SELECT
-        sql, joined = joined_sql(spec, spec.schema)
+        sql, joined = joined_sql(spec, spec.schema, types)
         names = tuple(joined)
     if sample is not None:
         sql += f" ORDER BY RAND() LIMIT {int(sample)}"

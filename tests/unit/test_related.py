@@ -74,3 +74,23 @@ def test_unknown_or_to_many_relations_fail_when_resolved_naming_the_model() -> N
             relations_of(registry.for_model("Category"))
     finally:
         unregister(Category)
+
+
+def test_joined_select_widens_own_and_related_floats_by_the_types_given() -> None:
+    from cachesync.values import ColumnType, column_type
+
+    spec = declare("shop", Registry()).for_model("Product")
+    # As joined_types() keys them: own columns by name, related fields by label.
+    types: dict[str, ColumnType] = {
+        "id": column_type("int(11)"),
+        "name": column_type("float"),
+        "@category_name": column_type("float"),
+        "@department_name": column_type("varchar(64)"),
+    }
+    sql, names = joined_sql(spec, "shop", types)
+    assert "t0.name + 0e0 AS name" in sql
+    assert "t1.title + 0e0 AS `@category_name`" in sql
+    assert "t2.name AS `@department_name`" in sql
+    assert names == ["id", "name", "category_id", "@category_name", "@department_name"]
+    untyped, same = joined_sql(spec, "shop")
+    assert "0e0" not in untyped and same == names

@@ -38,8 +38,8 @@ from ..changes import BinlogPosition, GtidPosition
 from ..errors import DeclarationError, PermanentError, TransientError
 from ..policies import Backoff
 from ..registry import Registry, ResolvedProjection, TableSpec
-from ..related import joined_sql
-from ..selects import column_types, select_list, stored_row, utc_session
+from ..related import joined_sql, joined_types
+from ..selects import select_list, stored_row, utc_session
 from ..sinks.base import DocumentSink
 from ..sinks.elasticsearch import SearchSink
 from ..sqltext import qualified_table, quote
@@ -152,7 +152,8 @@ def reindex(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     with server.translate_errors(f"reading {spec.table}"), connection.cursor() as cur:
-        types = column_types(cur, spec.schema or database, spec.table)
+        # Related fields typed like their own tables' columns (cachesync.related).
+        types = joined_types(cur, spec, database)
     with connection.cursor() as session, utc_session(session):
         return _reindex(
             spec, connection, search, registry, database, batch_size, prune, progress,
@@ -187,7 +188,7 @@ def _reindex(
     select = f"SELECT {select_list(columns, types)} FROM {table}"
     scanned, key_sql = columns, [quote(c) for c in pk]
     if spec.related:  # joined fields: the table LEFT JOINed along its relations
-        select, scanned = joined_sql(spec, schema)
+        select, scanned = joined_sql(spec, schema, types)
         key_sql = [f"t0.{quote(c)}" for c in pk]
     order = " ORDER BY " + ", ".join(key_sql)
     writer = _Writer(search, backoff=backoff, sleep=sleep)

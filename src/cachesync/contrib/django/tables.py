@@ -226,7 +226,8 @@ def column_map(model: Any) -> tuple[dict[str, str], list[str]]:
 
 
 def _wrapped(sync: Any, wrap_template: Callable[[str], str], wrap: Callable[[str], str]) -> Any:
-    """*sync* with a wrapped twin of every key template and of every ``invalidates()`` key."""
+    """*sync* with a wrapped twin of every key template (``keys=`` and ``depends_on=``) and of
+    every ``invalidates()`` key."""
     if not isinstance(sync, Sync) or isinstance(sync.keys, str):
         return sync  # resolve() reports the malformed declaration
     keys = list(sync.keys)
@@ -240,7 +241,16 @@ def _wrapped(sync: Any, wrap_template: Callable[[str], str], wrap: Callable[[str
             return found + [wrap(k) for k in found]
 
         invalidates = wrapped_invalidates
-    return dataclasses.replace(sync, keys=keys, invalidates=invalidates)
+    depends_on = sync.depends_on
+    if isinstance(depends_on, Mapping):
+        # A related row's change must drop the make_key() form the read API stored too.
+        depends_on = {
+            relation: [*templates, *(wrap_template(k) for k in templates if isinstance(k, str))]
+            if isinstance(templates, (list, tuple))
+            else templates
+            for relation, templates in depends_on.items()
+        }
+    return dataclasses.replace(sync, keys=keys, invalidates=invalidates, depends_on=depends_on)
 
 
 def build_table(model: Any, sync: Any, affixes: KeyAffixes | None = None) -> DjangoTable:
