@@ -224,6 +224,24 @@ def test_related_fields_render_as_the_related_rows_own_document(
                 for image in query.rows(query.select.order_by(query.t0.c.id))
             }
         wrong(again, "fan-out read, kept types")
+        # The sidecar's own fan-out (binlog/fanout.py), on its own connection.
+        from cachesync.binlog.fanjobs import FanoutJob
+        from cachesync.binlog.fanout import Fanout
+        from cachesync.related import relations_of
+
+        relations = relations_of(spec)
+        assert relations is not None
+        fanout = Fanout(params, registry, [(spec, relations)], default_schema=params["database"])
+        try:
+            sidecar_fanned = {
+                a.doc_id: a.document
+                for i in want
+                for a in fanout.read(FanoutJob(spec, ("category",), (int(i),), position)).actions
+                if isinstance(a, IndexDoc)
+            }
+        finally:
+            fanout.close()
+        wrong(sidecar_fanned, "the sidecar's fan-out")
 
         # 3. reindex sends them; verify expects them.
         es.indices.create(index=index, mappings={"dynamic": False})

@@ -53,8 +53,9 @@ from ..changes import Op, RowChange
 from ..deadletters import PoisonChange, is_poison
 from ..errors import CacheSyncError, DeclarationError
 from ..registry import Registry, TableSpec
-from ..related import Relations, joined_select, relations_of
+from ..related import Relations, joined_reads, relations_of
 from ..reread import Refresher, SqlRowReader, translate_db_error
+from ..sqltypes import ColumnType
 from . import server
 from .fanjobs import FanoutJob
 
@@ -118,6 +119,8 @@ class Fanout:
         self.chunk = chunk
         self._engine: Any = None
         self.fanned_out = 0  #: rows re-planned by fan-outs so far (tests, logs)
+        #: the joined reads' column types per spec, kept until the next DDL (:meth:`schema_changed`)
+        self._types: dict[int, Mapping[str, ColumnType]] = {}
 
     @classmethod
     def start(
@@ -249,23 +252,29 @@ class Fanout:
 
         spec, prefix, relations = job.spec, job.prefix, self._relations(job.spec)
         limit = self.chunk if limit is None else limit
-        select, t0, joined = joined_select(spec, spec.schema or self._default)
+        schema = spec.schema or self._default
         hop = relations.hops[prefix]
-        previous = t0 if len(prefix) == 1 else joined[prefix[:-1]]
-        where = sa.and_(*(previous.c[c] == v for c, v in zip(hop.local, job.value, strict=True)))
         pk = spec.primary_key_columns()
-        keys = [t0.c[c] for c in pk]
-        if job.after is not None:
-            after = (
-                keys[0] > job.after[0]
-                if len(keys) == 1
-                else sa.tuple_(*keys) > sa.tuple_(*job.after)
-            )
-            where = sa.and_(where, after)
-        stmt = select.where(where).order_by(*keys).limit(limit)
         try:
-            with self._db().connect() as conn:
-                rows = [dict(r) for r in conn.execute(stmt).mappings()]
+            with (
+                self._db().connect() as conn,
+                joined_reads(conn, spec, schema, types=self._types.get(id(spec))) as query,
+            ):
+                self._types[id(spec)] = query.types
+                previous = query.t0 if len(prefix) == 1 else query.joined[prefix[:-1]]
+                where = sa.and_(
+                    *(previous.c[c] == v for c, v in zip(hop.local, job.value, strict=True))
+                )
+                keys = [query.t0.c[c] for c in pk]
+                if job.after is not None:
+                    after = (
+                        keys[0] > job.after[0]
+                        if len(keys) == 1
+                        else sa.tuple_(*keys) > sa.tuple_(*job.after)
+                    )
+                    where = sa.and_(where, after)
+                # Rows in the stored form of each column's type, as the binlog renders them.
+                rows = query.rows(query.select.where(where).order_by(*keys).limit(limit))
         except sa.exc.SQLAlchemyError as exc:
             raise translate_db_error(exc, f"fan-out into {spec.table}") from exc
         self.fanned_out += len(rows)
@@ -284,6 +293,10 @@ class Fanout:
         if chunk.keys:
             chunk.actions.insert(0, DeleteKeys(tuple(chunk.keys), job.position))
         return chunk
+
+    def schema_changed(self, schema: object = None, query: object = "") -> None:
+        """A DDL statement passed in the binlog: read the column types again."""
+        self._types.clear()
 
     def _relations(self, spec: TableSpec) -> Relations:
         for candidate, relations in self.related:

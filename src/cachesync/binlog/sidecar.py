@@ -405,6 +405,14 @@ class Sidecar(Reporting):
             give_up_after=3 if len(self._servers) > 1 else None,
         )
         source.on_ddl = self._cascades.schema_changed
+        if self._fanout is not None:
+            cascades, fanout = self._cascades, self._fanout
+
+            def schema_changed(schema: object = None, query: object = "") -> None:
+                cascades.schema_changed(schema, query)
+                fanout.schema_changed(schema, query)
+
+            source.on_ddl = schema_changed
         try:
             self._stream(source)
         finally:
