@@ -81,7 +81,11 @@ class FanoutJob:
     @property
     def id(self) -> str:
         """The same for every job of one relation and related value (a newer one replaces)."""
-        body = json.dumps([self.spec.model, self.prefix, [tag_value(v) for v in self.value]])
+        try:
+            value: Any = [tag_value(v) for v in self.value]
+        except TypeError:  # a type no stored job can hold (see _fit): still one id per value
+            value = repr(self.value)
+        body = json.dumps([self.spec.model, self.prefix, value])
         return hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()[:20]
 
     def encode(self, *, progress: bool = True) -> str:
@@ -278,7 +282,19 @@ class FanoutJobs:
             self._thread.join(self._policy.stop_timeout)
 
     def _fit(self, job: FanoutJob, width: int | None) -> str | None:
-        text = job.encode()
+        """*job*'s stored text, shortened to *width* if need be; ``None`` (said at ERROR)
+        when it cannot be stored: it still runs, but a crash before it ends loses it."""
+        try:
+            text = job.encode()
+        except TypeError as exc:
+            log.error(
+                "cachesync: fan-out of %s cannot be saved (%s); it runs, but a crash before "
+                "it ends loses it (run `cachesync verify %s` after one)",
+                job.describe(),
+                exc,
+                job.spec.model,
+            )
+            return None
         if width is None or len(text) <= width:
             return text
         shorter = job.encode(progress=False)  # resumes from its start: redone, not lost
