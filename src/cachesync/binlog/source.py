@@ -71,14 +71,14 @@ from ..changes import RowChange
 from ..errors import SourceConfigurationError, SourceError, TransientError
 from ..policies import ReconnectPolicy, XaHoldPolicy
 from ..registry import Registry
-from . import framing, server, tabledrops, xa
+from . import framing, server, tabledrops
 from .checkpoint import ResumePoint
 from .framing import EventParser, StreamReader
 from .gtidtracking import GtidTracking
 from .rowstream import RowStream
 from .statementholds import TableStatementHolds
 from .tablemaps import TableMaps
-from .xa import HeldTransactions
+from .xa import HeldTransactions, gtid_starts_xa
 from .xaholds import XaHolds
 
 __all__ = ["BinlogSource", "ReconnectPolicy"]
@@ -385,7 +385,7 @@ class BinlogSource(RowStream, XaHolds, TableStatementHolds, GtidTracking):
                     self._query(event.query, end, timestamp, event.schema)
             elif kind == framing.MARIADB_GTID or kind == framing.MYSQL_GTID:
                 self._gtid_event(data, kind, _server)
-                if kind == framing.MARIADB_GTID and xa.gtid_starts_xa(data):
+                if kind == framing.MARIADB_GTID and gtid_starts_xa(data):
                     self._group = self._new_group()
             elif kind == framing.XA_PREPARE:
                 self._prepare(data, end, timestamp)
