@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError, redact_url
-from .policies import BatchPolicy
+from .policies import BatchPolicy, XaHoldPolicy
 
 __all__ = [
     "SERVER_ID_MAX",
@@ -181,6 +181,20 @@ class Settings:
     log_format: str = field(
         default="text", metadata=_doc("log lines as text or json (one object per line)")
     )
+    xa_max_held_rows: int = field(
+        default=XaHoldPolicy.DEFAULT.max_held_rows,
+        metadata=_doc(
+            "rows the sidecar holds in memory for prepared XA transactions until their "
+            "COMMIT, all together (>= 0); past it the oldest are dropped and named in an ERROR"
+        ),
+    )
+    xa_max_prepared: int = field(
+        default=XaHoldPolicy.DEFAULT.max_prepared,
+        metadata=_doc(
+            "prepared XA transactions the sidecar remembers until their COMMIT or ROLLBACK "
+            "(>= 1); past it the oldest are dropped and named in an ERROR"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -254,6 +268,18 @@ class Settings:
             raise ConfigurationError(
                 "setting server_id must be in 1..4294967295", setting="server_id"
             )
+        if self.xa_max_held_rows < 0:
+            raise ConfigurationError(
+                f"setting xa_max_held_rows ({env_name('xa_max_held_rows')}) must be >= 0 rows, "
+                f"got {self.xa_max_held_rows}",
+                setting="xa_max_held_rows",
+            )
+        if self.xa_max_prepared < 1:
+            raise ConfigurationError(
+                f"setting xa_max_prepared ({env_name('xa_max_prepared')}) must be >= 1 "
+                f"transaction, got {self.xa_max_prepared}",
+                setting="xa_max_prepared",
+            )
         BatchPolicy.preset(self.batch)
 
     @property
@@ -277,6 +303,11 @@ class Settings:
     @property
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy.preset(self.batch)
+
+    @property
+    def xa_policy(self) -> XaHoldPolicy:
+        """``xa_max_held_rows`` and ``xa_max_prepared`` as the sidecar's :class:`XaHoldPolicy`."""
+        return XaHoldPolicy(self.xa_max_held_rows, self.xa_max_prepared)
 
     def require(self, name: str, purpose: str, *, fallback: str | None = None) -> str:
         """The value of setting *name* (else of *fallback*), or a :class:`ConfigurationError`

@@ -24,20 +24,16 @@ plans it again with the current declarations; see
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import json
 import logging
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .actions import Action, DeleteKeys
 from .changes import Op, Position, RowChange
-from .codec import UNTAG, tag_value
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -45,6 +41,7 @@ from .errors import (
     SchemaError,
     TransientError,
 )
+from .valuetags import tag_column_value, untag_column_value
 
 if TYPE_CHECKING:
     from .tables import TableSpec
@@ -65,54 +62,8 @@ log = logging.getLogger("cachesync.deadletters")
 CHANGE_FORMAT_VERSION = 1
 
 
-def _tag(value: Any) -> Any:
-    """A JSON-ready, lossless form of one column value: the action codec's tags for the
-    types primary keys share, and a few more a row image may hold."""
-    if isinstance(value, (bytearray, memoryview)):
-        value = bytes(value)
-    with contextlib.suppress(TypeError):
-        return tag_value(value)
-    if isinstance(value, dt.time):
-        return {"$time": value.isoformat()}
-    if isinstance(value, dt.timedelta):
-        return {"$timedelta": value // dt.timedelta(microseconds=1)}
-    if isinstance(value, uuid.UUID):
-        return {"$uuid": str(value)}
-    if isinstance(value, (set, frozenset)):
-        return {"$set": sorted((_tag(v) for v in value), key=repr)}
-    if isinstance(value, (list, tuple)):
-        return [_tag(v) for v in value]
-    if isinstance(value, dict):
-        return {"$object": {str(k): _tag(v) for k, v in value.items()}}
-    return {"$repr": repr(value)}  # kept for a human; decodes as the text
-
-
-_UNTAG: dict[str, Callable[[Any], Any]] = {
-    **UNTAG,
-    "$time": dt.time.fromisoformat,
-    "$timedelta": lambda micros: dt.timedelta(microseconds=int(micros)),
-    "$uuid": uuid.UUID,
-    "$set": lambda items: {_untag(v) for v in items},
-    "$object": lambda obj: {k: _untag(v) for k, v in obj.items()},
-    "$repr": str,
-}
-
-
-def _untag(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_untag(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) != 1:
-            raise DecodeError(f"malformed tagged value {value!r:.100}")
-        ((tag, body),) = value.items()
-        if tag not in _UNTAG:
-            raise DecodeError(f"unknown value tag {tag!r}")
-        return _UNTAG[tag](body)
-    return value
-
-
 def _image(image: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return None if image is None else {str(c): _tag(v) for c, v in image.items()}
+    return None if image is None else {str(c): tag_column_value(v) for c, v in image.items()}
 
 
 def encode_change(change: RowChange) -> dict[str, Any]:
@@ -137,7 +88,7 @@ def decode_change(obj: Mapping[str, Any]) -> RowChange:
 
         def image(key: str) -> dict[str, Any] | None:
             raw = obj.get(key)
-            return None if raw is None else {str(c): _untag(v) for c, v in raw.items()}
+            return None if raw is None else {str(c): untag_column_value(v) for c, v in raw.items()}
 
         position = obj.get("position")
         return RowChange(

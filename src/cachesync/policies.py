@@ -24,6 +24,7 @@ __all__ = [
     "RetryPolicy",
     "RetryQueuePolicy",
     "SidecarPolicy",
+    "XaHoldPolicy",
 ]
 
 
@@ -420,6 +421,41 @@ ReconnectPolicy.DEFAULT = ReconnectPolicy()
 
 
 @dataclass(frozen=True)
+class XaHoldPolicy:
+    """How much the binlog reader holds in memory for prepared XA transactions.
+
+    Rows of an ``XA PREPARE`` wait for the matching ``XA COMMIT``
+    (:mod:`cachesync.binlog.xa`); these bounds keep a server with many
+    forgotten prepared transactions from exhausting the sidecar's memory:
+
+    * ``max_held_rows``: rows held for all prepared transactions together
+      (setting ``xa_max_held_rows``); 0 holds none: the COMMIT of every XA
+      transaction with rows is then an ERROR, as below;
+    * ``max_prepared``: prepared transactions remembered, with or without rows
+      (setting ``xa_max_prepared``).
+
+    Past a bound the oldest transactions are evicted, logged as ERROR naming
+    the xid, and no longer hold the checkpoint; their COMMIT cannot be applied
+    (``cachesync verify --repair`` or a reindex restores them).
+    """
+
+    max_held_rows: int = 100_000
+    max_prepared: int = 10_000
+
+    DEFAULT: ClassVar[XaHoldPolicy]
+
+    def __post_init__(self) -> None:
+        if self.max_held_rows < 0:
+            raise ConfigurationError(
+                f"XaHoldPolicy.max_held_rows must be >= 0, got {self.max_held_rows!r}"
+            )
+        _positive("XaHoldPolicy", max_prepared=self.max_prepared)
+
+
+XaHoldPolicy.DEFAULT = XaHoldPolicy()
+
+
+@dataclass(frozen=True)
 class SidecarPolicy:
     """Timing knobs of the sidecar loop (the batch size itself is the ``batch`` setting).
 
@@ -443,6 +479,7 @@ class SidecarPolicy:
     * ``reconnect``: the binlog reader's :class:`ReconnectPolicy`;
     * ``lanes``: the per-sink queues (:class:`LanePolicy`);
     * ``fanout``: the bounds of related-row fan-outs (:class:`FanoutPolicy`);
+    * ``xa``: what prepared XA transactions may hold in memory (:class:`XaHoldPolicy`);
     * ``checkpoint_interval``: the most often a busy stream saves its checkpoint
       (an idle one saves what settled at once); a crash in between only repeats work.
     """
@@ -460,6 +497,7 @@ class SidecarPolicy:
     lanes: LanePolicy = field(default_factory=LanePolicy)
     fanout: FanoutPolicy = field(default_factory=FanoutPolicy)
     checkpoint_interval: float = 0.1
+    xa: XaHoldPolicy = field(default_factory=lambda: XaHoldPolicy.DEFAULT)
 
     DEFAULT: ClassVar[SidecarPolicy]
 
@@ -480,6 +518,8 @@ class SidecarPolicy:
             raise ConfigurationError(
                 f"SidecarPolicy.reconnect must be a ReconnectPolicy, got {self.reconnect!r}"
             )
+        if not isinstance(self.xa, XaHoldPolicy):
+            raise ConfigurationError(f"SidecarPolicy.xa must be an XaHoldPolicy, got {self.xa!r}")
         _backoff_field("SidecarPolicy", "handoff_backoff", self.handoff_backoff)
         _backoff_field("SidecarPolicy", "retry_backoff", self.retry_backoff)
         # idle_wait 0 would spin on an idle stream; the server's wait_timeout is >= 1.

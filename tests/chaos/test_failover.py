@@ -42,13 +42,25 @@ from tests.support.replica import ReplicaPair
 pytestmark = [pytest.mark.services, pytest.mark.chaos]
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[ReplicaPair]:
-    pair = ReplicaPair.start(tmp_path / "pair")
+@pytest.fixture(scope="module")
+def shared_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaPair]:
+    """One primary + replica for the whole module (installing and starting two servers
+    costs seconds); :func:`pair` resets it between tests."""
+    pair = ReplicaPair.start(tmp_path_factory.mktemp("pair"))
     try:
         yield pair
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def pair(shared_pair: ReplicaPair) -> Iterator[ReplicaPair]:
+    """The shared pair as freshly started: reset after each test, even a failed one (a
+    killed primary is restarted, the promoted replica attached again)."""
+    try:
+        yield shared_pair
+    finally:
+        shared_pair.reset()
 
 
 def _env(pair: ReplicaPair, services: dict[str, str], tmp: Path) -> BinlogEnv:

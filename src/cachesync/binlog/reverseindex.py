@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..changes import BinlogPosition, GtidPosition, Position
-from ..deadletters import _tag, _untag
 from ..errors import TransientError
+from ..valuetags import tag_column_value, untag_column_value
 
 if TYPE_CHECKING:
     from .checkpoint import ResumePoint
@@ -58,16 +58,18 @@ Write = tuple[str, Slot, str, str]
 def encode(values: Mapping[str, Any] | Sequence[Any]) -> str:
     """Canonical, lossless JSON of column values (bytes, decimals, dates tagged)."""
     if isinstance(values, Mapping):
-        return json.dumps({k: _tag(v) for k, v in sorted(values.items())}, separators=(",", ":"))
-    return json.dumps([_tag(v) for v in values], separators=(",", ":"))
+        return json.dumps(
+            {k: tag_column_value(v) for k, v in sorted(values.items())}, separators=(",", ":")
+        )
+    return json.dumps([tag_column_value(v) for v in values], separators=(",", ":"))
 
 
 def decode(text: str) -> Any:
     """Inverse of :func:`encode`."""
     obj = json.loads(text)
     if isinstance(obj, dict):
-        return {k: _untag(v) for k, v in obj.items()}
-    return [_untag(v) for v in obj]
+        return {k: untag_column_value(v) for k, v in obj.items()}
+    return [untag_column_value(v) for v in obj]
 
 
 class ReverseIndex(ABC):
@@ -243,7 +245,7 @@ def covered(saved: ResumePoint | None, position: Position | None) -> bool:
 
 def encode_entry(keys: Sequence[str], docs: Sequence[Sequence[str]], ref: Mapping[str, Any]) -> str:
     """The index entry of one child row (the module docstring's layout)."""
-    tagged = {k: _tag(v) for k, v in ref.items()}
+    tagged = {k: tag_column_value(v) for k, v in ref.items()}
     return json.dumps(
         {"keys": list(keys), "docs": [list(d) for d in docs], "ref": tagged}, separators=(",", ":")
     )
@@ -252,5 +254,5 @@ def encode_entry(keys: Sequence[str], docs: Sequence[Sequence[str]], ref: Mappin
 def decode_entry(text: str) -> dict[str, Any]:
     """Inverse of :func:`encode_entry`."""
     obj = json.loads(text)
-    obj["ref"] = {k: _untag(v) for k, v in obj.get("ref", {}).items()}
+    obj["ref"] = {k: untag_column_value(v) for k, v in obj.get("ref", {}).items()}
     return dict(obj)

@@ -243,7 +243,7 @@ class Sidecar(Reporting):
             store=checkpoint_store(settings.checkpoint_url, mysql_url),
             name=settings.name,
             server_id=settings.resolved_server_id,
-            policy=policy or SidecarPolicy(batch=settings.batch_policy),
+            policy=policy or SidecarPolicy(batch=settings.batch_policy, xa=settings.xa_policy),
             reset_checkpoint=reset_checkpoint,
         )
 
@@ -401,6 +401,7 @@ class Sidecar(Reporting):
             start=start,
             default_schema=self._database,
             policy=self.policy.reconnect,
+            xa=self.policy.xa,
             stop=self._stop,
             give_up_after=3 if len(self._servers) > 1 else None,
         )

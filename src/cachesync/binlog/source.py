@@ -38,22 +38,19 @@ How it reads, and why
   the library's own decoder. ``tests/integration/binlog/test_decoder.py``
   checks that both give identical values.
 
-XA transactions (details in :mod:`.xa`)
----------------------------------------
-* Rows of an XA PREPARE are held (bounded) and returned at the matching
-  ``XA COMMIT``, positioned at the COMMIT; an ``XA ROLLBACK`` drops them.
-* :attr:`resume_point` carries ``hold``, the start of the oldest held
-  transaction; a source started from such a point first *catches up* from
-  there (re-holding, applying nothing), so a prepared transaction survives restarts.
+Where each part lives
+---------------------
+:class:`BinlogSource` reads packets, dispatches them and owns the connection;
+its concepts are mixins over one shared state (:mod:`.streamstate`: position,
+GTID and XA state, and the boundary rule):
 
-TRUNCATE, DROP, RENAME (details in :mod:`.tabledrops`, :mod:`.tablepurge`)
---------------------------------------------------------------------------
-* A QUERY event that empties or replaces a watched table holds the stream
-  *before* it: :meth:`BinlogSource.poll` returns what came before, then
-  nothing, and :attr:`BinlogSource.table_statement` names it until the caller
-  purged and called :meth:`BinlogSource.pass_table_statement`. Until then
-  :attr:`resume_point` is the statement's start, so a restart reads it again.
-  While catching up (changes already applied) such statements pass unheld.
+* :mod:`.gtidtracking` - the GTID of the transaction read, passing over
+  transactions already in the state, finding the state on a (new) server;
+* :mod:`.statementholds` - the hold before a TRUNCATE/DROP/RENAME of a watched
+  table (:attr:`BinlogSource.table_statement`, :meth:`BinlogSource.pass_table_statement`);
+* :mod:`.xaholds` - rows of prepared XA transactions held until their COMMIT,
+  and the catch-up that re-holds them after a restart (details in :mod:`.xa`);
+* :mod:`.rowstream` - rows events of watched tables become :class:`RowChange`.
 """
 
 from __future__ import annotations
@@ -63,25 +60,26 @@ import re
 import struct
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, NoReturn
 
 import pymysql
 
 from .. import metrics
-from ..changes import BinlogPosition, GtidPosition, Position, RowChange
+from ..changes import RowChange
 from ..errors import SourceConfigurationError, SourceError, TransientError
-from ..policies import ReconnectPolicy
+from ..policies import ReconnectPolicy, XaHoldPolicy
 from ..registry import Registry
-from . import framing, positions, server, tabledrops, xa
+from . import framing, server, tabledrops
 from .checkpoint import ResumePoint
-from .framing import EventParser, PartialRows, StreamReader
-from .gtid import GtidState
-from .partial import PartialChange
+from .framing import EventParser, StreamReader
+from .gtidtracking import GtidTracking
+from .rowstream import RowStream
+from .statementholds import TableStatementHolds
 from .tablemaps import TableMaps
-from .xa import Group, HeldTransactions, Xid
+from .xa import HeldTransactions, gtid_starts_xa
+from .xaholds import XaHolds
 
 __all__ = ["BinlogSource", "ReconnectPolicy"]
 
@@ -96,7 +94,7 @@ _PURGED_HINT = (
 )
 
 
-class BinlogSource:
+class BinlogSource(RowStream, XaHolds, TableStatementHolds, GtidTracking):
     """Streams :class:`RowChange` objects of the tables in *registry* from a resume point.
 
     Single-threaded and pull-based: :meth:`poll` returns up to ``max_rows``
@@ -109,6 +107,7 @@ class BinlogSource:
     backoff from :attr:`resume_point`, waiting through the injected *sleep*); it
     raises only :class:`SourceConfigurationError` (grants, purged binlog,
     unsupported settings) and :class:`SourceError` (data it cannot read correctly).
+    *xa* bounds what prepared XA transactions may hold in memory (:mod:`.xa`).
     """
 
     def __init__(
@@ -122,8 +121,7 @@ class BinlogSource:
         policy: ReconnectPolicy | None = None,
         stop: threading.Event | None = None,
         sleep: Callable[[float], object] | None = None,
-        max_held_rows: int = xa.DEFAULT_MAX_HELD_ROWS,
-        max_prepared: int = xa.DEFAULT_MAX_PREPARED,
+        xa: XaHoldPolicy | None = None,
         give_up_after: int | None = None,
     ) -> None:
         self._params = {k: v for k, v in connection.items() if k != "database"}
@@ -140,31 +138,9 @@ class BinlogSource:
         only_schemas: list[str] | None = (
             None if None in schemas else sorted(s for s in schemas if s is not None)
         )
-        # Position state (see ResumePoint).
-        self._file = start.file
-        self._txn_start = start.pos
-        self._handled = start.handled
-        self._skip = start if start.handled is not None else None
-        self._commit_time = start.commit_time
-        self._pending: deque[RowChange] = deque()
-        self._at_boundary = True
-        # GTID state (None: file+position only): the state before the transaction in
-        # progress, that transaction's GTID and weight, whether the state has it
-        # already, and the rows events seen in it; the state at each XA group start.
-        self._gtids: GtidState | None = start.gtid
-        self._gtid: str | None = None
-        self._weight = 0
-        self._next: GtidState | None = None
-        self._seen = False
-        self._event_no = 0
-        self._group_states: dict[tuple[str, int], GtidState] = {}
+        holds = xa or XaHoldPolicy.DEFAULT
+        super().__init__(start, HeldTransactions(holds.max_held_rows, holds.max_prepared))
         self._give_up_after = give_up_after
-        # XA state: prepared transactions, the first phase being read, the boundary to
-        # pass once the rows of a COMMIT are all returned, and the catch-up target.
-        self._held = HeldTransactions(max_held_rows, max_prepared)
-        self._group: Group | None = None
-        self._resolving: tuple[Xid | None, int, int] | None = None
-        self._catchup: ResumePoint | None = start if start.hold is not None else None
         # Connection state.
         self._reader: StreamReader | None = None
         self._conn: Any = None
@@ -208,11 +184,6 @@ class BinlogSource:
     def server(self) -> tuple[str, int]:
         """The host and port this source reads."""
         return str(self._params.get("host")), int(self._params.get("port") or 3306)
-
-    @property
-    def held(self) -> int:
-        """How many prepared XA transactions are held, waiting for their COMMIT or ROLLBACK."""
-        return len(self._held)
 
     @property
     def tables(self) -> list[str]:
@@ -358,41 +329,6 @@ class BinlogSource:
             ", ".join(self._only_tables),
         )
 
-    def _relocate(self, settings: Mapping[str, Any]) -> None:
-        """Find the GTID state (and an XA catch-up's) in this server's files.
-
-        A row still identified by its offset (a checkpoint just upgraded from
-        file+position) pins the file+position it was written for.
-        """
-        if self._gtids is None or isinstance(self._handled, BinlogPosition):
-            return
-        catchup = self._catchup
-        if catchup is not None and catchup.hold is not None:
-            if catchup.hold_gtid is None or catchup.gtid is None:
-                return  # a hold that predates GTIDs: only its own server has it
-            hold = positions.locate(settings, self._server_id, catchup.hold_gtid)
-            target = positions.locate(settings, self._server_id, catchup.gtid)
-            handled = catchup.handled if target == (catchup.file, catchup.pos) else None
-            self._catchup = replace(
-                catchup, file=target[0], pos=target[1], hold=hold, handled=handled
-            )
-            self._gtids = catchup.hold_gtid
-            self._group_states[hold] = catchup.hold_gtid
-            return
-        located = positions.locate(settings, self._server_id, self._gtids)
-        # The same file, at or after the recorded start (which is the rotation's offset 4
-        # for a file's first transaction): the server the point was taken on.
-        if self._handled is not None and (located[0] != self._file or located[1] < self._txn_start):
-            # Another server (or a rotated file): its rows events may be split otherwise,
-            # so the transaction in progress is replayed whole (idempotent effects).
-            log.info(
-                "cachesync: the transaction after GTID state %s starts at %s:%d here, not at "
-                "%s:%d: replaying it from its start",
-                self._gtids, *located, self._file, self._txn_start,
-            )  # fmt: skip
-            self._handled = self._skip = None
-        self._file, self._txn_start = located
-
     def _disconnect(self) -> None:
         reader, self._reader, self._conn = self._reader, None, None
         if reader is not None:
@@ -449,7 +385,7 @@ class BinlogSource:
                     self._query(event.query, end, timestamp, event.schema)
             elif kind == framing.MARIADB_GTID or kind == framing.MYSQL_GTID:
                 self._gtid_event(data, kind, _server)
-                if kind == framing.MARIADB_GTID and xa.gtid_starts_xa(data):
+                if kind == framing.MARIADB_GTID and gtid_starts_xa(data):
                     self._group = self._new_group()
             elif kind == framing.XA_PREPARE:
                 self._prepare(data, end, timestamp)
@@ -470,92 +406,12 @@ class BinlogSource:
             # A truncated or garbled packet: the connection is not to be trusted.
             raise TransientError(f"unreadable event of type {kind}: {exc!r}") from exc
 
-    def _gtid_event(self, data: bytes, kind: int, server_id: int) -> None:
-        """A transaction starts: take its GTID (and its weight) if GTIDs are tracked."""
-        state = self._gtids
-        self._event_no = 0
-        if state is None:
-            return
-        gtid = framing.gtid_of(data, kind, server_id)
-        self._gtid = gtid
-        self._seen = state.contains(gtid)
-        if not self._seen:
-            self._next = state.add(gtid)  # the state once this transaction is passed
-            self._weight = self._next.weight
-        elif self._catchup is None:
-            log.info("cachesync: passing over %s, handled before (GTID state %s)", gtid, state)
-
-    def _boundary(self, end: int, timestamp: int) -> None:
-        self._group = None
-        gtid, self._gtid = self._gtid, None
-        if gtid is not None and self._gtids is not None and not self._seen:
-            self._gtids = self._next
-        self._seen = False
-        if end:
-            self._txn_start = end
-            self._handled = None
-            skip = self._skip
-            # After a failover the handled transaction may come later than others.
-            if (
-                skip is None
-                or not isinstance(skip.handled, GtidPosition)
-                or skip.handled.gtid == gtid
-            ):
-                self._skip = None
-        self._commit_time = float(timestamp) or self._commit_time
-        self._at_boundary = True
-        if self._group_states:  # keep the states of held XA groups only
-            oldest = self._held.oldest_start
-            if oldest is None:
-                self._group_states.clear()
-            else:
-                first = BinlogPosition(*oldest)
-                for start in [s for s in self._group_states if BinlogPosition(*s) < first]:
-                    del self._group_states[start]
-
-    def _new_group(self) -> Group:
-        """An XA transaction's first phase starts here; remember its GTID state for holds."""
-        start = (self._file, self._txn_start)
-        if self._gtids is not None:
-            self._group_states[start] = self._gtids
-        return Group(start)
-
-    def _row_position(
-        self, file: str, end: int, event: int, index: int
-    ) -> BinlogPosition | GtidPosition:
-        """Row *index* of rows event *event* (ending at *end*), as this stream positions rows."""
-        if self._gtid is not None and not self._seen:
-            return GtidPosition(self._gtid, self._weight, event, index)
-        return BinlogPosition(file, end, index)
-
-    def _handled_already(
-        self, skip: ResumePoint, position: Position, file: str, end: int, index: int
-    ) -> bool:
-        """Whether the row at *position* was handled before the restart *skip* describes.
-
-        A checkpoint just upgraded from file+position names its row by offset.
-        """
-        if isinstance(skip.handled, BinlogPosition) and isinstance(position, GtidPosition):
-            return skip.already_handled(BinlogPosition(file, end, index))
-        return skip.already_handled(position)  # type: ignore[arg-type]
-
     def _query(self, query: str, end: int, timestamp: int, schema: str | None = None) -> None:
         head = query.lstrip()[:3].upper()
         if head == "BEG" and query.strip().upper() == "BEGIN":
             return
-        if head == "XA ":
-            parsed = xa.parse_query(query)
-            verb, xid = parsed if parsed is not None else ("", None)
-            if verb == "START":  # MySQL marks an XA transaction's first phase so
-                if self._group is None:
-                    self._group = self._new_group()
-                return
-            if verb == "END":
-                return  # not a boundary: its XA_PREPARE (or one-phase commit) follows
-            if verb == "COMMIT" and xid is not None:
-                return self._xa_commit(xid, end, timestamp)
-            if verb == "ROLLBACK" and xid is not None:
-                return self._xa_rollback(xid, end, timestamp)
+        if head == "XA " and self._xa_query(query, end, timestamp):
+            return
         if self.on_ddl is not None and _DDL.match(query):
             self.on_ddl(schema, query)
         if self._catchup is None and self._stop_at_table_statement(query, end, timestamp, schema):
@@ -563,136 +419,6 @@ class BinlogSource:
         # COMMIT of a non-transactional engine, DDL, SAVEPOINT ...: the next statement
         # starts with its own table maps, so it is safe to resume here.
         self._boundary(end, timestamp)
-
-    def _stop_at_table_statement(
-        self, query: str, end: int, timestamp: int, schema: str | bytes | None
-    ) -> bool:
-        """Hold the stream at a statement that emptied or replaced a watched table.
-
-        The stream stops *before* it (:attr:`resume_point` still names its
-        start) until the caller has purged and calls :meth:`pass_table_statement`,
-        so changes before it are applied first, none after it is read yet, and
-        a restart before the purge finished reads the statement again.
-        """
-        if isinstance(schema, bytes):
-            schema = schema.decode("utf-8", "replace")
-        events = tabledrops.table_statement(query, schema or None)
-        if not events:
-            return False
-        affected = tabledrops.affected(events, self._registry, self._default_schema)
-        if not affected:
-            return False
-        # With GTIDs the statement's own transaction places it among the changes.
-        position = self._row_position(self._file, end, 0, 0)
-        self._table_statement = tabledrops.TableStatement(
-            query, position, tuple(affected), end, timestamp
-        )
-        return True
-
-    @property
-    def table_statement(self) -> tabledrops.TableStatement | None:
-        """The statement the stream is held at (see :meth:`pass_table_statement`), if any."""
-        return self._table_statement
-
-    def pass_table_statement(self) -> None:
-        """The held statement is handled: resume after it (:attr:`resume_point` moves past it)."""
-        held, self._table_statement = self._table_statement, None
-        if held is not None:
-            self._boundary(held.end, held.timestamp)
-
-    def _prepare(self, data: bytes, end: int, timestamp: int) -> None:
-        """An XA_PREPARE event: hold the group's rows until its COMMIT (or commit them now)."""
-        xid, one_phase = xa.parse_prepare(data)
-        group, self._group = self._group, None
-        if one_phase or group is None:  # None: not seen as XA at its start (cannot happen)
-            self._commit_group(group, end, timestamp, xid)
-        else:
-            self._held.prepare(xid, group, f"{self._file}:{end}")
-            self._boundary(end, timestamp)
-
-    def _commit_group(
-        self, group: Group | None, end: int, timestamp: int, xid: Xid | None = None
-    ) -> None:
-        """An XA transaction committed in one phase: its rows are ordinary committed rows."""
-        if group is None or self._catchup is not None:
-            self._boundary(end, timestamp)
-        elif group.dropped:
-            self._held.lost_one_phase(xid, group, f"{self._file}:{end}")
-            self._boundary(end, timestamp)
-        else:
-            self._release(group.rows, None, end, timestamp, reposition=False)
-
-    def _xa_commit(self, xid: Xid, end: int, timestamp: int) -> None:
-        rows: list[RowChange] | None = None
-        if self._catchup is not None:  # applied before the restart
-            self._held.resolve(xid)
-        else:
-            rows = self._held.commit(xid, f"{self._file}:{end}")
-        if rows is None:
-            self._boundary(end, timestamp)
-        else:  # forgotten, and the checkpoint let go, only once they are all returned
-            self._release(rows, xid, end, timestamp, reposition=True)
-
-    def _xa_rollback(self, xid: Xid, end: int, timestamp: int) -> None:
-        self._held.rollback(xid, f"{self._file}:{end}", quiet=self._catchup is not None)
-        self._boundary(end, timestamp)
-
-    def _release(
-        self, rows: list[RowChange], xid: Xid | None, end: int, timestamp: int, *, reposition: bool
-    ) -> None:
-        """Return *rows* as committed at the event ending at *end*, then pass that boundary.
-
-        With *reposition* row *i* gets the position ``(file, end, i)`` of the
-        COMMIT (its place in commit order, and a position inside the current
-        transaction that a resume point can record). The boundary (and, for
-        an XA COMMIT, forgetting *xid*, which holds the checkpoint until then)
-        waits until :meth:`poll` has returned the last of them.
-        """
-        skip, pending, file = self._skip, self._pending, self._file
-        commit_time = float(timestamp)
-        for index, row in enumerate(rows):
-            if reposition:
-                position = self._row_position(file, end, 0, index)
-                row = replace(row, position=position, commit_time=commit_time)
-                if skip is not None and self._handled_already(skip, position, file, end, index):
-                    continue
-            elif skip is not None and skip.already_handled(row.position):  # type: ignore[arg-type]
-                continue
-            pending.append(row)
-        self._resolving = (xid, end, timestamp)
-        if not pending:
-            self._resolved()
-
-    def _resolved(self) -> None:
-        assert self._resolving is not None
-        xid, end, timestamp = self._resolving
-        self._resolving = None
-        if xid is not None:
-            self._held.resolve(xid)
-        self._boundary(end, timestamp)
-
-    def _end_catchup(self, start: int, kind: int) -> None:
-        """Stop catching up at the first event at or after the point this source started from.
-
-        With GTIDs: at the first transaction once the state has caught up with the target's.
-        """
-        target = self._catchup
-        assert target is not None
-        if target.gtid is not None and self._gtids is not None:
-            if kind not in framing.GTID_EVENTS or not self._gtids.covers(target.gtid):
-                return
-            self._gtids = target.gtid
-        else:
-            here = BinlogPosition(self._file, start)
-            if here < BinlogPosition(target.file, target.pos):
-                return
-        self._catchup = None
-        self._handled = target.handled
-        self._skip = target if target.handled is not None else None
-        log.info(
-            "cachesync: caught up to %s from %s:%d; %d prepared XA transaction(s) held",
-            target, *(target.hold or ("?", 0)), len(self._held),
-        )  # fmt: skip
 
     def _rotate(self, packet: Any, timestamp: int) -> None:
         event = self._parser.library_event(packet, self._maps.lib)
@@ -706,70 +432,3 @@ class BinlogSource:
         self._at_boundary = True
         # Table ids are only unique within one server run; a new file may follow a restart.
         self._maps.forget_ids()
-
-    def _rows(self, packet: Any, data: bytes, kind: int, timestamp: int, end: int) -> None:
-        event_no = self._event_no  # counts every rows event: the same whatever is watched
-        self._event_no += 1
-        if self._seen:
-            return  # a transaction in the GTID state: handled before (module docstring)
-        table_id = int.from_bytes(data[20:26], "little")
-        table = self._maps.get(table_id)
-        if table is None:
-            return  # table not watched: filtered before decoding
-        group = self._group
-        pending: list[RowChange] | deque[RowChange]
-        if group is not None:  # an XA transaction's first phase: held until its COMMIT
-            if group.dropped:
-                return
-            pending, skip = group.rows, None
-            group.tables.add(f"{table.schema}.{table.name}")
-        elif self._catchup is not None:
-            return  # applied before the restart: catching up only re-holds XA transactions
-        else:
-            pending, skip = self._pending, self._skip
-            handled = skip.handled if skip is not None else None
-            if isinstance(handled, BinlogPosition) and end < handled.pos:
-                return  # the whole event was handled before the restart
-            if (
-                isinstance(handled, GtidPosition)
-                and handled.gtid == self._gtid
-                and event_no < handled.event
-            ):
-                return
-        op = framing.ROWS_OPS[kind]
-        images = self._parser.row_images(packet, data, kind, table.decoder, self._maps.lib)
-        partial: PartialRows | None = None
-        if isinstance(images, PartialRows):
-            # A session with binlog_row_image != FULL: completed or reported downstream
-            # (cachesync.binlog.partial), never a reason to stop the stream.
-            partial, images = images, images.images
-        position_file = self._file
-        commit_time = float(timestamp)
-        schema, name = table.schema, table.name
-        row_position = self._row_position
-        for index, (before, after) in enumerate(images):
-            position = row_position(position_file, end, event_no, index)
-            if skip is not None and self._handled_already(
-                skip, position, position_file, end, index
-            ):
-                continue
-            if partial is None:
-                pending.append(RowChange(op, schema, name, before, after, position, commit_time))
-            else:
-                columns, unknown, setting = partial.columns, partial.unknown_after, partial.setting
-                pending.append(
-                    PartialChange(
-                        op,
-                        schema,
-                        name,
-                        before,
-                        after,
-                        position,
-                        commit_time,
-                        frozenset(columns),
-                        unknown,
-                        setting,
-                    )
-                )
-        if group is not None:
-            self._held.check(group)

@@ -49,7 +49,8 @@ What the source does with them, and why
   without a hold (first start, ``--reset-checkpoint``, a checkpoint written by
   an older cachesync, a hold in a purged binlog file), or of one evicted
   because more than ``max_rows`` rows / ``max_prepared`` transactions were held
-  (the oldest go first; evicted transactions no longer hold the checkpoint).
+  (settings ``xa_max_held_rows`` / ``xa_max_prepared``; the oldest go first;
+  evicted transactions no longer hold the checkpoint).
   Their rows are not known, so they are not applied: run ``cachesync verify
   --repair`` or a reindex. An ``XA ROLLBACK`` of such a transaction loses nothing.
 """
@@ -62,6 +63,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..changes import RowChange
+from ..policies import XaHoldPolicy
 
 __all__ = [
     "DEFAULT_MAX_HELD_ROWS",
@@ -77,10 +79,11 @@ __all__ = [
 
 log = logging.getLogger("cachesync.binlog")
 
-#: Rows held in memory for prepared-but-unresolved XA transactions (all of them together).
-DEFAULT_MAX_HELD_ROWS = 100_000
-#: Prepared-but-unresolved XA transactions remembered (with or without rows).
-DEFAULT_MAX_PREPARED = 10_000
+#: Rows held in memory for prepared-but-unresolved XA transactions (all of them together);
+#: the setting is ``xa_max_held_rows`` (:class:`~cachesync.policies.XaHoldPolicy`).
+DEFAULT_MAX_HELD_ROWS = XaHoldPolicy.DEFAULT.max_held_rows
+#: Prepared-but-unresolved XA transactions remembered (with or without rows); ``xa_max_prepared``.
+DEFAULT_MAX_PREPARED = XaHoldPolicy.DEFAULT.max_prepared
 
 #: MariaDB ``Gtid_log_event`` flags2 bit: the group is the first phase of an XA transaction.
 _FL_PREPARED_XA = 0x40

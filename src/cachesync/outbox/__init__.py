@@ -4,30 +4,31 @@
 * :mod:`.table`: the table, described once as a SQLAlchemy ``Table``.
 * :mod:`.store`: :class:`OutboxStore`, parking, claiming (``SKIP LOCKED``) and marking rows.
 * :mod:`.relay`: :class:`OutboxRelay`, the loop that applies claimed rows.
+
+The names and states are listed once, in ``schema.__all__``, and re-exported
+from there on first access: a star import would resolve ``schema.COLUMNS``,
+which needs SQLAlchemy, and importing this package must not.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from . import schema
 from .relay import OutboxRelay, RelayReport, decode_row_actions
-from .schema import (
-    KIND_FAILED,
-    KIND_INTENT,
-    OUTBOX_TABLE,
-    STATE_DEAD,
-    STATE_DONE,
-    STATE_PENDING,
-    create_table_sql,
-)
 from .store import OutboxStore
 
+if TYPE_CHECKING:
+    from .schema import *  # noqa: F403
+
 __all__ = [
-    "KIND_FAILED",
-    "KIND_INTENT",
-    "OUTBOX_TABLE",
-    "STATE_DEAD",
-    "STATE_DONE",
-    "STATE_PENDING",
+    *schema.__all__,
     "OutboxRelay",
     "OutboxStore",
     "RelayReport",
-    "create_table_sql",
     "decode_row_actions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in schema.__all__:
+        return getattr(schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

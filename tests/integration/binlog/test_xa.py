@@ -20,6 +20,7 @@ import pytest
 from cachesync.binlog import BinlogSource, ResumePoint
 from cachesync.binlog.xa import Xid
 from cachesync.changes import BinlogPosition, Op
+from cachesync.policies import XaHoldPolicy
 from tests.integration.binlog.harness import BinlogEnv, SidecarProcess, next_server_id, running
 
 pytestmark = pytest.mark.services
@@ -285,3 +286,37 @@ def test_commit_of_a_transaction_prepared_before_the_start_is_named(
     assert [c.after and c.after["id"] for c in changes] == [4]
     name = str(Xid(1, f"{env.schema}-early".encode()))
     assert any(name in r.getMessage() and "NOT applied" in r.getMessage() for r in caplog.records)
+
+
+def test_the_xa_hold_policy_bounds_what_the_source_holds(
+    binlog_env: BinlogEnv, xa: XA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``max_prepared=1``: a second PREPARE evicts the first, whose COMMIT is then named
+    and not applied; with the default bounds both transactions' rows come out."""
+    env = binlog_env
+    file, pos = env.master_status()
+    first, second = _xid(env, "bound1"), _xid(env, "bound2")
+    xa.prepare(first, ["INSERT INTO users VALUES (3, 'carol', 'C', NULL, 0)"])
+    xa.prepare(second, ["INSERT INTO users VALUES (5, 'eve', 'E', NULL, 0)"])
+    xa.commit(first)
+    xa.commit(second)
+
+    def ids(policy: XaHoldPolicy | None) -> list[object]:
+        source = BinlogSource(
+            env.sidecar_params,
+            env.registry(),
+            server_id=next_server_id(),
+            start=ResumePoint(file, pos),
+            xa=policy,
+        )
+        with source:
+            changes = source.poll(10, 2.0) + source.poll(10, 0.5)
+        return [c.after and c.after["id"] for c in changes]
+
+    assert ids(None) == [3, 5]
+    with caplog.at_level(logging.ERROR, "cachesync.binlog"):
+        assert ids(XaHoldPolicy(max_prepared=1)) == [5]
+    name = str(Xid(1, f"{env.schema}-bound1".encode()))
+    assert any(
+        name in r.getMessage() and "dropped from memory" in r.getMessage() for r in caplog.records
+    )
