@@ -8,8 +8,14 @@ running after the session (``scripts/services stop`` stops them).
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests.support import services as _services
+
+# Generated examples are judged by what they find, not by how fast a loaded 2-core CI
+# machine runs them: hypothesis's default 200 ms deadline made property tests flaky there.
+settings.register_profile("cachesync", deadline=None)
+settings.load_profile("cachesync")
 
 
 @pytest.fixture(scope="session")
