@@ -122,7 +122,11 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def run_one(env: Env, preset: str | None, rate: int, seconds: float) -> dict[str, Any]:
+def run_one(
+    env: Env, preset: str | None, rate: int, seconds: float, profile: bool = False
+) -> dict[str, Any]:
+    """One preset at one rate; *profile*: py-spy attached to the sidecar while it runs
+    (it takes CPU from the same two cores: those latencies are not the figure)."""
     schema = f"bench_lat_{preset or 'default'}_{rate}"
     env.fresh_schema(schema, 1, ROWS)
     env.redis.config_set("notify-keyspace-events", "Eg")
@@ -153,7 +157,14 @@ def run_one(env: Env, preset: str | None, rate: int, seconds: float) -> dict[str
         for key in keys:
             pipe.set(key, "cached")
         pipe.execute()
+        profiler = None
+        if profile:
+            from bench.profile import Profiler
+
+            profiler = Profiler(listen.pid, name="listen-latency")
         sent, achieved, late = write_open_loop(env, table, total, rate)
+        if profiler is not None:
+            profiler.finish()
         committed = {keys[n]: sent[n] for n in sorted(sent)}  # samples in schedule order
         deadline = time.monotonic() + 30
         while len(deleted.keys() & committed.keys()) < len(committed):
@@ -175,6 +186,11 @@ def run_one(env: Env, preset: str | None, rate: int, seconds: float) -> dict[str
         "ms": percentiles(latencies),
         "samples_ms": latencies,
     }
+    if profile:
+        from bench.profile import LOGS, show, summary
+
+        result["profile"] = summary(LOGS / "py-spy-listen-latency.txt")
+        show(result["profile"])
     p = result["ms"]
     print(
         f"  {result['preset']:20} {rate:5} tx/s (achieved {achieved:6.0f}): p50 {p.get('p50', 0):6.1f}"
@@ -206,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default=None)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--writers", type=int, default=WRITERS)
+    parser.add_argument("--profile", action="store_true", help="py-spy on the sidecar")
     args = parser.parse_args(argv)
     WRITERS = args.writers
-    run_one(Env(), args.preset, args.rate, args.seconds)
+    run_one(Env(), args.preset, args.rate, args.seconds, profile=args.profile)
     return 0
 
 
