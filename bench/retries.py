@@ -5,8 +5,8 @@ and ``cachesync retry`` (the retry consumer, with its outbox relay thread) as
 child processes, against the private Redis, MariaDB and Kafka-protocol broker
 (tansu).
 
-Redis is taken DOWN, not frozen: its keys are saved (``SAVE``), it is shut
-down without saving, and restarted on the same port and directory, so it comes
+Redis is taken DOWN, not frozen: ``SHUTDOWN SAVE`` (its keys saved as it
+stops), then restarted on the same port and directory, so it comes
 back with every key it held and a lost invalidation stays visible. A SIGSTOPped
 Redis would not do: the kernel keeps accepting bytes on its sockets, and on
 SIGCONT it executes every UNLINK the sidecar sent before its timeouts, which
@@ -52,12 +52,14 @@ def _pid(service: str) -> int:
 
 
 def redis_down(env: Env) -> None:
-    """Save Redis's keys and shut it down (connections are refused until :func:`redis_up`)."""
+    """Shut Redis down saving its keys (connections are refused until :func:`redis_up`).
+
+    One ``SHUTDOWN SAVE``, not ``SAVE`` then ``SHUTDOWN NOSAVE``: a delete the sidecar
+    makes between the two would be undone by the restart (seen: one key "stale")."""
     import redis
 
-    env.redis.save()
     with contextlib.suppress(redis.ConnectionError):  # the server closes it as it goes
-        env.redis.shutdown(nosave=True)
+        env.redis.shutdown(save=True)
 
 
 def redis_up(env: Env) -> None:
