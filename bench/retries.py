@@ -331,7 +331,7 @@ def recovery(env: Env, outage: float) -> dict[str, Any]:
 
 def run(env: Env, quick: bool, outage: float) -> dict[str, Any]:
     """Both scenarios: pending retries (1,000 and 100,000; 1,000 and 10,000 with --quick)."""
-    print("\npending retries (Redis frozen; listen + retry on the Kafka retry path):")
+    print("\npending retries (Redis down; listen + retry on the Kafka retry path):")
     sizes = (1_000, 10_000) if quick else (1_000, 100_000)
     return {
         "pending": [pending(env, n) for n in sizes],
