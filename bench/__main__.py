@@ -4,4 +4,7 @@ import sys
 
 from bench.suite import main
 
-sys.exit(main())
+# Guarded: the latency scenario's writer processes are spawned, and a spawned
+# child imports the main module again (as __mp_main__).
+if __name__ == "__main__":
+    sys.exit(main())

@@ -70,6 +70,9 @@ def write(results: dict[str, Any]) -> list[Path]:
     slim = json.loads(json.dumps(results))
     for run in slim.get("latency", []):
         run.pop("samples_ms", None)  # the JSON keeps the percentiles, the plot the samples
+    for run in slim.get("retries", {}).get("pending", []):
+        for name in ("listen_rss_series_mb", "retry_rss_series_mb"):  # in the plot
+            run.pop(name, None)
     (RESULTS / "latest.json").write_text(json.dumps(slim, indent=2) + "\n")
     plots = _plots(results)
     _readme(slim, plots)
@@ -139,6 +142,23 @@ def _plots(results: dict[str, Any]) -> list[Path]:
         paths.append(RESULTS / "memory.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    pending = (results.get("retries") or {}).get("pending", [])
+    if pending and pending[0].get("listen_rss_series_mb"):
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for run in pending:
+            for name, style in (("listen", "-"), ("retry", "--")):
+                series = run[f"{name}_rss_series_mb"]
+                ax.plot([t for t, _ in series], [m for _, m in series], style,
+                        label=f"cachesync {name}, {run['retries_pending']:,} pending")  # fmt: skip
+        ax.set_xlabel("seconds (Redis down, backlog written, Redis back, drained)")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("pending retries: RSS of the sidecar and the retry consumer")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(RESULTS / "retries.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
 
 
@@ -163,14 +183,16 @@ def table(results: dict[str, Any]) -> str:
             "",
             "Commit -> key gone, binlog path (`cachesync listen`), single-row transactions, ms:",
             "",
-            "| preset | target tx/s | achieved | p50 | p95 | p99 | max | samples |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| preset | target tx/s | achieved | p50 | p95 | p99 | max | samples | writers' p99 lateness |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in results["latency"]:
             p = r["ms"]
+            late = r.get("late_ms", {}).get("p99")
             lines.append(
                 f"| {r['preset']} | {r['rate']} | {r['achieved_rate']:.0f} | {p['p50']:.1f} | "
-                f"{p['p95']:.1f} | {p['p99']:.1f} | {p['max']:.1f} | {p['n']} |"
+                f"{p['p95']:.1f} | {p['p99']:.1f} | {p['max']:.1f} | {p['n']} | "
+                + (f"{late:.1f} ms |" if late is not None else " |")
             )
     if results.get("big_transactions"):
         lines += [
@@ -187,7 +209,30 @@ def table(results: dict[str, Any]) -> str:
             )
     if results.get("recovery"):
         r = results["recovery"]
-        lines += ["", f"Recovery: {r['summary']}"]
+        lines += ["", f"Recovery (Redis frozen, outbox retry path): {r['summary']}"]
+    retries = results.get("retries") or {}
+    if retries.get("pending"):
+        lines += [
+            "",
+            "Pending retries (Redis down; `cachesync listen` + `cachesync retry`, Kafka retry topic):",
+            "",
+            "| retries pending (keys) | listen RSS before | listen while pending | listen peak "
+            "| retry RSS before | retry while pending | retry peak | drained after Redis returned "
+            "| dead letters |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in retries["pending"]:
+            lr, rr = r["listen_rss_mb"], r["retry_rss_mb"]
+            drained = r["seconds_to_drain"]
+            lines.append(
+                f"| {r['retries_pending']:,} ({r['keys_pending']:,}) | {lr['before']:.1f} MB | {lr['pending']:.1f} MB | "
+                f"{lr['peak']:.1f} MB | {rr['before']:.1f} MB | {rr['pending']:.1f} MB | "
+                f"{rr['peak']:.1f} MB | "
+                + (f"{drained:.1f} s" if drained is not None else f"not drained ({r['keys_left']} left)")
+                + f" | {r['dead_letters']:.0f} |"
+            )
+    if retries.get("recovery_kafka_frozen"):
+        lines += ["", f"Recovery with Kafka frozen too: {retries['recovery_kafka_frozen']['summary']}"]
     for name in ("reads", "writepath"):
         if results.get(name):
             lines += [
@@ -202,7 +247,7 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "py-spy on `cachesync listen` during the keys-only catch-up (self time):",
                   "", "```", results["profile_text"].strip(), "```"]  # fmt: skip
     lines += ["", "Plots: "]
-    for png in ("throughput", "latency", "memory"):
+    for png in ("throughput", "latency", "memory", "retries"):
         if (RESULTS / f"{png}.png").exists():
             lines.append(f"![{png}](results/{png}.png)")
     return "\n".join(lines)

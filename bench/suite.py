@@ -14,6 +14,9 @@ Scenarios, each a module of this package:
 * ``search``: SearchSink vs one index call per document;
 * ``bigtxn``: RSS of the sidecar while one 100k / 1M-row transaction streams;
 * ``recovery``: a Redis outage at 500 tx/s, seconds from its return to every key consistent;
+* ``retries``: RSS of ``cachesync listen`` and ``cachesync retry`` with 1,000 and
+  100,000 pending retries (Redis down) and the time to drain them; recovery
+  with Redis down AND the Kafka broker frozen (the outbox fallback);
 * ``reads`` / ``writepath``: bench/reads.py and bench/writepath.py, when present.
 
 Writes bench/results/latest.json, bench/results/*.png and the results section
@@ -37,7 +40,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCENARIOS = (
-    "catchup", "decoding", "latency", "search", "bigtxn", "recovery", "reads", "writepath",
+    "catchup", "decoding", "latency", "search", "bigtxn", "recovery", "retries", "reads",
+    "writepath",
 )  # fmt: skip
 
 
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of the Redis outage (default 30, --quick 8)")  # fmt: skip
     parser.add_argument("--no-profile", action="store_true", help="no py-spy profile")
     args = parser.parse_args(argv)
-    from bench import bigtxn, catchup, decoding, latency, profile, recovery, report, search
+    from bench import bigtxn, catchup, decoding, latency, profile, recovery, report, retries, search
     from bench.common import Env
 
     env = Env()
@@ -113,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             args.outage_seconds if args.outage_seconds is not None else (8 if args.quick else 30)
         )
         results["recovery"] = recovery.run(env, seconds)
+    if "retries" in chosen:
+        seconds = (
+            args.outage_seconds if args.outage_seconds is not None else (8 if args.quick else 30)
+        )
+        results["retries"] = retries.run(env, args.quick, seconds)
     for name in ("reads", "writepath"):
         if name in chosen:
             results[name] = _imported(name, args.quick)

@@ -14,6 +14,11 @@ so the stale write fails. Nothing else in cachesync needs to know about leases.
 Concurrent misses collapse: a reader that finds someone else's marker waits for
 the value instead of hitting the database too.
 
+A hit is one plain ``GET`` (no script): a value that is not a marker is
+exactly what the acquire script would have returned, and ``GET`` costs the
+server and redis-py less than ``EVALSHA`` with its array reply. Only a miss or
+a marker runs the acquire script, so a miss pays one more round trip.
+
 :class:`Leases` runs on a redis-py client, :class:`AsyncLeases` on a
 ``redis.asyncio`` one with the same scripts, so a coroutine never blocks its
 event loop on Redis. The model-level read API (:mod:`cachesync.reads`) is built
@@ -23,6 +28,8 @@ on these two; use them directly for keys the declarations do not name.
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import json
 import logging
 import secrets
@@ -66,6 +73,7 @@ return 0
 """
 
 
+@functools.cache
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
     from redis.exceptions import RedisClusterException
@@ -74,8 +82,20 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
+class _Next(enum.Enum):
+    """What a reader does after one look at the key (see :meth:`_LeaseConfig.step`)."""
+
+    HIT = "hit"  # return the value
+    LEASED = "leased"  # this reader holds the lease: load, then fill
+    ACQUIRE = "acquire"  # nothing readable yet: run the acquire script
+    WAIT = "wait"  # another reader holds the lease: sleep, acquire again
+    LOAD = "load"  # load without caching (unreadable value, or the holder is too slow)
+
+
 class _LeaseConfig:
-    """What :class:`Leases` and :class:`AsyncLeases` share: TTL, lease length, serialisation."""
+    """What :class:`Leases` and :class:`AsyncLeases` share: TTL, lease length, serialisation,
+    and the pure steps of a read (reply -> what next; value -> bytes to fill), so the sync
+    and async readers differ only in how they wait for Redis."""
 
     def __init__(
         self,
@@ -106,6 +126,36 @@ class _LeaseConfig:
         except (DecodeError, ValueError) as exc:
             log.warning("cachesync lease: %r holds a value that cannot be read (%s)", key, exc)
             return False, None
+
+    def seen(self, key: str, data: bytes | None) -> tuple[_Next, Any]:
+        """What a plain ``GET``'s *data* means: a readable value is a hit; nothing or a
+        marker needs the acquire script; an unreadable value is loaded around, never
+        overwritten (another writer put it there)."""
+        if isinstance(data, str):  # a client made with decode_responses=True
+            data = data.encode()
+        if data is None or data.startswith(self.marker):
+            return _Next.ACQUIRE, None
+        ok, value = self.decode(key, data)
+        return (_Next.HIT, value) if ok else (_Next.LOAD, None)
+
+    def step(self, key: str, reply: list[Any], deadline: float) -> tuple[_Next, Any]:
+        """What one reply of the acquire script means (``{0, value}``, ``{1}`` or ``{2}``)."""
+        if reply[0] == 0:
+            ok, value = self.decode(key, reply[1])
+            return (_Next.HIT, value) if ok else (_Next.LOAD, None)
+        if reply[0] == 1:
+            return _Next.LEASED, None
+        if time.monotonic() >= deadline:  # the holder is slow or dead: load uncached
+            return _Next.LOAD, None
+        return _Next.WAIT, None
+
+    def fill_data(self, key: str, value: Any) -> bytes | str | None:
+        """*value* serialised for the fill, or ``None`` (logged) when it cannot be stored."""
+        try:
+            return self.dumps(value)
+        except TypeError as exc:  # the value cannot be stored: serve it, say why once per read
+            log.error("cachesync lease: %r not cached: %s", key, exc)
+            return None
 
 
 class Leases(_LeaseConfig):
@@ -146,33 +196,30 @@ class Leases(_LeaseConfig):
         uncached, after at most one Redis socket timeout.
         """
         errors = _redis_errors()
-        marker = self.new_marker()
-        deadline = time.monotonic() + self.lease_ms / 1000
         wire = wire_key(key)
-        leased = False
+        marker = b""
         try:
-            while True:
-                reply = self._acquire(keys=[wire], args=[marker, self.lease_ms, self.marker])
-                if reply[0] == 0:
-                    ok, value = self.decode(key, reply[1])
-                    if ok:
+            then, value = self.seen(key, self.client.get(wire))
+            if then is _Next.HIT:
+                return value  # type: ignore[no-any-return]
+            if then is _Next.ACQUIRE:
+                marker = self.new_marker()
+                deadline = time.monotonic() + self.lease_ms / 1000
+                while True:
+                    reply = self._acquire(keys=[wire], args=[marker, self.lease_ms, self.marker])
+                    then, value = self.step(key, reply, deadline)
+                    if then is _Next.HIT:
                         return value  # type: ignore[no-any-return]
-                    break  # unreadable: load, never overwrite what another writer put there
-                if reply[0] == 1:
-                    leased = True
-                    break
-                if time.monotonic() >= deadline:  # the holder is slow or dead: load uncached
-                    break
-                self.sleep(self.wait)
+                    if then is not _Next.WAIT:
+                        break
+                    self.sleep(self.wait)
         except errors:
-            pass  # Redis is down or frozen: serve the read from the loader
+            then = _Next.LOAD  # Redis is down or frozen: serve the read from the loader
         value = loader()
-        if not leased:
+        if then is not _Next.LEASED:
             return value
-        try:
-            data = self.dumps(value)
-        except TypeError as exc:  # the value cannot be stored: serve it, say why once per read
-            log.error("cachesync lease: %r not cached: %s", key, exc)
+        data = self.fill_data(key, value)
+        if data is None:
             return value
         try:
             self._fill(keys=[wire], args=[marker, data, self.ttl_ms])
@@ -210,33 +257,32 @@ class AsyncLeases(_LeaseConfig):
     async def cached(self, key: str, loader: Callable[[], Awaitable[T]]) -> T:
         """The value of *key*, awaiting *loader* and caching its value on a miss."""
         errors = _redis_errors()
-        marker = self.new_marker()
-        deadline = time.monotonic() + self.lease_ms / 1000
         wire = wire_key(key)
-        leased = False
+        marker = b""
         try:
-            while True:
-                reply = await self._acquire(keys=[wire], args=[marker, self.lease_ms, self.marker])
-                if reply[0] == 0:
-                    ok, value = self.decode(key, reply[1])
-                    if ok:
+            then, value = self.seen(key, await self.client.get(wire))
+            if then is _Next.HIT:
+                return value  # type: ignore[no-any-return]
+            if then is _Next.ACQUIRE:
+                marker = self.new_marker()
+                deadline = time.monotonic() + self.lease_ms / 1000
+                while True:
+                    reply = await self._acquire(
+                        keys=[wire], args=[marker, self.lease_ms, self.marker]
+                    )
+                    then, value = self.step(key, reply, deadline)
+                    if then is _Next.HIT:
                         return value  # type: ignore[no-any-return]
-                    break  # unreadable: load, never overwrite what another writer put there
-                if reply[0] == 1:
-                    leased = True
-                    break
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(self.wait)
+                    if then is not _Next.WAIT:
+                        break
+                    await asyncio.sleep(self.wait)
         except errors:
-            pass
+            then = _Next.LOAD
         value = await loader()
-        if not leased:
+        if then is not _Next.LEASED:
             return value
-        try:
-            data = self.dumps(value)
-        except TypeError as exc:  # the value cannot be stored: serve it, say why once per read
-            log.error("cachesync lease: %r not cached: %s", key, exc)
+        data = self.fill_data(key, value)
+        if data is None:
             return value
         try:
             await self._fill(keys=[wire], args=[marker, data, self.ttl_ms])

@@ -245,6 +245,11 @@ class ModelReads:
         self._normalise = normalise
         self._store = store
         self._by_columns: dict[frozenset[str], KeyTemplate] = {}
+        # One Leases per (client, serializer): building one registers two scripts
+        # (a SHA-1 each), which cost a hit about as much as rendering its key.
+        self._leases_made: weakref.WeakKeyDictionary[Any, tuple[Serializer, bool, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         for template in self.templates:
             columns = frozenset(spec.columns[f] for f in template.fields)
             self._by_columns.setdefault(columns, template)
@@ -303,6 +308,17 @@ class ModelReads:
 
     def _leases(self, client: Any, *, asynchronous: bool) -> Any:
         serializer = self.serializer
+        try:
+            made = self._leases_made.get(client)
+        except TypeError:  # a client that cannot be weakly referenced: one per read
+            return self._make_leases(client, serializer, asynchronous=asynchronous)
+        if made is not None and made[0] is serializer and made[1] is asynchronous:
+            return made[2]
+        leases = self._make_leases(client, serializer, asynchronous=asynchronous)
+        self._leases_made[client] = (serializer, asynchronous, leases)
+        return leases
+
+    def _make_leases(self, client: Any, serializer: Serializer, *, asynchronous: bool) -> Any:
         reads = self.reads
         kind = AsyncLeases if asynchronous else Leases
         return kind(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 from cachesync import Settings
 from cachesync.connections import redis_client
@@ -123,3 +124,54 @@ def test_async_leases_answer_with_redis_down() -> None:
         return await AsyncLeases(dead).cached("k", load)
 
     assert asyncio.run(main()) == 7
+
+
+def _script_calls(r: Any) -> int:
+    stats = r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_a_hit_is_one_plain_get_and_an_unreadable_value_is_never_overwritten(
+    redis_url: str,
+) -> None:
+    """The hit path skips the acquire script (it cost a hit ~1.5x a GET); a value that is
+    not a marker is served as the script would serve it, and bytes the serialiser cannot
+    read are loaded around, not replaced."""
+    r = redis_client(Settings(redis_url=redis_url))
+    key = f"lease:{uuid.uuid4().hex}"
+    leases = Leases(r)
+    assert leases.cached(key, lambda: [1, 2]) == [1, 2]  # miss: acquire + fill
+    before = _script_calls(r)
+    for _ in range(20):
+        assert leases.cached(key, lambda: "never called") == [1, 2]
+    assert _script_calls(r) == before, "a hit ran a script"
+    r.set(key, b"not json {")
+    assert leases.cached(key, lambda: "loaded") == "loaded"
+    assert r.get(key) == b"not json {"
+
+
+def test_read_api_reuses_its_leases_per_client(redis_url: str) -> None:
+    """Building Leases registers two scripts per read; the read API builds one per client."""
+    from cachesync import Registry, Sync, resolve
+    from cachesync.reads import ModelReads, ReadStore
+
+    registry = Registry()
+    registry.add(
+        resolve(
+            "t.Lease",
+            Sync(keys=["lease-api:{id}"]),
+            table="t",
+            schema="s",
+            columns={"id": "id"},
+            primary_key=["id"],
+        )
+    )
+    r = redis_client(Settings(redis_url=redis_url))
+    reads = ModelReads(registry.tables()[0], store=ReadStore(client=r))
+    first = reads._leases(r, asynchronous=False)
+    assert reads._leases(r, asynchronous=False) is first
+    other = redis_client(Settings(redis_url=redis_url))
+    assert reads._leases(other, asynchronous=False) is not first
+    key = f"{uuid.uuid4().hex}"
+    assert reads.read({"id": key}, lambda: {"v": 1}) == {"v": 1}
+    assert reads.read({"id": key}, lambda: {"v": 2}) == {"v": 1}
