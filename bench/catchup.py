@@ -207,3 +207,36 @@ def _say(label: str, r: dict[str, Any]) -> None:
         f"{extra}",
         flush=True,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.catchup [--rows N] [--repeat N] [--profile]``: only the catch-up with a
+    projection, several times (the spread is the point on a shared machine)."""
+    import argparse
+
+    from bench import profile as spy
+    from bench.common import Env
+
+    parser = argparse.ArgumentParser(prog="python -m bench.catchup")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="py-spy record the sidecar")
+    args = parser.parse_args(argv)
+    env = Env()
+    ratios = []
+    for run_no in range(args.repeat):
+        profiler = (lambda pid: spy.Profiler(pid, "projection")) if args.profile else None
+        res = catch_up(env, "proj", rows=args.rows, projection=True, profile=profiler)
+        _say(f"with a projection, run {run_no + 1}", res)
+        ratios.append(res["sidecar_rows_per_s"] / res["bulk_docs_per_s"])
+        print(f"    vs helpers.bulk: {ratios[-1]:.2f}x", flush=True)
+        if profiler is not None:
+            spy.show(spy.summary(spy.LOGS / "py-spy-projection.txt"), lines=12)
+    print(f"ratios vs helpers.bulk: {', '.join(f'{r:.2f}' for r in ratios)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
