@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bench import models
-from bench.common import Env, Listen, raw_read, sync_point, wait_for
+from bench.common import ROOT, Env, Listen, raw_read, sync_point, wait_for
 
 TX_ROWS = 1000
 
@@ -98,7 +98,12 @@ def catch_up(
         last_key = models.key_by_id(schema, last_table, last_id)
         env.redis.set(last_key, "stale")
         last_index = models.index_name(schema, last_table)
+        # The baseline runs on both sides of the catch-up (the sidecar paused before,
+        # idle after) and counts as their mean: on a shared machine the load moves
+        # within a minute, and a baseline taken at one moment only measures that moment.
+        bulk_before = bulk_baseline(env, schema, per_table) if es is not None else None
         profiler = profile(listen.pid) if profile is not None else None
+        cpu = _CpuMeter(listen.pid, es is not None)
         started = time.perf_counter()
         listen.resume()
 
@@ -112,8 +117,10 @@ def catch_up(
 
         wait_for(done, 600, f"{name}: the sidecar to catch up", poll=0.002 if es is None else 0.01)
         elapsed = time.perf_counter() - started
+        cpu_seconds = cpu.seconds()
         if profiler is not None:
             profiler.finish()
+        bulk_after = bulk_baseline(env, schema, per_table) if es is not None else None
     raw_rows, raw_seconds = raw_read(
         env, schema, [models.table_name(t) for t in range(tables)], start, end
     )
@@ -126,37 +133,82 @@ def catch_up(
         "sidecar_rows_per_s": total / elapsed,
         "raw_seconds": raw_seconds,
         "raw_rows_per_s": total / raw_seconds,
+        "cpu_seconds": cpu_seconds,
     }
-    if es is not None:
-        result.update(bulk_baseline(env, schema, per_table))
+    if bulk_before is not None and bulk_after is not None:
+        rates = (bulk_before["bulk_docs_per_s"], bulk_after["bulk_docs_per_s"])
+        result.update(
+            bulk_docs_per_s=sum(rates) / 2,
+            bulk_docs_per_s_before=rates[0],
+            bulk_docs_per_s_after=rates[1],
+        )
     env.drop(schema)
     return result
 
 
-def bulk_baseline(env: Env, schema: str, rows: int) -> dict[str, Any]:
-    """``helpers.bulk`` alone indexing the same documents (external versions) into a
-    fresh index of the same server: the rate the search sink cannot beat."""
+class _CpuMeter:
+    """CPU seconds (user + system) used from now on by the sidecar, each of its threads,
+    and the Elasticsearch-API server: where a catch-up's time goes on two shared cores."""
+
+    def __init__(self, pid: int, search: bool) -> None:
+        import psutil
+
+        self._procs = {"sidecar": psutil.Process(pid)}
+        es_pid = ROOT / ".services" / "es.pid"
+        if search and es_pid.exists():
+            self._procs["search server"] = psutil.Process(int(es_pid.read_text()))
+        self._start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            times = proc.cpu_times()
+            out[name] = times.user + times.system
+            if name == "sidecar":
+                for thread in proc.threads():
+                    out[f"sidecar thread {thread.id}"] = thread.user_time + thread.system_time
+        return out
+
+    def seconds(self) -> dict[str, float]:
+        end = self._sample()
+        return {
+            k: round(v - self._start.get(k, 0.0), 3)
+            for k, v in end.items()
+            if v - self._start.get(k, 0.0) > 0.01
+        }
+
+
+def bulk_baseline(env: Env, schema: str, rows: int) -> dict[str, float]:
+    """``helpers.bulk`` alone, with its defaults (500 actions per request), indexing the
+    documents the sidecar wrote (same ids, same bodies, read back from the table, and
+    external versions as long as the sidecar's GTID-based ones) into a fresh index of the
+    same server, created before the clock starts as the sidecar's was: the rate to match."""
     from elasticsearch import helpers
 
     es = env.es()
     index = f"{schema.lower()}-bulk-baseline"
     es.options(ignore_status=404).indices.delete(index=index)
-    docs = (
+    es.indices.create(index=index)
+    table = f"{schema}.{models.table_name(0)}"
+    found = env.sql(f"SELECT id, user_name, nickname, email FROM {table} ORDER BY id LIMIT {rows}")
+    docs = [
         {
             "_op_type": "index",
             "_index": index,
-            "_id": str(i),
-            "version": i + 1,
+            "_id": str(row_id),
+            "version": (1 << 62) + n + 1,
             "version_type": "external",
-            "_source": {"username": f"r-{i}", "nickname": f"nick-{i}", "email": f"u{i}@x.org"},
+            "_source": {"username": username, "nickname": nickname, "email": email},
         }
-        for i in range(rows)
-    )
+        for n, (row_id, username, nickname, email) in enumerate(found)
+    ]
     started = time.perf_counter()
-    helpers.bulk(es, docs, chunk_size=1000)
+    indexed, errors = helpers.bulk(es, docs)
     seconds = time.perf_counter() - started
+    if indexed != len(docs) or errors:
+        raise SystemExit(f"helpers.bulk baseline: {indexed} of {len(docs)} indexed, {errors}")
     es.options(ignore_status=404).indices.delete(index=index)
-    return {"bulk_seconds": seconds, "bulk_docs_per_s": rows / seconds}
+    return {"bulk_seconds": seconds, "bulk_docs_per_s": len(docs) / seconds}
 
 
 def run(env: Env, quick: bool, profile: Any = None) -> list[dict[str, Any]]:
@@ -200,10 +252,48 @@ def run(env: Env, quick: bool, profile: Any = None) -> list[dict[str, Any]]:
 
 
 def _say(label: str, r: dict[str, Any]) -> None:
-    extra = f", helpers.bulk {r['bulk_docs_per_s']:,.0f} docs/s" if "bulk_docs_per_s" in r else ""
+    extra = (
+        f", helpers.bulk {r['bulk_docs_per_s']:,.0f} docs/s (before {r['bulk_docs_per_s_before']:,.0f},"
+        f" after {r['bulk_docs_per_s_after']:,.0f})"
+        if "bulk_docs_per_s" in r
+        else ""
+    )
     print(
         f"  {label:32} sidecar {r['sidecar_rows_per_s']:9,.0f} rows/s ({r['sidecar_seconds']:.2f}s)"
         f"  raw read {r['raw_rows_per_s']:9,.0f} rows/s  ratio {r['sidecar_rows_per_s'] / r['raw_rows_per_s']:.2f}"
         f"{extra}",
         flush=True,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.catchup [--rows N] [--repeat N] [--profile]``: only the catch-up with a
+    projection, several times (the spread is the point on a shared machine)."""
+    import argparse
+
+    from bench import profile as spy
+    from bench.common import LOGS, Env
+
+    parser = argparse.ArgumentParser(prog="python -m bench.catchup")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="py-spy record the sidecar")
+    args = parser.parse_args(argv)
+    env = Env()
+    ratios = []
+    for run_no in range(args.repeat):
+        profiler = (lambda pid: spy.Profiler(pid, "projection")) if args.profile else None
+        res = catch_up(env, "proj", rows=args.rows, projection=True, profile=profiler)
+        _say(f"with a projection, run {run_no + 1}", res)
+        ratios.append(res["sidecar_rows_per_s"] / res["bulk_docs_per_s"])
+        print(f"    vs helpers.bulk: {ratios[-1]:.2f}x; CPU s: {res['cpu_seconds']}", flush=True)
+        if profiler is not None:
+            spy.show(spy.summary(LOGS / "py-spy-projection.txt"), lines=12)
+    print(f"ratios vs helpers.bulk: {', '.join(f'{r:.2f}' for r in ratios)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

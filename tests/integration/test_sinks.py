@@ -116,6 +116,34 @@ def test_per_item_errors_are_reported_not_dropped(es: Elasticsearch, index: str)
     assert "bad" in str(failures[0].error) and "400" in str(failures[0].error)
 
 
+def test_failures_match_their_actions_across_chunks_by_count_and_bytes(
+    es: Elasticsearch, index: str
+) -> None:
+    """Each chunk's answers are matched to that chunk's actions by position: with requests
+    of two documents (and, second pass, of one by size), only the rejected one fails."""
+    docs = [IndexDoc(index, f"d{i}", {"username": f"u{i}"}, pos(1)) for i in range(5)]
+    docs[3] = IndexDoc(index, "d3", {"unknown_field": 3}, pos(1))  # dynamic: strict -> 400
+    for sink in (SearchSink(es, chunk_size=2), SearchSink(es, max_chunk_bytes=10)):
+        failures = sink.apply(docs)
+        assert [f.action.doc_id for f in failures] == ["d3"]
+        assert isinstance(failures[0].error, PermanentError)
+    for i in (0, 1, 2, 4):
+        assert es.get(index=index, id=f"d{i}")["_source"] == {"username": f"u{i}"}
+
+
+def test_documents_orjson_refuses_are_written_through_json(es: Elasticsearch, index: str) -> None:
+    """Non-ASCII text reaches the server intact through orjson; what orjson refuses (an
+    integer beyond 64 bits, a lone surrogate) is encoded as the client's json serialiser
+    would, so the server sees what it saw before and decides."""
+    text = {"username": "x" * 3, "nickname": "\u00e9\U0001f600"}
+    assert SearchSink(es).apply([IndexDoc(index, "utf8", text, pos(1))]) == []
+    assert es.get(index=index, id="utf8")["_source"] == text
+    from cachesync.sinks.elasticsearch import _json
+
+    assert _json({"n": 2**70}) == b'{"n":1180591620717411303424}'
+    assert _json({"s": "\ud800"}) == '{"s":"\ud800"}'.encode("utf-8", "surrogatepass")
+
+
 def test_document_deleted_when_the_condition_turns_false(
     es: Elasticsearch, index: str, r: redis.Redis
 ) -> None:
