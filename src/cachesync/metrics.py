@@ -29,8 +29,10 @@ from typing import Any
 
 __all__ = [
     "CATALOGUE",
+    "Counters",
     "Metric",
     "available",
+    "counters",
     "gauge",
     "gauge_function",
     "inc",
@@ -260,6 +262,60 @@ def inc(name: str, amount: int = 1, **labels: str) -> None:
             child = state.children[key] = collector.labels(**labels)
         collector = child
     collector.inc(amount)
+
+
+class Counters:
+    """Counter series checked against the catalogue once, then added to in one call.
+
+    For code that counts the same series on every call (the after-commit fast
+    path counts ``keys_deleted_total`` and ``actions_total{sink="redis",
+    result="applied"}`` at every commit): :func:`inc` validates its name and
+    labels and takes the lock once per series; :meth:`add` takes it once for all
+    of them and skips the validation, which was done here. The same totals as
+    that many :func:`inc` calls, so :func:`snapshot` and a scrape cannot tell
+    them apart. Survives :func:`reset` (the current state is looked up per call).
+    """
+
+    __slots__ = ("_names", "_series")
+
+    def __init__(self, series: tuple[tuple[str, dict[str, str]], ...]) -> None:
+        for name, labels in series:
+            _check(name, "counter", labels)
+        self._names = tuple(name for name, _labels in series)
+        self._series = tuple(
+            (name, tuple(labels[k] for k in CATALOGUE[name].labels), labels)
+            for name, labels in series
+        )
+
+    def add(self, amount: int) -> None:
+        """Add *amount* to every series."""
+        if not amount:
+            return
+        with _lock:
+            state = _state
+            counts = state.counts
+            for name in self._names:
+                counts[name] += amount
+        collectors = state.collectors
+        if not collectors:
+            return
+        children = state.children
+        for name, values, labels in self._series:
+            collector = collectors.get(name)
+            if collector is None:
+                continue
+            if labels:
+                key = (name, values)
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = collector.labels(**labels)
+                collector = child
+            collector.inc(amount)
+
+
+def counters(*series: tuple[str, dict[str, str]]) -> Counters:
+    """:class:`Counters` for ``(name, labels)`` *series*; raises as :func:`inc` does on a bad one."""
+    return Counters(series)
 
 
 def observe(name: str, value: float, count: int = 1, **labels: str) -> None:
