@@ -56,7 +56,7 @@ from ...errors import ConfigurationError
 from ...fastpath import FastPath, sync_enabled
 from ...transactions import Collected, LevelStack
 from .declare import declared_for
-from .images import after_image, before_image, collect_change, needs_zone
+from .images import after_image, before_image, changed, collect_change, needs_zone
 from .outbox import write_intents
 
 __all__ = ["HookConfig", "install", "installed", "uninstall"]
@@ -278,8 +278,7 @@ def _after_flush(session: Session) -> None:
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
-                obj = state.obj()
-                if obj is None or not session.is_modified(obj, include_collections=False):
+                if not changed(state):
                     continue  # after_update fires for dirty instances without net changes
                 before = before_image(state, declared.needed)
                 after = after_image(state, declared.needed)
@@ -412,6 +411,8 @@ def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
             _after_transaction_end(session, transaction, config)
 
     def do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
+        if not (orm_execute_state.is_update or orm_execute_state.is_delete):
+            return None  # a SELECT (every lazy load and refresh, too): nothing to look up
         config = _config_for(ref, orm_execute_state.session)
         if config is None:
             return None
