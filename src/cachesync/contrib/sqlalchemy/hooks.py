@@ -56,7 +56,14 @@ from ...errors import ConfigurationError
 from ...fastpath import FastPath, sync_enabled
 from ...transactions import Collected, LevelStack
 from .declare import declared_for
-from .images import after_image, before_image, changed, collect_change, needs_zone
+from .images import (
+    after_image,
+    before_image,
+    changed,
+    collect_change,
+    needs_zone,
+    update_images,
+)
 from .outbox import write_intents
 
 __all__ = ["HookConfig", "install", "installed", "uninstall"]
@@ -280,8 +287,7 @@ def _after_flush(session: Session) -> None:
             elif op is Op.UPDATE:
                 if not changed(state):
                     continue  # after_update fires for dirty instances without net changes
-                before = before_image(state, declared.needed)
-                after = after_image(state, declared.needed)
+                before, after = update_images(state, declared.needed)
             else:
                 before, after = before_image(state, declared.needed), None
             collect_change(

@@ -22,7 +22,7 @@ import datetime as dt
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "session_zone",
     "stored_row",
     "stored_value",
+    "update_images",
 ]
 
 log = logging.getLogger("cachesync.contrib.sqlalchemy")
@@ -102,6 +103,26 @@ def before_image(state: InstanceState[Any], names: Iterable[str]) -> dict[str, A
             row[name] = values[name]
         # else: assigned without the old value ever being loaded -> unknown
     return row
+
+
+def update_images(
+    state: InstanceState[Any], names: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`before_image` then :func:`after_image` of an updated instance.
+
+    When the flush changed none of *names* and all are loaded (the usual update:
+    keys name the primary key, a non-key column changed), both images hold the
+    same values, so ONE dict is returned as both: :func:`collect_change` then
+    converts it once and :func:`cachesync.binding.collect_change` renders it
+    once (identity, never equality, is what it tests).
+    """
+    values = state.dict
+    committed = state.committed_state
+    for name in names:
+        if name in committed or name not in values:
+            return before_image(state, names), after_image(state, names)
+    row = {name: values[name] for name in names}
+    return row, row
 
 
 def changed(state: InstanceState[Any]) -> bool:
@@ -354,6 +375,12 @@ def collect_change(
     ORMs share (a partial image renders only the templates it can and skips
     ``invalidates()``; ``intents=False`` renders the templates only).
     """
+    same = before is after
     before = stored_row(declared, before, dialect, connection)
-    after = stored_row(declared, after, dialect, connection)
+    if not same:
+        after = stored_row(declared, after, dialect, connection)
+    elif declared.spec.invalidates is not None:
+        after = None if before is None else dict(before)  # a user callable gets two rows
+    else:
+        after = before
     binding.collect_change(level, declared.spec, declared.needed, before, after, intents=intents)
