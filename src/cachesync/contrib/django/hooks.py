@@ -82,9 +82,31 @@ def _keys_follow_pk(table: DjangoTable) -> bool:
     Then an UPDATE cannot change them: Django updates the row whose pk the instance
     holds (``WHERE pk = instance.pk``; a pk changed in memory writes that other row,
     or inserts it), so the before image names the same keys as the after image,
-    and reading it would cost a query for nothing.
+    and reading it would cost a query for nothing. Asked at every save: the answer
+    is kept per table (a table is immutable; :func:`connect` starts over).
     """
-    return not table.needs_full_rows and set(table.row_attnames) <= set(table.spec.primary_key)
+    cached = _follow_pk.get(id(table))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    follows = not table.needs_full_rows and set(table.row_attnames) <= set(table.spec.primary_key)
+    _follow_pk[id(table)] = (table, follows)  # holding the table keeps its id unique
+    return follows
+
+
+#: id(table) -> (table, _keys_follow_pk(table)).
+_follow_pk: dict[int, tuple[DjangoTable, bool]] = {}
+#: ``django.db.connections``, imported at the first signal (this module loads before Django's
+#: settings may exist); an ``import`` statement per signal cost about 2 us.
+_connections: Any = None
+
+
+def _connection(using: str) -> Any:
+    global _connections
+    if _connections is None:
+        from django.db import connections
+
+        _connections = connections
+    return _connections[using]
 
 
 # ----------------------------------------------------------------------------------------
@@ -94,6 +116,8 @@ def _keys_follow_pk(table: DjangoTable) -> bool:
 
 def _pk_insert_forced(instance: Any) -> bool:
     # Mirrors Model._save_table: an adding instance whose pk has a default is INSERTed.
+    if not instance._state.adding:
+        return False  # every save of a loaded instance: no import, no field lookups
     from django.db.models import NOT_PROVIDED
 
     pk = instance._meta.pk
@@ -136,9 +160,7 @@ def _post_save(
     befores = instance.__dict__.pop(_BEFORE_ATTR, None) or {}
     if not (_enabled and sync_enabled()):
         return
-    from django.db import connections
-
-    connection = connections[using]
+    connection = _connection(using)
     fast_path = get_settings().fast_path
     for table in _targets.get(sender, ()):
         if not _active(table, fast_path):
@@ -153,9 +175,7 @@ def _post_save(
 def _pre_delete(sender: Any, instance: Any, using: str = "default", **kwargs: Any) -> None:
     if not (_enabled and sync_enabled()):
         return
-    from django.db import connections
-
-    connection = connections[using]
+    connection = _connection(using)
     fast_path = get_settings().fast_path
     # Read now: a deferred field cannot be loaded once the row is gone.
     instance.__dict__[_BEFORE_ATTR] = {
@@ -313,6 +333,7 @@ def connect(tables: Mapping[Any, DjangoTable]) -> None:
         _connected.clear()
         _connected.update(wanted)
         _m2m_cache.clear()
+        _follow_pk.clear()
 
 
 def _receivers() -> dict[str, tuple[Any, Any]]:
@@ -351,3 +372,4 @@ def disconnect() -> None:
         _connected.clear()
         _targets, _through = {}, {}
         _m2m_cache.clear()
+        _follow_pk.clear()
