@@ -102,9 +102,13 @@ class _SessionState:
 
     def level(self, session: Session) -> Collected:
         """The :class:`Collected` of the innermost open level (savepoint, else root)."""
-        current = session.get_nested_transaction() or session.get_transaction()
-        assert current is not None, "collecting outside a transaction"
-        return self.stack.enter(_path(current)).collected
+        nested = session.get_nested_transaction()
+        if nested is None:
+            # No savepoint: the root alone (never a flush subtransaction), without the walk.
+            root = session.get_transaction()
+            assert root is not None, "collecting outside a transaction"
+            return self.stack.enter((root,)).collected
+        return self.stack.enter(_path(nested)).collected
 
 
 def _path(transaction: SessionTransaction) -> list[SessionTransaction]:
@@ -245,6 +249,9 @@ def _before_flush(session: Session) -> None:
         return
     # After its DELETE an instance can no longer load anything: read now the values
     # its keys need (a commit expired them all), while the row still exists.
+    pending_deletes = getattr(session, "_deleted", None)  # Session.deleted builds a set
+    if pending_deletes is not None and not pending_deletes:
+        return
     for obj in list(session.deleted):
         declared = declared_for(type(obj))
         if declared is None:
@@ -261,8 +268,8 @@ def _before_flush(session: Session) -> None:
 
 
 def _after_flush(session: Session) -> None:
-    st = _state(session)
-    if st is None:
+    st = session.info.get(STATE_KEY)
+    if not isinstance(st, _SessionState):
         return
     flushed, st.flushed, st.flushing = st.flushed, [], False
     if not flushed or not sync_enabled():
@@ -335,8 +342,8 @@ def _before_commit(session: Session, config: HookConfig) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    st = _state(session)
-    if st is None:
+    st = session.info.get(STATE_KEY)
+    if not isinstance(st, _SessionState):
         return
     # The committing level is still the current one during after_commit.
     committing = session.get_nested_transaction() or session.get_transaction()
@@ -349,8 +356,8 @@ def _after_transaction_end(
 ) -> None:
     if transaction.origin is SessionTransactionOrigin.SUBTRANSACTION:
         return  # flush()'s internal transaction: part of the level around it
-    st = _state(session)
-    if st is None:
+    st = session.info.get(STATE_KEY)
+    if not isinstance(st, _SessionState):
         return
     committed = transaction in st.committed
     st.committed.discard(transaction)
@@ -364,16 +371,13 @@ def _after_transaction_end(
             )
         return
     delivered = st.stack.commit(transaction)
-    if delivered:
-        _deliver(config, delivered.all_keys())
-
-
-def _deliver(config: HookConfig, keys: list[str]) -> None:
-    delivery = config.fast_path or fastpath.fast_path
+    if not delivered:
+        return
+    keys = delivered.all_keys()
     try:
         # An AsyncSession commits on the event loop's thread: deliver_soon() then hands
         # the Redis call to a worker thread instead of blocking the loop.
-        delivery.deliver_soon(keys)
+        (config.fast_path or fastpath.fast_path).deliver_soon(keys)
     except Exception:  # deliver() promises not to raise; the application's commit is done
         log.exception("cachesync: fast path failed for %d key(s)", len(keys))
 
