@@ -137,7 +137,12 @@ def _state(session: Session, *, create: bool = False) -> _SessionState | None:
 _lock = threading.Lock()
 #: Installed target (a Session class or a Session instance) -> its configuration.
 _configs: weakref.WeakKeyDictionary[Any, HookConfig] = weakref.WeakKeyDictionary()
+#: Installed target -> the listeners it listens with now (see _sync_listeners).
 _listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+#: Installed target -> every listener made for it, listened to or not.
+_all_listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]] = (
     weakref.WeakKeyDictionary()
 )
 _mapper_events_installed = False
@@ -493,11 +498,32 @@ def install(
         _configs[key] = config
         _generation += 1
         if key not in _listeners:
-            listeners = _make_listeners(key)
-            for name, fn in listeners:
-                event.listen(key, name, fn)
-            _listeners[key] = listeners
+            _listeners[key] = []
+            _all_listeners[key] = _make_listeners(key)
+        _sync_listeners(key, config)
     return config
+
+
+def _sync_listeners(key: Any, config: HookConfig) -> None:
+    """Listen with exactly the listeners *config* needs (under ``_lock``).
+
+    ``before_commit`` only writes the outbox row: without an outbox it is not
+    listened to at all, so a commit pays no dispatch and no owner lookup for it.
+    Installing again with or without an outbox adds or removes it.
+    """
+    wanted = [
+        (name, fn)
+        for name, fn in _all_listeners[key]
+        if name != "before_commit" or config.outbox is not None
+    ]
+    registered = _listeners[key]
+    for name, fn in registered:
+        if (name, fn) not in wanted:
+            event.remove(key, name, fn)
+    for name, fn in wanted:
+        if (name, fn) not in registered:
+            event.listen(key, name, fn)
+    _listeners[key] = wanted
 
 
 def uninstall(target: SessionTarget = Session) -> None:
@@ -509,6 +535,7 @@ def uninstall(target: SessionTarget = Session) -> None:
         _generation += 1
         for name, fn in _listeners.pop(key, []):
             event.remove(key, name, fn)
+        _all_listeners.pop(key, None)
 
 
 def installed(target: SessionTarget = Session) -> HookConfig | None:
