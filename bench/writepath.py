@@ -115,6 +115,11 @@ def _interleave(
     # adds, free of the I/O waits that a loaded machine stretches.
     figures["baseline_cpu_us"] = round(statistics.median(base_cpu), 1)
     figures["cachesync_cpu_us"] = round(statistics.median(sync_cpu), 1)
+    # The same per round, as a difference: the wall ratio moves with the neighbours' load
+    # (a busy machine stretches both loops' I/O waits and flatters the ratio), this less.
+    figures["overhead_cpu_us"] = round(
+        statistics.median(s - b for b, s in zip(base_cpu, sync_cpu, strict=True)), 1
+    )
     return figures
 
 
@@ -344,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{orm:10}  ratio {f['ratio']:.3f} ({f['slower_pct']:+.1f}% slower)  "
               f"baseline {f['baseline_tx_s']:7.1f} tx/s  cachesync {f['cachesync_tx_s']:7.1f} tx/s"
               f"  CPU {f['baseline_cpu_us']:.0f} vs {f['cachesync_cpu_us']:.0f} us/commit"
+              f" (+{f['overhead_cpu_us']:.0f})"
               f"  (median of {args.rounds} rounds)")  # fmt: skip
     if args.json:
         print(json.dumps(figures, indent=2))

@@ -18,15 +18,16 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from . import metrics
 from .actions import DeleteKeys
 from .apply import Applier, FailureHandler, LoggingFailureHandler, hand_off
 from .config import get_settings
 from .connections import redis_client
-from .errors import ConfigurationError, HandOffError
+from .errors import ConfigurationError, HandOffError, TransientError
 from .policies import ImmediateRetryPolicy
 from .sinks.redis import RedisSink
 from .transactions import Collected  # re-exported: its home before transactions.py
@@ -81,6 +82,8 @@ class FastPath:
         self._executor: ThreadPoolExecutor | None = None
         self._pending = 0
         self._idle = threading.Condition(self._lock)
+        #: (applier, the redis-py client deliver() may call directly, or None): per applier.
+        self._direct: tuple[Applier, Any] | None = None
 
     def configure(
         self, *, applier: Applier | None = None, failure_handler: FailureHandler | None = None
@@ -142,14 +145,53 @@ class FastPath:
 
     def deliver(self, keys: Iterable[str]) -> None:
         """Delete *keys* now. Never raises: the binlog path is the safety net."""
-        batch = tuple(dict.fromkeys(keys))
+        batch = list(dict.fromkeys(keys))
         if not batch or not get_settings().fast_path:
             return
-        applier = self._resolve()
+        applier = self._applier  # read without the lock: a reference read is atomic
         if applier is None:
-            return  # said once at WARNING; the binlog sidecar deletes these keys
+            applier = self._resolve()
+            if applier is None:
+                return  # said once at WARNING; the binlog sidecar deletes these keys
+        direct = self._direct
+        if direct is None or direct[0] is not applier:
+            direct = self._direct = (applier, _direct_client(applier))
+        client = direct[1]
+        if client is None or len(batch) > _DIRECT_MAX:
+            self._apply(applier, batch)
+            return
+        # The direct path: one UNLINK on the client of the applier's own RedisSink, counted
+        # once. What applier.apply([DeleteKeys(batch)]) does for a single-node sink (one
+        # attempt, one multi-key command) without its report, action lists and validated
+        # counters: 232 -> 143 Python calls a commit with the hooks' other cuts
+        # (bench/writepath.py). Inline, with wire_key's encoding inline too: each call
+        # saved counts here. A failure goes through the applier after all with the error
+        # replayed, not retried (_failed), so its report, metrics and hand-off are the
+        # applier's own.
         try:
-            report = applier.apply([DeleteKeys(batch)])
+            client.unlink(*[k.encode("utf-8", "surrogateescape") for k in batch])  # wire_key
+        except Exception as exc:
+            self._failed(applier, batch, exc)
+            return
+        _APPLIED.add(len(batch))
+
+    def _failed(self, applier: Applier, batch: list[str], exc: Exception) -> None:
+        import redis
+
+        if not isinstance(exc, (redis.RedisError, OSError)):
+            self._apply(applier, batch)  # not Redis's answer: the applier isolates it
+            return
+        # RedisSink.delete's own translation, so the failure reads the same either way.
+        error = TransientError(
+            f"Redis UNLINK of {len(batch)} key(s) failed: {type(exc).__name__}: {exc}",
+            keys=len(batch),
+        )
+        error.__cause__ = exc
+        self._apply(Applier(_Replay(error), None, policy=ImmediateRetryPolicy.NONE), batch)
+
+    def _apply(self, applier: Applier, batch: list[str]) -> None:
+        try:
+            report = applier.apply([DeleteKeys(tuple(batch))])
         except Exception:  # a hook must never break the application's commit
             metrics.inc("fast_path_failures_total", len(batch))
             log.exception("cachesync fast path: unexpected error deleting %d key(s)", len(batch))
@@ -168,7 +210,6 @@ class FastPath:
             )
         except Exception:
             log.exception("cachesync fast path: the failure handler raised")
-
 
     def deliver_soon(self, keys: Iterable[str]) -> None:
         """:meth:`deliver`, but off the event loop when called on one.
@@ -229,6 +270,45 @@ class FastPath:
 
 
 _REFUSE = LoggingFailureHandler()
+
+#: What a delivered batch counts, as Applier.apply counts a successful DeleteKeys.
+_APPLIED = metrics.counters(
+    ("keys_deleted_total", {}), ("actions_total", {"sink": "redis", "result": "applied"})
+)
+#: Above this many keys a batch goes through the applier (chunked, pipelined).
+_DIRECT_MAX = 1000
+
+
+def _direct_client(applier: Applier) -> Any:
+    """The redis-py client :meth:`FastPath.deliver` may UNLINK on itself, or None.
+
+    Only for an applier of one attempt over a plain single-node :class:`RedisSink`
+    (the fast path's default): there one multi-key UNLINK is exactly what the
+    applier would send. A cluster (keys grouped by slot), a subclass, another
+    sink or a retrying policy keep the applier's own path.
+    """
+    sink = applier.keys
+    if type(sink) is not RedisSink or sink.cluster or applier.policy.attempts != 1:
+        return None
+    if applier.documents is not None or sink.chunk < _DIRECT_MAX:
+        return None
+    return sink.client
+
+
+class _Replay:
+    """A key sink that raises the error the direct UNLINK met, once per call."""
+
+    def __init__(self, error: TransientError) -> None:
+        self.error = error
+
+    def delete(self, keys: Sequence[str]) -> int:
+        raise self.error
+
+    def purge(self, pattern: str) -> int:
+        raise self.error
+
+    def ping(self) -> bool:
+        return False
 
 _NO_REDIS = (
     "no Redis is configured (setting redis_url: configure(redis_url=...), "

@@ -244,3 +244,23 @@ def test_outbox_row_uses_the_sessions_transaction(
         assert world.outbox_count(observer) == 0
         s.rollback()
     assert world.outbox_count(observer) == 0
+
+
+def test_installing_again_adds_and_removes_the_outbox(
+    Sessions: sessionmaker[Session], world: World, observer: Engine, fast: RecordingFastPath
+) -> None:
+    # Without an outbox the hooks do not even listen to before_commit; installing the
+    # same target again with one must start writing rows, and without one stop.
+    install(Sessions, fast_path=fast)
+    with Sessions.begin() as s:
+        s.add(world.User(id=1, username="alice", nickname="none"))
+    assert world.outbox_count(observer) == 0
+    install(Sessions, outbox=world.outbox, fast_path=fast)
+    with Sessions.begin() as s:
+        s.add(world.User(id=2, username="bob", nickname="some"))
+    (row,) = world.outbox_rows(observer)
+    assert _intents(row) == [world.list_key("some")]
+    install(Sessions, fast_path=fast)
+    with Sessions.begin() as s:
+        s.add(world.User(id=3, username="carol", nickname="more"))
+    assert world.outbox_count(observer) == 1

@@ -82,9 +82,41 @@ def _keys_follow_pk(table: DjangoTable) -> bool:
     Then an UPDATE cannot change them: Django updates the row whose pk the instance
     holds (``WHERE pk = instance.pk``; a pk changed in memory writes that other row,
     or inserts it), so the before image names the same keys as the after image,
-    and reading it would cost a query for nothing.
+    and reading it would cost a query for nothing. Asked at every save, so
+    :func:`_facts` keeps the answer per table.
     """
     return not table.needs_full_rows and set(table.row_attnames) <= set(table.spec.primary_key)
+
+
+def _facts(table: DjangoTable) -> tuple[bool, str]:
+    """``(_keys_follow_pk(table), table.label)``, worked out once per table.
+
+    Both are asked at every save (the label keys the before images between
+    ``pre_save`` and ``post_save``, and is built by a property each time); a
+    table is immutable and :func:`connect` starts over.
+    """
+    cached = _follow_pk.get(id(table))
+    if cached is not None and cached[0] is table:
+        return cached[1], cached[2]
+    follows, label = _keys_follow_pk(table), table.label
+    _follow_pk[id(table)] = (table, follows, label)  # holding the table keeps its id unique
+    return follows, label
+
+
+#: id(table) -> (table, _keys_follow_pk(table), table.label).
+_follow_pk: dict[int, tuple[DjangoTable, bool, str]] = {}
+#: ``django.db.connections``, imported at the first signal (this module loads before Django's
+#: settings may exist); an ``import`` statement per signal cost about 2 us.
+_connections: Any = None
+
+
+def _connection(using: str) -> Any:
+    global _connections
+    if _connections is None:
+        from django.db import connections
+
+        _connections = connections
+    return _connections[using]
 
 
 # ----------------------------------------------------------------------------------------
@@ -94,6 +126,8 @@ def _keys_follow_pk(table: DjangoTable) -> bool:
 
 def _pk_insert_forced(instance: Any) -> bool:
     # Mirrors Model._save_table: an adding instance whose pk has a default is INSERTed.
+    if not instance._state.adding:
+        return False  # every save of a loaded instance: no import, no field lookups
     from django.db.models import NOT_PROVIDED
 
     pk = instance._meta.pk
@@ -116,17 +150,18 @@ def _pre_save(
         return
     fast_path = get_settings().fast_path
     for table in targets:
-        if not _active(table, fast_path) or not table.row_attnames:
-            continue
-        if _keys_follow_pk(table) or (
+        if not (fast_path or table.needs_full_rows) or not table.row_attnames:
+            continue  # inactive (_active), or nothing to read
+        follows, label = _facts(table)
+        if follows or (
             update_fields is not None
             and not table.needs_full_rows
             and table.key_names.isdisjoint(update_fields)
         ):
-            befores[table.label] = _SAME
+            befores[label] = _SAME
             continue
         rows = table.fetch_rows(using, pk=pk)
-        befores[table.label] = rows[0] if rows else None
+        befores[label] = rows[0] if rows else None
     instance.__dict__[_BEFORE_ATTR] = befores
 
 
@@ -136,15 +171,13 @@ def _post_save(
     befores = instance.__dict__.pop(_BEFORE_ATTR, None) or {}
     if not (_enabled and sync_enabled()):
         return
-    from django.db import connections
-
-    connection = connections[using]
+    connection = _connection(using)
     fast_path = get_settings().fast_path
     for table in _targets.get(sender, ()):
-        if not _active(table, fast_path):
-            continue
+        if not (fast_path or table.needs_full_rows):
+            continue  # _active(), inline: asked per table per save
         after = table.instance_row(instance, connection)
-        before = None if created else befores.get(table.label)
+        before = None if created else befores.get(_facts(table)[1])
         if before is _SAME:
             before = after
         collect(using, table, before, after, connection=connection)
@@ -153,9 +186,7 @@ def _post_save(
 def _pre_delete(sender: Any, instance: Any, using: str = "default", **kwargs: Any) -> None:
     if not (_enabled and sync_enabled()):
         return
-    from django.db import connections
-
-    connection = connections[using]
+    connection = _connection(using)
     fast_path = get_settings().fast_path
     # Read now: a deferred field cannot be loaded once the row is gone.
     instance.__dict__[_BEFORE_ATTR] = {
@@ -313,6 +344,7 @@ def connect(tables: Mapping[Any, DjangoTable]) -> None:
         _connected.clear()
         _connected.update(wanted)
         _m2m_cache.clear()
+        _follow_pk.clear()
 
 
 def _receivers() -> dict[str, tuple[Any, Any]]:
@@ -351,3 +383,4 @@ def disconnect() -> None:
         _connected.clear()
         _targets, _through = {}, {}
         _m2m_cache.clear()
+        _follow_pk.clear()

@@ -238,7 +238,12 @@ def collect(
     collect_change(collected, table.spec, table.row_attnames, before, after)
     if collected.intents:
         _write_outbox(connection, None, collected.intents)
-    if connection.get_autocommit():
+    # get_autocommit() is ensure_connection() (behind Django's async-safety check) then
+    # this attribute; after the write that sent this signal the connection is open.
+    autocommit = (
+        connection.autocommit if connection.connection is not None else connection.get_autocommit()
+    )
+    if autocommit:
         fast_path.deliver(collected.all_keys())
     else:
         log.debug(

@@ -26,7 +26,7 @@ transactionally, create the outbox table and pass it::
 from ...fastpath import no_sync
 from ...reads import Reads, cached
 from .declare import CacheSyncMixin, register, spec_for, track, unregister
-from .hooks import HookConfig, install, installed, uninstall
+from .installation import HookConfig, install, installed, uninstall
 from .outbox import outbox_table, write_intents
 from .reads import CacheDescriptor, ModelCache, cache_for
 

@@ -1,4 +1,4 @@
-"""asyncio targets of :func:`.hooks.install`: the synchronous session an ``AsyncSession`` runs on.
+"""asyncio targets of :func:`.installation.install`: the synchronous session an ``AsyncSession`` runs on.
 
 An ``AsyncSession`` drives a plain :class:`~sqlalchemy.orm.Session` inside a
 greenlet, and fires the same events on it; the hooks listen there. The

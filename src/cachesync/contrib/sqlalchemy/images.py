@@ -21,13 +21,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Enum, Numeric, Table, TypeDecorator, Uuid
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import InstanceState
+from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.types import TypeEngine
 
 from ... import binding, values
@@ -39,12 +41,14 @@ from .declare import Declared
 __all__ = [
     "after_image",
     "before_image",
+    "changed",
     "collect_change",
     "instance_row",
     "needs_zone",
     "session_zone",
     "stored_row",
     "stored_value",
+    "update_images",
 ]
 
 log = logging.getLogger("cachesync.contrib.sqlalchemy")
@@ -75,18 +79,76 @@ def after_image(state: InstanceState[Any], names: Iterable[str]) -> dict[str, An
 
 
 def before_image(state: InstanceState[Any], names: Iterable[str]) -> dict[str, Any]:
-    """The values *names* had before this flush, from attribute history (no SQL)."""
+    """The values *names* had before this flush, from attribute history (no SQL).
+
+    An attribute this flush did not change has no entry in ``committed_state``:
+    its history is its current value, unchanged (or nothing when it is not
+    loaded), so it is read from the instance's dict without building a
+    ``History``. Only the changed ones ask for their history.
+    """
+    values = state.dict
+    committed = state.committed_state
     row: dict[str, Any] = {}
     for name in names:
+        if name not in committed:
+            if name in values:
+                row[name] = values[name]
+            continue  # not loaded and not assigned -> unknown
         history = state.attrs[name].history
         if history.deleted:
             row[name] = history.deleted[0]
         elif history.unchanged:
             row[name] = history.unchanged[0]
-        elif not history.added and name in state.dict:
-            row[name] = state.dict[name]
+        elif not history.added and name in values:
+            row[name] = values[name]
         # else: assigned without the old value ever being loaded -> unknown
     return row
+
+
+def update_images(
+    state: InstanceState[Any], names: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`before_image` then :func:`after_image` of an updated instance.
+
+    When the flush changed none of *names* and all are loaded (the usual update:
+    keys name the primary key, a non-key column changed), both images hold the
+    same values, so ONE dict is returned as both: :func:`collect_change` then
+    converts it once and :func:`cachesync.binding.collect_change` renders it
+    once (identity, never equality, is what it tests).
+    """
+    values = state.dict
+    committed = state.committed_state
+    for name in names:
+        if name in committed or name not in values:
+            return before_image(state, names), after_image(state, names)
+    row = {name: values[name] for name in names}
+    return row, row
+
+
+def changed(state: InstanceState[Any]) -> bool:
+    """``Session.is_modified(obj, include_collections=False)``, from ``committed_state`` alone.
+
+    ``after_update`` fires for dirty instances without net changes (an attribute
+    set to the value it had). ``is_modified`` walks every attribute of the class
+    to tell; only attributes with an entry in ``committed_state`` can have a
+    net change (an untouched scalar's history is "unchanged"), so only those are
+    asked. Measured: about 15 us less per flushed instance of a two-column model.
+    """
+    if not state.modified:
+        return False
+    values = state.dict
+    manager = state.manager
+    for key in state.committed_state:
+        attr = manager.get(key)
+        if attr is None:
+            continue
+        impl = attr.impl
+        if hasattr(impl, "get_collection") or not hasattr(impl, "get_history"):
+            continue
+        added, _unchanged, deleted = impl.get_history(state, values, passive=PassiveFlag.NO_CHANGE)
+        if added or deleted:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=512)
@@ -180,6 +242,78 @@ def session_zone(declared: Declared, connection: Connection | None) -> dt.tzinfo
     return None
 
 
+#: A column's stored-form conversion, ``(value, zone) -> stored``, and whether it is a
+#: MySQL/MariaDB TIMESTAMP (only then is the session's time zone asked for).
+_Convert = Callable[[Any, "dt.tzinfo | None"], Any]
+_forms: dict[tuple[int, int], tuple[Declared, Dialect, dict[str, tuple[_Convert, bool]]]] = {}
+_forms_lock = threading.Lock()
+
+
+def _converter(type_: TypeEngine[Any], dialect: Dialect) -> tuple[_Convert, bool]:
+    """:func:`stored_value` for one column with its per-type lookups done once.
+
+    The same steps in the same order; only the ``lru_cache`` and ``isinstance``
+    work that depends on the type alone moves here. A type whose lookups fail
+    keeps :func:`stored_value` itself, so it fails (and is logged) per value as before.
+    """
+    try:
+        timestamp = _mysql(dialect) and column_type(type_, dialect).kind == "timestamp"
+    except Exception:
+        timestamp = False
+    try:
+        process = (
+            _bind_processor(type_, dialect)
+            if isinstance(type_, (TypeDecorator, Enum, Uuid, JSON))
+            else None
+        )
+        if not _mysql(dialect):
+            scale = type_.scale if isinstance(type_, Numeric) else _NOT_NUMERIC
+
+            def generic(value: Any, zone: dt.tzinfo | None) -> Any:
+                if process is not None:
+                    value = process(value)
+                if scale is not _NOT_NUMERIC and isinstance(value, Decimal):
+                    return stored_decimal(value, scale)
+                return value
+
+            return generic, timestamp
+        mariadb = bool(getattr(dialect, "is_mariadb", False))
+        ctype = column_type(type_, dialect)
+        digits = None if mariadb else _fraction_digits(type_, dialect)
+        stored = values.stored
+
+        def mysql(value: Any, zone: dt.tzinfo | None) -> Any:
+            if process is not None:
+                value = process(value)
+            if digits is not None and isinstance(value, (dt.datetime, dt.time)) and value.microsecond:
+                value = stored_fraction(value, digits, round_half_up=True)
+            return stored(ctype, value, zone=zone)
+
+        return mysql, timestamp
+    except Exception:
+
+        def fallback(value: Any, zone: dt.tzinfo | None) -> Any:
+            return stored_value(type_, value, dialect, zone)
+
+        return fallback, timestamp
+
+
+_NOT_NUMERIC: Any = object()
+
+
+def _form(declared: Declared, dialect: Dialect) -> dict[str, tuple[_Convert, bool]]:
+    """The converters of *declared*'s columns for *dialect*, built at its first flush."""
+    key = (id(declared), id(dialect))
+    cached = _forms.get(key)
+    if cached is not None and cached[0] is declared and cached[1] is dialect:
+        return cached[2]
+    form = {name: _converter(column.type, dialect) for name, column in declared.columns.items()}
+    with _forms_lock:
+        # Holding both keeps their ids from being reused by other objects while cached.
+        _forms[key] = (declared, dialect, form)
+    return form
+
+
 def stored_row(
     declared: Declared,
     row: Mapping[str, Any] | None,
@@ -197,21 +331,20 @@ def stored_row(
     converted = dict(row)
     if dialect is None:
         return converted
-    columns = declared.columns
+    form = _form(declared, dialect)
     zone: dt.tzinfo | None = None
     zone_known = False
     for name, value in row.items():
-        if value is None or name not in columns:
+        if value is None:
             continue
-        type_ = columns[name].type
+        entry = form.get(name)
+        if entry is None:
+            continue
+        convert, timestamp = entry
         try:
-            if (
-                not zone_known
-                and _mysql(dialect)
-                and column_type(type_, dialect).kind == "timestamp"
-            ):
+            if timestamp and not zone_known:
                 zone, zone_known = _zone(connection), True
-            converted[name] = stored_value(type_, value, dialect, zone)
+            converted[name] = convert(value, zone)
         except Exception as exc:
             log.debug("cachesync: %s.%s: stored form unknown: %s", declared.spec.model, name, exc)
     return converted
@@ -242,6 +375,12 @@ def collect_change(
     ORMs share (a partial image renders only the templates it can and skips
     ``invalidates()``; ``intents=False`` renders the templates only).
     """
+    same = before is after
     before = stored_row(declared, before, dialect, connection)
-    after = stored_row(declared, after, dialect, connection)
+    if not same:
+        after = stored_row(declared, after, dialect, connection)
+    elif declared.spec.invalidates is not None:
+        after = None if before is None else dict(before)  # a user callable gets two rows
+    else:
+        after = before
     binding.collect_change(level, declared.spec, declared.needed, before, after, intents=intents)
