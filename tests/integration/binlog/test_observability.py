@@ -135,6 +135,13 @@ def test_metrics_of_a_running_listen_during_writes(binlog_env: BinlogEnv) -> Non
         60,
         "the rejected document's dead letter",
     )
+    # The document lane applies on its own thread, behind the reader's count.
+    applied_docs = ("cachesync_actions_total", (("result", "applied"), ("sink", "elasticsearch")))
+    wait_for(
+        lambda: _scrape(port).get(applied_docs, 0) >= len(written),
+        60,
+        "every document applied",
+    )
     m = _scrape(port)
     assert sidecar.alive(), sidecar.output()
 
