@@ -21,14 +21,13 @@ the model's own FLOATs as well as the related ones).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pymysql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, Float, ForeignKey, Integer, create_engine, event, text
+from sqlalchemy import Engine, Float, ForeignKey, Integer, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from cachesync import Projection, Settings, Sync, resolve
@@ -36,7 +35,7 @@ from cachesync.actions import IndexDoc
 from cachesync.binlog import server
 from cachesync.binlog.reindex import reindex
 from cachesync.changes import Op
-from cachesync.connections import elasticsearch_client, mysql_params, sqlalchemy_url
+from cachesync.connections import elasticsearch_client, mysql_params
 from cachesync.contrib.sqlalchemy import register
 from cachesync.planning import plan
 from cachesync.registry import Registry
@@ -44,25 +43,14 @@ from cachesync.related import joined_reads
 from cachesync.reread import Refresher, SqlRowReader
 from cachesync.sinks import SearchSink
 from cachesync.verify import expected_documents, table_rows
-from tests.integration.test_read_path_values import FLOAT32, ZONE_INIT, typed_table
+from tests.integration.test_read_path_values import FLOAT32, ZONE_INIT, typed_table, zoned_engine
 from tests.support import typed_rows
 
 pytestmark = pytest.mark.services
 
+__all__ = ["zoned_engine"]  # the fixture
+
 COLUMNS = list(typed_rows.COLUMNS)
-
-
-@pytest.fixture
-def zoned_engine(mysql_url: str) -> Iterator[Engine]:
-    engine = create_engine(sqlalchemy_url(mysql_url))
-
-    @event.listens_for(engine, "connect")
-    def session_zone(dbapi_connection: Any, record: Any) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(ZONE_INIT)
-
-    yield engine
-    engine.dispose()
 
 
 class RecordingSink(SearchSink):
