@@ -482,9 +482,10 @@ class Sidecar(Reporting):
             lanes.check()
             self._track_applied(lanes, source)
             self._report(source)
-            jobs_unsaved = self._save_jobs()
-            # Work in the lanes, or settled but unsaved: come back soon to save it.
-            busy = lanes.ledger.owing() or self._unsaved(lanes) or jobs_unsaved
+            fanning_out = self._save_jobs()
+            # Work in the lanes or a background fan-out, or settled but unsaved: come back
+            # soon to save it.
+            busy = lanes.ledger.owing() or self._unsaved(lanes) or fanning_out
             wait = self.policy.checkpoint_interval if busy else self.policy.idle_wait
             batch = source.poll(batch_policy.max_rows, wait)
             if batch:
@@ -530,13 +531,13 @@ class Sidecar(Reporting):
 
     def _save_jobs(self) -> bool:
         """Save the background fan-outs' progress every ``checkpoint_interval`` (the
-        checkpoint saves it too, first); whether some is still unsaved."""
+        checkpoint saves it too, first); whether a fan-out is running or unsaved."""
         jobs = self._jobs
         if jobs is None:
             return False
         jobs.check()
         if not jobs.unsaved:
-            return False
+            return jobs.pending > 0
         now = time.monotonic()
         if now - self._last_jobs_save < self.policy.checkpoint_interval:
             return True
@@ -546,7 +547,7 @@ class Sidecar(Reporting):
             jobs.persist()
         except TransientError as exc:
             log.warning("cachesync: fan-out progress not saved (%s); will retry", exc)
-        return jobs.unsaved
+        return jobs.unsaved or jobs.pending > 0
 
     def _keep_lock(self) -> None:
         """Ping the leader lock at most every ``lock_check_seconds`` (while idle, or

@@ -62,22 +62,23 @@ def card_key(schema: str, pid: int) -> str:
     return f"{models.key_prefix(schema)}product:{pid}:card"
 
 
-def declare(schema: str, registry: Registry) -> Registry:
-    """Declare ``Product`` for *schema* into *registry*."""
+def declare(schema: str, registry: Registry, *, search: bool = True) -> Registry:
+    """Declare ``Product`` for *schema* into *registry* (keys only unless *search*)."""
     prefix = models.key_prefix(schema)
+    projection = Projection(
+        index=index_name(schema),
+        fields=["name", "category_id"],
+        related={
+            "category_name": "category.name",
+            "department_name": "category.department.name",
+        },
+    )
     register(
         Product,
         Sync(
             keys=[prefix + "product:{id}", prefix + "product:{id}:card"],
             depends_on={"category": [prefix + "product:{id}:card"]},
-            search=Projection(
-                index=index_name(schema),
-                fields=["name", "category_id"],
-                related={
-                    "category_name": "category.name",
-                    "department_name": "category.department.name",
-                },
-            ),
+            search=projection if search else None,
         ),
         registry=registry,
     )
@@ -85,5 +86,5 @@ def declare(schema: str, registry: Registry) -> Registry:
 
 
 _SCHEMA = os.environ.get("CACHESYNC_TEST_SCHEMA")
-if _SCHEMA:
-    declare(_SCHEMA, default_registry)
+if _SCHEMA:  # CACHESYNC_TEST_SHOP_SEARCH=0: the keys-only declaration
+    declare(_SCHEMA, default_registry, search=os.environ.get("CACHESYNC_TEST_SHOP_SEARCH") != "0")
