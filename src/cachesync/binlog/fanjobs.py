@@ -229,7 +229,7 @@ class FanoutJobs:
                 self._dirty[job.id] = job
                 self._cond.notify_all()
             if replaced is not None:
-                log.info("cachesync: fan-out of %s restarts: %s", replaced.describe(), job)
+                log.info("cachesync: fan-out of %s restarts at %s", replaced.describe(), job.position)
             else:
                 log.info("cachesync: fan-out of %s continues in the background", job.describe())
         return True

@@ -59,7 +59,7 @@ from ..sqltypes import ColumnType
 from . import server
 from .fanjobs import FanoutJob
 
-__all__ = ["FannedOut", "Fanout", "FanoutChunk"]
+__all__ = ["FannedOut", "Fanout", "FanoutChunk", "plan_chunk"]
 
 log = logging.getLogger("cachesync.fanout")
 
@@ -278,21 +278,7 @@ class Fanout:
         except sa.exc.SQLAlchemyError as exc:
             raise translate_db_error(exc, f"fan-out into {spec.table}") from exc
         self.fanned_out += len(rows)
-        dependent = relations.dependent.get(prefix, ())
-        documents = bool(spec.projections) and (
-            prefix in relations.dependent
-            or any(p[: len(prefix)] == prefix for p, _ in relations.fields.values())
-        )
-        chunk = FanoutChunk(
-            rows=len(rows),
-            final=len(rows) < limit,
-            last=tuple(rows[-1][c] for c in pk) if rows else job.after,
-        )
-        for image in rows:
-            self._plan_row(spec, image, dependent, documents, job, chunk)
-        if chunk.keys:
-            chunk.actions.insert(0, DeleteKeys(tuple(chunk.keys), job.position))
-        return chunk
+        return plan_chunk(job, relations, rows, final=len(rows) < limit)
 
     def schema_changed(self, schema: object = None, query: object = "") -> None:
         """A DDL statement passed in the binlog: read the column types again."""
@@ -376,6 +362,30 @@ class Fanout:
                 pool_size=2,  # the reading thread and the fan-out worker
             )
         return self._engine
+
+
+def plan_chunk(
+    job: FanoutJob, relations: Relations, images: Sequence[dict[str, Any]], *, final: bool
+) -> FanoutChunk:
+    """The keys and documents of *images* (joined rows of ``job.spec`` read for *job*), at
+    the job's position; rows whose callables raise become its dead letters."""
+    spec, prefix = job.spec, job.prefix
+    dependent = relations.dependent.get(prefix, ())
+    documents = bool(spec.projections) and (
+        prefix in relations.dependent
+        or any(p[: len(prefix)] == prefix for p, _ in relations.fields.values())
+    )
+    pk = spec.primary_key_columns()
+    chunk = FanoutChunk(
+        rows=len(images),
+        final=final,
+        last=tuple(images[-1][c] for c in pk) if images else job.after,
+    )
+    for image in images:
+        Fanout._plan_row(spec, image, dependent, documents, job, chunk)
+    if chunk.keys:
+        chunk.actions.insert(0, DeleteKeys(tuple(chunk.keys), job.position))
+    return chunk
 
 
 def _untouched(change: RowChange, columns: frozenset[str] | None) -> bool:

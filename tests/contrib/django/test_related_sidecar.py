@@ -28,7 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachesync import Projection, Sync
-from cachesync.binlog.fanout import Fanout
+from cachesync.binlog.fanjobs import FanoutJob
+from cachesync.binlog.fanout import plan_chunk
+from cachesync.changes import BinlogPosition
 from cachesync.contrib.django.conf import key_affixes
 from cachesync.contrib.django.reads import ModelCache
 from cachesync.contrib.django.tables import DjangoTable, build_table
@@ -166,9 +168,10 @@ def _fanned_keys(spec: Any, image: dict[str, Any]) -> set[str]:
     """The keys the fan-out deletes for *image* (a joined row) when its category changes."""
     relations = relations_of(spec)
     assert relations is not None
-    dependent = relations.dependent[("category",)]
-    (deletes, *_docs) = Fanout._chunk(spec, [image], dependent, False, None)
-    return set(getattr(deletes, "keys", ()))
+    job = FanoutJob(spec, ("category",), (image["category_id"],), BinlogPosition("b", 4))
+    chunk = plan_chunk(job, relations, [image], final=True)
+    assert not chunk.poison
+    return set(chunk.keys)
 
 
 def test_both_orms_fan_out_the_same_dependent_keys_and_make_key_twins(django_db: str) -> None:
