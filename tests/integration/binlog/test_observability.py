@@ -267,14 +267,14 @@ def test_lag_is_honest_idle_with_other_databases_busy_and_when_paused(
         os.kill(sidecar.proc.pid, signal.SIGSTOP)
         try:
             env.sql("INSERT INTO users VALUES (2, 'bob', 'B', NULL, 0)")
-            # Nothing is applied from the pause on, so the honest lag is at least the
-            # time since: >= 4 s after 4 s, and 2 s more after 2 s (1 s of margin each).
-            time.sleep(4)
+            # A report stays fresh for SidecarReport.STALE (5 s); after that the lag counts
+            # up from the last one: past 5 s after 7 s, and 2 s more after 3 s more.
+            time.sleep(7)
             first = float(_status(settings)["lag_seconds"])  # type: ignore[arg-type]
-            time.sleep(2)
+            time.sleep(3)
             second = float(_status(settings)["lag_seconds"])  # type: ignore[arg-type]
-            assert first >= 3.0, first
-            assert second >= first + 1.0, (first, second)
+            assert first >= 5.0, first
+            assert second >= first + 2.0, (first, second)
         finally:
             os.kill(sidecar.proc.pid, signal.SIGCONT)
         wait_for(lambda: not env.existing(env.keys(2, "bob")), 30, "paused change applied")
