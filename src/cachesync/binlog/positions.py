@@ -76,14 +76,7 @@ def state_at(conn: Any, flavour: str, file: str, pos: int) -> GtidState | None:
 def _status(conn: Any, flavour: str | None) -> tuple[str, int, GtidState | None]:
     """File, offset and (when the server has GTIDs) the GTID state at that offset."""
     if flavour == "mysql":
-        with server.translate_errors("SHOW MASTER STATUS"), conn.cursor() as cur:
-            try:
-                cur.execute("SHOW BINARY LOG STATUS")  # MySQL >= 8.2 renamed it
-            except pymysql.ProgrammingError:
-                cur.execute("SHOW MASTER STATUS")
-            row = cur.fetchone()
-        if row is None:
-            raise SourceConfigurationError("the server has no binary log; start it with --log-bin")
+        row = server.master_status_row(conn)
         return str(row[0]), int(row[1]), parse_state("mysql", str(row[4] or ""))
     file, pos = server.master_status(conn)
     state = state_at(conn, flavour, file, pos) if flavour else None

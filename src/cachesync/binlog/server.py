@@ -23,6 +23,7 @@ __all__ = [
     "error_code",
     "gtid_flavour",
     "master_status",
+    "master_status_row",
     "read_only",
     "translate",
     "translate_errors",
@@ -133,6 +134,12 @@ def connect(params: Mapping[str, Any], *, what: str = "MySQL", **options: Any) -
 
 def master_status(conn: Any) -> tuple[str, int]:
     """The server's current binlog file and offset (``SHOW MASTER STATUS``)."""
+    row = master_status_row(conn)
+    return str(row[0]), int(row[1])
+
+
+def master_status_row(conn: Any) -> tuple[Any, ...]:
+    """The whole ``SHOW MASTER STATUS`` row (MySQL's 5th column: ``Executed_Gtid_Set``)."""
     import pymysql
 
     with translate_errors("SHOW MASTER STATUS"), conn.cursor() as cur:
@@ -146,7 +153,7 @@ def master_status(conn: Any) -> tuple[str, int]:
             "the server has no binary log; start it with --log-bin --binlog-format=ROW "
             "--binlog-row-image=FULL --binlog-row-metadata=FULL"
         )
-    return str(row[0]), int(row[1])
+    return tuple(row)
 
 
 def binary_logs(conn: Any) -> list[BinlogFile]:
