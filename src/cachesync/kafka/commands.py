@@ -296,6 +296,11 @@ def _retry_from_outbox(settings: Any, policy: RetryPolicy) -> int:
         relay.store.name,
         policy.attempts,
     )
+    return _run_relay_loop(settings, relay)
+
+
+def _run_relay_loop(settings: Any, relay: Any) -> int:
+    """Run *relay* until a signal stops it, with its health endpoint served meanwhile."""
     heartbeat = Heartbeat()
     health = _serve_health(settings, heartbeat)
     try:
@@ -327,14 +332,7 @@ def _run_relay(args: argparse.Namespace) -> int:
                 break
         print(f"relayed {total} outbox row(s); pending: {relay.store.counts()['pending']}")
         return 0
-    heartbeat = Heartbeat()
-    health = _serve_health(settings, heartbeat)
-    try:
-        relay.run(_stop_on_signals(heartbeat))
-    finally:
-        if health is not None:
-            health.close()
-    return 0
+    return _run_relay_loop(settings, relay)
 
 
 def _dead_letter_stores(settings: Any) -> tuple[str | None, Any]:
