@@ -294,59 +294,6 @@ class Fanout:
         """The embedding model's spec by name (a stored job's ``model``)."""
         return next((s for s, _ in self.related if s.model == model), None)
 
-    @staticmethod
-    def _plan_row(
-        spec: TableSpec,
-        image: dict[str, Any],
-        dependent: Sequence[Any],
-        documents: bool,
-        job: FanoutJob,
-        chunk: FanoutChunk,
-    ) -> None:
-        """Add one fanned-out row's keys and documents to *chunk*.
-
-        A template or a projection callable (``when=``, ``to_document=``) that raises
-        on this row makes it a dead letter with its joined image (the redrive
-        re-plans it and the retry path re-reads its current joined row); the keys
-        that still render are deleted and the fan-out goes on.
-        """
-        row = spec.row_from_columns(image)
-        position = job.position
-        failed: Exception | None = None
-        for template in dependent:
-            try:
-                key = template.render(row)
-            except Exception as exc:
-                if not is_poison(exc):
-                    raise
-                failed = exc
-                continue
-            if key is not None:
-                chunk.keys[key] = None
-        if documents:
-            try:
-                ref = spec.row_ref(image)
-                docs: list[Action] = []
-                for projection in spec.projections:
-                    doc_id = projection.doc_id(row)
-                    if doc_id is None:
-                        continue
-                    if projection.matches(row):
-                        document = projection.document(row)
-                        docs.append(IndexDoc(projection.index, doc_id, document, position, ref))
-                    else:
-                        docs.append(DeleteDoc(projection.index, doc_id, position, ref))
-                chunk.actions += docs
-            except Exception as exc:
-                if not is_poison(exc):
-                    raise
-                failed = exc
-        if failed is not None:
-            change = RowChange(Op.UPDATE, spec.schema, spec.table, image, image, position)
-            letter = PoisonChange.of(change, spec.model, spec.primary_key_columns(), failed)
-            why = f"{letter.error} (re-rendered by the fan-out of {job.describe()})"
-            chunk.poison.append(replace(letter, error=why))
-
     def _db(self) -> Any:
         if self._engine is None:
             import pymysql
@@ -382,10 +329,63 @@ def plan_chunk(
         last=tuple(images[-1][c] for c in pk) if images else job.after,
     )
     for image in images:
-        Fanout._plan_row(spec, image, dependent, documents, job, chunk)
+        _plan_row(spec, image, dependent, documents, job, chunk)
     if chunk.keys:
         chunk.actions.insert(0, DeleteKeys(tuple(chunk.keys), job.position))
     return chunk
+
+
+def _plan_row(
+    spec: TableSpec,
+    image: dict[str, Any],
+    dependent: Sequence[Any],
+    documents: bool,
+    job: FanoutJob,
+    chunk: FanoutChunk,
+) -> None:
+    """Add one fanned-out row's keys and documents to *chunk*.
+
+    A template or a projection callable (``when=``, ``to_document=``) that raises
+    on this row makes it a dead letter with its joined image (the redrive
+    re-plans it and the retry path re-reads its current joined row); the keys
+    that still render are deleted and the fan-out goes on.
+    """
+    row = spec.row_from_columns(image)
+    position = job.position
+    failed: Exception | None = None
+    for template in dependent:
+        try:
+            key = template.render(row)
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            failed = exc
+            continue
+        if key is not None:
+            chunk.keys[key] = None
+    if documents:
+        try:
+            ref = spec.row_ref(image)
+            docs: list[Action] = []
+            for projection in spec.projections:
+                doc_id = projection.doc_id(row)
+                if doc_id is None:
+                    continue
+                if projection.matches(row):
+                    document = projection.document(row)
+                    docs.append(IndexDoc(projection.index, doc_id, document, position, ref))
+                else:
+                    docs.append(DeleteDoc(projection.index, doc_id, position, ref))
+            chunk.actions += docs
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            failed = exc
+    if failed is not None:
+        change = RowChange(Op.UPDATE, spec.schema, spec.table, image, image, position)
+        letter = PoisonChange.of(change, spec.model, spec.primary_key_columns(), failed)
+        why = f"{letter.error} (re-rendered by the fan-out of {job.describe()})"
+        chunk.poison.append(replace(letter, error=why))
 
 
 def _untouched(change: RowChange, columns: frozenset[str] | None) -> bool:
