@@ -217,17 +217,19 @@ class FanoutJobs:
         """Queue *jobs* (a newer job replaces one of the same relation and value); waits
         while ``max_jobs`` are queued. False if the sidecar stopped while waiting."""
         for job in jobs:
-            with self._cond:
-                while job.id not in self._jobs and len(self._jobs) >= self._policy.max_jobs:
+            while True:
+                with self._cond:
+                    if job.id in self._jobs or len(self._jobs) < self._policy.max_jobs:
+                        replaced = self._jobs.pop(job.id, None)
+                        self._jobs[job.id] = job
+                        self._dirty[job.id] = job
+                        self._cond.notify_all()
+                        break
                     self.check()
                     if self._stopped.is_set() or self._halt.is_set():
                         return False
                     self._cond.wait(0.05)
-                    self._keepalive()
-                replaced = self._jobs.pop(job.id, None)
-                self._jobs[job.id] = job
-                self._dirty[job.id] = job
-                self._cond.notify_all()
+                self._keepalive()  # a database round trip: not while the worker waits on us
             if replaced is not None:
                 log.info("cachesync: fan-out of %s restarts at %s", replaced.describe(), job.position)
             else:
