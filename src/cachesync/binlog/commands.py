@@ -25,6 +25,15 @@ __all__ = ["register"]
 
 log = logging.getLogger("cachesync.cli")
 
+#: The GIL switch interval of a ``cachesync listen`` process (CPython's default is 5 ms).
+#: The reading thread decodes for as long as the binlog has bytes, and a lane thread whose
+#: bulk response or UNLINK reply has arrived waits for it up to the whole interval, several
+#: times per request (send, headers, body): measured with a search projection, the
+#: document lane spent ~12 ms of each ~40 ms bulk request waiting, and a 50,000-row
+#: catch-up went from 0.84-0.88x of ``helpers.bulk`` alone to 0.90-0.95x with 1 ms.
+#: The process is the sidecar's own, so the setting touches nobody else's threads.
+LISTEN_SWITCH_INTERVAL = 0.001
+
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     """Add the binlog subcommands to the ``cachesync`` parser."""
@@ -162,6 +171,7 @@ def _listen(args: argparse.Namespace) -> int:
     _require_mysql(settings)
     import_models(settings)
     sidecar = Sidecar.from_settings(settings, reset_checkpoint=args.reset_checkpoint)
+    sys.setswitchinterval(min(sys.getswitchinterval(), LISTEN_SWITCH_INTERVAL))
     health = _serve_health(settings, sidecar)
     log.info(
         "cachesync listen: pipeline %r (server_id %d%s), models %s, mysql %s, redis %s, es %s, "
