@@ -10,6 +10,11 @@ Printed, not asserted (tests assert the guarantees, this measures them):
   + a detached instance) vs a plain ``GET`` + ``json.loads``, per read;
 * misses: the read API's (lease, ``session.get``, compare-and-set fill) vs
   plain ``GET`` + ``session.get`` + ``SET``;
+* concurrent misses: 1,000 threads released together on one cold key, each with
+  its own session: how many database loads the read API does (its lease lets
+  one load and the rest wait for the fill) vs naive cache-aside (``GET``, on a
+  miss ``session.get`` + ``SET``), counted as SELECTs of the table, each made to
+  take 20 ms (``LOAD_SECONDS``; the cost that makes a read worth caching);
 * asyncio: ``AsyncSession`` commits with the hooks installed, and the largest
   delay a 1 ms ticker task saw meanwhile (cachesync's delete runs on a worker
   thread), with Redis answering.
@@ -22,6 +27,7 @@ import asyncio
 import json
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from sqlalchemy import Integer, MetaData, Numeric, String, create_engine  # noqa: E402
+from sqlalchemy import Integer, MetaData, Numeric, String, create_engine, event  # noqa: E402
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 from tests.support import services  # noqa: E402
@@ -39,7 +45,7 @@ from cachesync import Registry, Sync, configure  # noqa: E402
 from cachesync.connections import sqlalchemy_url  # noqa: E402
 from cachesync.contrib.sqlalchemy import CacheSyncMixin, install, uninstall  # noqa: E402
 from cachesync.fastpath import fast_path  # noqa: E402
-from cachesync.reads import ReadStore, configure_reads  # noqa: E402
+from cachesync.reads import ReadStore, configure_reads, current_store  # noqa: E402
 
 
 class Base(DeclarativeBase):
@@ -68,6 +74,67 @@ def _timed(fn: Any, n: int) -> list[float]:
         fn(i)
         out.append(time.perf_counter() - started)
     return out
+
+
+#: How long one database load takes in the concurrent-miss figure (added to each SELECT of
+#: the table): a cached read is usually one that is expensive to compute.
+LOAD_SECONDS = 0.02
+
+
+def concurrent_loads(engine: Any, redis_url: str, readers: int = 1000) -> tuple[int, int]:
+    """Database loads of *readers* simultaneous reads of one cold key: (read API, naive).
+
+    Both share one Redis client whose pool blocks for a free connection, as an
+    application with that many threads would configure it: redis-py's default pool
+    refuses the 101st connection, and a read whose Redis call fails is served from
+    the database, which would count Redis errors as loads."""
+    pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=60)
+    r = redis.Redis(connection_pool=pool)
+    previous = current_store()
+    configure_reads(ReadStore(client=r))
+    loads = [0]
+    lock = threading.Lock()
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and Product.__tablename__ in statement:
+            with lock:
+                loads[0] += 1
+            time.sleep(LOAD_SECONDS)  # what makes a miss worth caching: the query's cost
+
+    event.listen(engine, "before_cursor_execute", count)
+
+    def naive(s: Session) -> None:
+        if r.get("bench:plain:0") is None:
+            p = s.get(Product, 0)
+            assert p is not None
+            r.set("bench:plain:0", json.dumps({"id": p.id, "sku": p.sku, "price": str(p.price)}))
+
+    def api(s: Session) -> None:
+        Product.cache.get(0, session=s)
+
+    out = []
+    try:
+        for read in (api, naive):
+            r.unlink("bench:product:0", "bench:plain:0")
+            loads[0] = 0
+            gate = threading.Barrier(readers)
+
+            def reader(read: Any = read, gate: threading.Barrier = gate) -> None:
+                with Session(engine) as s:
+                    gate.wait()
+                    read(s)
+
+            threads = [threading.Thread(target=reader) for _ in range(readers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            out.append(loads[0])
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        configure_reads(previous)
+        pool.disconnect()
+    return out[0], out[1]
 
 
 def main() -> int:
@@ -109,6 +176,17 @@ def main() -> int:
         naive_hit = _timed(lambda i: json.loads(r.get(plain[i % rows]) or b"null"), args.reads)
         print(f"miss  read API  {_us(api_miss)}   plain get/set  {_us(naive_miss)}")
         print(f"hit   read API  {_us(api_hit)}   plain get      {_us(naive_hit)}")
+        threading.stack_size(256 * 1024)
+        pooled = create_engine(
+            sqlalchemy_url(urls["CACHESYNC_MYSQL_URL"]), pool_size=32, max_overflow=0,
+            pool_timeout=120,
+        )  # fmt: skip
+        api_loads, naive_loads = concurrent_loads(pooled, urls["CACHESYNC_REDIS_URL"])
+        pooled.dispose()
+        print(
+            f"1000 concurrent misses of one key: read API {api_loads} database load(s), "
+            f"naive cache-aside {naive_loads}"
+        )
     finally:
         session.close()
 
