@@ -230,9 +230,19 @@ def sync_point(env: Env, schema: str, table: int = 0, row_id: int = 0, timeout: 
 
 
 def raw_read(
-    env: Env, schema: str, tables: Sequence[str], start: tuple[str, int], end: tuple[str, int]
+    env: Env,
+    schema: str,
+    tables: Sequence[str],
+    start: tuple[str, int],
+    end: tuple[str, int],
+    *,
+    per_key: Callable[[str, dict[str, Any]], Sequence[str]] | None = None,
 ) -> tuple[int, float]:
-    """The stock library reading (and decoding) *tables*' rows in [start, end): rows, seconds."""
+    """The stock library reading (and decoding) *tables*' rows in [start, end): rows, seconds.
+
+    *per_key* (table, row of the library -> keys): the naive invalidator, which also
+    sends one Redis ``DELETE`` round trip per key of every row (what a hand-written
+    binlog consumer does)."""
     reader = BinLogStreamReader(
         connection_settings=dict(env.root),
         server_id=server_id(),
@@ -252,6 +262,10 @@ def raw_read(
         for event in reader:
             if not isinstance(event, XidEvent):
                 rows += len(event.rows)
+                if per_key is not None:
+                    for row in event.rows:
+                        for key in per_key(event.table, row):
+                            env.redis.delete(key)
             if (reader.log_file, reader.log_pos) >= end:
                 break
     finally:
