@@ -43,8 +43,11 @@ class Collected:
 
     def add_change(self, spec: TableSpec, before: Row | None, after: Row | None) -> None:
         """Collect the keys of one row change (complete rows keyed by attribute name)."""
-        self.keys.update(dict.fromkeys(template_keys(spec, before, after)))
-        self.intents.update(dict.fromkeys(intent_keys(spec, before, after)))
+        keys = self.keys
+        for key in template_keys(spec, before, after):
+            keys[key] = None
+        if spec.invalidates is not None:  # a model without the callable has no intents
+            self.intents.update(dict.fromkeys(intent_keys(spec, before, after)))
 
     def merge(self, other: Collected) -> None:
         """Fold a committed savepoint's keys into its parent."""
@@ -53,6 +56,8 @@ class Collected:
 
     def all_keys(self) -> list[str]:
         """Rendered keys then intents, each once: what the fast path deletes."""
+        if not self.intents:
+            return list(self.keys)  # already unique: the dict is the set
         return list(dict.fromkeys([*self.keys, *self.intents]))
 
     def clear(self) -> None:
@@ -117,6 +122,9 @@ class LevelStack(Generic[T]):
         """
         if not path:
             raise ValueError("enter() needs at least the outermost level's token")
+        levels = self._levels
+        if len(path) == 1 and len(levels) == 1 and levels[0].token == path[0]:
+            return levels[0]  # the usual case: a second change in a transaction, no savepoint
         shared = 0
         for level, token in zip(self._levels, path, strict=False):
             if level.token != token:
@@ -133,6 +141,9 @@ class LevelStack(Generic[T]):
         commit must deliver (every committed level's keys), once: the stack is
         empty afterwards. Returns None for a savepoint, or a token not on the stack.
         """
+        levels = self._levels
+        if len(levels) == 1 and levels[0].token == token:
+            return levels.pop().collected  # the usual case: the outermost level, alone
         index = self._index(token)
         if index is None:
             return None
@@ -167,7 +178,10 @@ class LevelStack(Generic[T]):
         return next((level for level in self._levels if level.outbox_row is not None), None)
 
     def _index(self, token: T) -> int | None:
-        return next((i for i, level in enumerate(self._levels) if level.token == token), None)
+        for i, level in enumerate(self._levels):
+            if level.token == token:
+                return i
+        return None
 
     def _merge_top(self) -> None:
         child = self._levels.pop()

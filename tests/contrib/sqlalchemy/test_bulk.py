@@ -198,3 +198,35 @@ def test_delete_returning(
         ).all()
     assert sorted(ids) == [1, 3]
     assert fast.delivered >= {*world.user_keys(1, "alice"), *world.user_keys(3, "carol")}
+
+
+def test_the_hooks_leave_do_orm_execute_alone(Sessions: sessionmaker[Session]) -> None:
+    """With a do_orm_execute listener SQLAlchemy builds an ORMExecuteState and runs
+    orm_pre_session_exec twice for EVERY ORM statement (each SELECT, each refresh of
+    an expired instance): the bulk statements are tracked on the Core events instead."""
+    with Sessions() as s:
+        assert len(s.dispatch.do_orm_execute) == 0
+
+
+@pytest.mark.usefixtures("users")
+def test_an_orm_statement_on_the_sessions_own_connection_is_tracked(
+    Sessions: sessionmaker[Session], world: World, fast: RecordingFastPath
+) -> None:
+    with Sessions.begin() as s:
+        s.connection().execute(update(world.User).where(world.User.id == 2).values(username="b2"))
+    assert fast.delivered >= {*world.user_keys(2, "bob"), *world.user_keys(2, "b2")}
+
+
+@pytest.mark.usefixtures("users")
+def test_a_failing_statement_leaves_the_next_one_tracked(
+    Sessions: sessionmaker[Session], world: World, fast: RecordingFastPath
+) -> None:
+    with Sessions() as s:
+        s.execute(update(world.User).where(world.User.id == 1).values(karma=1))
+        with pytest.raises(Exception), s.begin_nested():
+            # the pre-read sees row 3; the UPDATE itself fails (user_name is NOT NULL)
+            s.execute(update(world.User).where(world.User.id == 3).values(username=None))
+        s.execute(update(world.User).where(world.User.id == 2).values(username="b3"))
+        s.commit()
+    assert fast.delivered >= {*world.user_keys(1, "alice"), *world.user_keys(2, "b3")}
+    assert not fast.delivered & set(world.user_keys(3, "carol"))

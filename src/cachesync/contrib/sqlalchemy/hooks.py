@@ -24,7 +24,8 @@ session events onto it):
 * ``before_commit`` of the root writes the outbox row, when an outbox table is
   configured, after flushing first: SQLAlchemy runs commit's final autoflush
   AFTER ``before_commit``;
-* ``do_orm_execute`` covers ORM ``update()``/``delete()`` statements (:mod:`.bulk`).
+* ``after_begin`` hands the session's connection to :mod:`.bulk`, whose Core execute
+  events cover ORM ``update()``/``delete()`` statements.
 
 Inside :func:`cachesync.no_sync` nothing is collected.
 """
@@ -37,11 +38,10 @@ from typing import Any
 
 from sqlalchemy import Table, event
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection, Dialect, Result
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
-    ORMExecuteState,
     Session,
     SessionTransaction,
     SessionTransactionOrigin,
@@ -52,6 +52,7 @@ from ... import fastpath
 from ...changes import Op
 from ...fastpath import FastPath, sync_enabled
 from ...transactions import Collected, LevelStack
+from . import bulk
 from .declare import declared_for
 from .images import (
     after_image,
@@ -154,11 +155,14 @@ def _after_delete(mapper: Mapper[Any], connection: Any, target: Any) -> None:
 
 
 def _install_mapper_events() -> None:
+    """The process-wide listeners: mapper events, and the engines' execute events of :mod:`.bulk`."""
     global _mapper_events_installed
     if not _mapper_events_installed:
         event.listen(Mapper, "after_insert", _after_insert)
         event.listen(Mapper, "after_update", _after_update)
         event.listen(Mapper, "after_delete", _after_delete)
+        event.listen(Engine, "before_execute", bulk.before_execute)
+        event.listen(Engine, "after_execute", bulk.after_execute)
         _mapper_events_installed = True
 
 
@@ -309,11 +313,13 @@ def _after_transaction_end(
         log.exception("cachesync: fast path failed for %d key(s)", len(keys))
 
 
-def _do_orm_execute(state: ORMExecuteState, config: HookConfig) -> Result[Any] | None:
-    if not (state.is_update or state.is_delete) or not sync_enabled():
-        return None
-    from .bulk import execute_tracked
+def _after_begin(session: Session, connection: Connection, config: HookConfig) -> None:
+    """A transaction of *session* runs on *connection*: its ORM UPDATE/DELETE statements there
+    are tracked (:mod:`.bulk`)."""
+    bulk.session_began(session, connection, _level_of, config.max_bulk_rows)
 
-    st = _state(state.session, create=True)
+
+def _level_of(session: Session) -> Collected:
+    st = _state(session, create=True)
     assert st is not None
-    return execute_tracked(state, st.level, config.max_bulk_rows)
+    return st.level(session)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, event
-from sqlalchemy.engine import Result
 from sqlalchemy.orm import (
-    ORMExecuteState,
     Session,
     SessionTransaction,
     SessionTransactionOrigin,
@@ -29,12 +27,12 @@ from ...errors import ConfigurationError
 from ...fastpath import FastPath
 from .hooks import (
     HookConfig,
+    _after_begin,
     _after_commit,
     _after_flush,
     _after_transaction_end,
     _before_commit,
     _before_flush,
-    _do_orm_execute,
     _install_mapper_events,
 )
 
@@ -148,13 +146,10 @@ def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
         if config is not None:
             _after_transaction_end(session, transaction, config)
 
-    def do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
-        if not (orm_execute_state.is_update or orm_execute_state.is_delete):
-            return None  # a SELECT (every lazy load and refresh, too): nothing to look up
-        config = _config_for(ref, orm_execute_state.session)
-        if config is None:
-            return None
-        return _do_orm_execute(orm_execute_state, config)
+    def after_begin(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+        config = _config_for(ref, session)
+        if config is not None:
+            _after_begin(session, connection, config)
 
     return [
         ("before_flush", before_flush),
@@ -162,7 +157,7 @@ def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
         ("before_commit", before_commit),
         ("after_commit", after_commit),
         ("after_transaction_end", after_transaction_end),
-        ("do_orm_execute", do_orm_execute),
+        ("after_begin", after_begin),
     ]
 
 
