@@ -160,12 +160,7 @@ def session_zone(dbapi_connection: Any) -> dt.tzinfo:
 
 
 def _complete(image: Mapping[str, Any] | None, names: Iterable[str]) -> bool:
-    if image is None:
-        return True
-    for name in names:  # a loop, not all() over a generator: asked twice per ORM change
-        if name not in image:
-            return False
-    return True
+    return image is None or all(n in image for n in names)
 
 
 def collect_change(

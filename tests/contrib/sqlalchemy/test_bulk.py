@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cachesync.contrib.sqlalchemy import install, uninstall
@@ -223,7 +224,7 @@ def test_a_failing_statement_leaves_the_next_one_tracked(
 ) -> None:
     with Sessions() as s:
         s.execute(update(world.User).where(world.User.id == 1).values(karma=1))
-        with pytest.raises(Exception), s.begin_nested():
+        with pytest.raises(DBAPIError), s.begin_nested():
             # the pre-read sees row 3; the UPDATE itself fails (user_name is NOT NULL)
             s.execute(update(world.User).where(world.User.id == 3).values(username=None))
         s.execute(update(world.User).where(world.User.id == 2).values(username="b3"))
