@@ -512,6 +512,9 @@ def configure(**settings: Any) -> Settings:
 def get_settings() -> Settings:
     """The settings given to :func:`configure`, else those of the environment."""
     global _configured
+    settings = _configured  # a reference read is atomic: the usual call takes no lock
+    if settings is not None:
+        return settings
     with _lock:
         if _configured is None:
             _configured = Settings.from_env()

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +166,7 @@ class _Counter:
     def collect(self) -> list[Any]:
         family = _CounterFamily(self.name, self.metric.help, labels=self.metric.labels)
         with _lock:
+            _fold_all(self.state)
             series = dict(self.state.series.get(self.key, {}))
         if not self.metric.labels and not series:  # an unlabelled counter reads 0, not nothing
             series[()] = 0
@@ -296,18 +298,24 @@ def inc(name: str, amount: int = 1, **labels: str) -> None:
 
 
 class Counters:
-    """Counter series checked against the catalogue once, then added to in one call.
+    """Counter series checked against the catalogue once, then added to without a lock.
 
     For code that counts the same series on every call (the after-commit fast
     path counts ``keys_deleted_total`` and ``actions_total{sink="redis",
     result="applied"}`` at every commit): :func:`inc` validates its name and
-    labels and takes the lock once per series; :meth:`add` takes it once for all
-    of them and skips the validation, which was done here. The same totals as
-    that many :func:`inc` calls, so :func:`snapshot` and a scrape cannot tell
-    them apart. Survives :func:`reset` (the current state is looked up per call).
+    labels and takes the lock once per series; :meth:`add` appends the amount
+    to a deque (``append`` and ``popleft`` are atomic in CPython, so threads
+    need no lock) and the amounts are folded into the series, under the lock,
+    whenever anything reads them (:func:`snapshot`, a scrape) or
+    :attr:`fold_every` of them wait. The same totals as that many :func:`inc`
+    calls, so a reader cannot tell them apart. Survives :func:`reset`, which
+    drops what waits.
     """
 
-    __slots__ = ("_series",)
+    __slots__ = ("_pending", "_series", "__weakref__")
+
+    #: Amounts that may wait before :meth:`add` folds them itself (bounds the memory).
+    fold_every = 1024
 
     def __init__(self, series: tuple[tuple[str, dict[str, str]], ...]) -> None:
         for name, labels in series:
@@ -315,17 +323,45 @@ class Counters:
         self._series = tuple(
             (name, tuple(labels[k] for k in CATALOGUE[name].labels)) for name, labels in series
         )
+        self._pending: deque[int] = deque()
+        _batched.add(self)
 
     def add(self, amount: int) -> None:
         """Add *amount* to every series."""
-        if not amount:
-            return
-        with _lock:
-            state = _state
+        if amount:
+            pending = self._pending
+            pending.append(amount)
+            if len(pending) > self.fold_every:
+                with _lock:
+                    self._fold(_state)
+
+    def _fold(self, state: _State) -> None:
+        """Move the waiting amounts into *state*'s series (under ``_lock``)."""
+        pending = self._pending
+        total = 0
+        while pending:
+            try:
+                total += pending.popleft()
+            except IndexError:  # another thread folded it meanwhile
+                break
+        if total:
             counts, series = state.counts, state.series
             for name, values in self._series:
-                counts[name] += amount
-                series[name][values] += amount
+                counts[name] += total
+                series[name][values] += total
+
+    def _drop(self) -> None:
+        self._pending.clear()
+
+
+#: Every :class:`Counters`: readers fold their waiting amounts first.
+_batched: weakref.WeakSet[Counters] = weakref.WeakSet()
+
+
+def _fold_all(state: _State) -> None:
+    """Fold every :class:`Counters`' waiting amounts into *state* (under ``_lock``)."""
+    for batched in list(_batched):
+        batched._fold(state)
 
 
 def counters(*series: tuple[str, dict[str, str]]) -> Counters:
@@ -363,6 +399,7 @@ def gauge_function(name: str, function: Callable[[], float] | None) -> None:
 def snapshot() -> dict[str, int]:
     """Current value of every counter of the catalogue, summed over its labels."""
     with _lock:
+        _fold_all(_state)
         counts = _state.counts
         return {
             name: counts.get(name, 0)
@@ -393,6 +430,8 @@ def reset() -> None:
     """Start over with zero counters and no gauge functions (tests)."""
     global _state
     with _lock:
+        for batched in list(_batched):
+            batched._drop()
         _state = _State()
 
 

@@ -34,7 +34,7 @@ __all__ = ["Collected", "Level", "LevelStack"]
 T = TypeVar("T", bound=Hashable)
 
 
-@dataclass
+@dataclass(slots=True)
 class Collected:
     """Keys collected by one transaction level: rendered keys and ``invalidates()`` intents."""
 
@@ -68,7 +68,7 @@ class Collected:
         return bool(self.keys or self.intents)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Level(Generic[T]):
     """One open transaction level: the integration's *token* for it and what it collected.
 
@@ -123,8 +123,13 @@ class LevelStack(Generic[T]):
         if not path:
             raise ValueError("enter() needs at least the outermost level's token")
         levels = self._levels
-        if len(path) == 1 and len(levels) == 1 and levels[0].token == path[0]:
-            return levels[0]  # the usual case: a second change in a transaction, no savepoint
+        if len(path) == 1 and len(levels) <= 1:  # the usual case: no savepoint
+            if not levels:
+                level = Level(path[0])  # the transaction's first change
+                levels.append(level)
+                return level
+            if levels[0].token == path[0]:
+                return levels[0]  # a second change in the same transaction
         shared = 0
         for level, token in zip(self._levels, path, strict=False):
             if level.token != token:

@@ -75,8 +75,15 @@ class Declared:
 _lock = threading.RLock()
 #: class -> its own declaration, or None for a class that opted out (``__cachesync__ = None``).
 _declared: weakref.WeakKeyDictionary[type, Declared | None] = weakref.WeakKeyDictionary()
-#: class -> the declaration that applies to its instances (its own or an ancestor's); a cache.
-_lookup: weakref.WeakKeyDictionary[type, Declared | None] = weakref.WeakKeyDictionary()
+#: weak reference to a class -> the declaration that applies to its instances (its own or
+#: an ancestor's); a cache. What a ``WeakKeyDictionary`` does, without its Python-level
+#: ``__getitem__``: :func:`declared_for` runs for every instance every flush writes,
+#: declared or not. A weak reference to a live class hashes and compares as the class.
+_lookup: dict[weakref.ref[type], Declared | None] = {}
+
+
+def _forget(ref: weakref.ref[type]) -> None:
+    _lookup.pop(ref, None)  # the class died
 #: The class whose ``__init_subclass__`` is running, so the mapper event leaves it alone.
 _defining: contextvars.ContextVar[type | None] = contextvars.ContextVar(
     "cachesync_sqlalchemy_defining", default=None
@@ -391,15 +398,17 @@ def unregister(model: type) -> None:
         _lookup.clear()
 
 
+_UNKNOWN: Any = object()
+
+
 def declared_for(cls: type) -> Declared | None:
     """The declaration that applies to instances of *cls*: its own, or the nearest ancestor's."""
-    try:
-        return _lookup[cls]
-    except KeyError:
-        pass
+    found = _lookup.get(weakref.ref(cls), _UNKNOWN)
+    if found is not _UNKNOWN:
+        return found  # type: ignore[no-any-return]
     with _lock:
         found = next((_declared[c] for c in cls.__mro__ if c in _declared), None)
-        _lookup[cls] = found
+        _lookup[weakref.ref(cls, _forget)] = found
     return found
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import JSON, Enum, Numeric, Table, TypeDecorator, Uuid
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import InstanceState
-from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PassiveFlag
 from sqlalchemy.types import TypeEngine
 
 from ... import binding, values
@@ -132,18 +132,30 @@ def changed(state: InstanceState[Any]) -> bool:
     set to the value it had). ``is_modified`` walks every attribute of the class
     to tell; only attributes with an entry in ``committed_state`` can have a
     net change (an untouched scalar's history is "unchanged"), so only those are
-    asked. Measured: about 15 us less per flushed instance of a two-column model.
+    asked. A column attribute is compared here the way its history would
+    compare it (``History.from_scalar_attribute``: the type's ``compare_values``
+    must say True) without building the ``History``; other scalars (many-to-one)
+    ask for their history. Wrong either way costs little: a True too many
+    deletes keys for nothing, and the binlog path deletes what a False misses.
     """
     if not state.modified:
         return False
     values = state.dict
     manager = state.manager
-    for key in state.committed_state:
+    for key, original in state.committed_state.items():
         attr = manager.get(key)
         if attr is None:
             continue
         impl = attr.impl
-        if hasattr(impl, "get_collection") or not hasattr(impl, "get_history"):
+        if impl.accepts_scalar_loader:  # a column attribute
+            current = values.get(key, NO_VALUE)
+            if current is NO_VALUE:
+                if original is not NO_VALUE and original is not NEVER_SET:
+                    return True  # the value was deleted
+            elif original is not current and impl.is_equal(current, original) is not True:
+                return True
+            continue
+        if impl.collection or not hasattr(impl, "get_history"):
             continue
         added, _unchanged, deleted = impl.get_history(state, values, passive=PassiveFlag.NO_CHANGE)
         if added or deleted:

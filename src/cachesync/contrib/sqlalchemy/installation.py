@@ -56,6 +56,8 @@ _listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]]
 _all_listeners: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]] = (
     weakref.WeakKeyDictionary()
 )
+#: Installed target -> the weak reference its listeners hold (what a session's cache names).
+_refs: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
 #: Bumped by install() and uninstall(): a session's cached owner (below) is then stale.
 _generation = 0
 #: Where a session caches ``(generation, weakref to its owner, the owner's HookConfig)``:
@@ -97,30 +99,32 @@ def _owner(session: Session) -> Any:
 
 
 def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
-    """*key*'s configuration if *key* (the listener's target) is *session*'s owner, else None."""
-    key = key_ref()
-    if key is None:
-        return None
-    info = session.info
-    cached = info.get(OWNER_KEY)
+    """*key*'s configuration if *key* (the listener's target) is *session*'s owner, else None.
+
+    Every listener asks, five times per commit: the cached answer is checked
+    with two comparisons, and the owner is compared by its listeners' own weak
+    reference (:data:`_refs`), never dereferenced.
+    """
+    cached = session.info.get(OWNER_KEY)
     if cached is None or cached[0] != _generation:
-        generation = _generation  # read first: an install() meanwhile makes this entry stale
-        with _lock:
-            owner = _owner(session)
-            config = _configs.get(owner) if owner is not None else None
-        # Weakly: the owner may be the session itself, which its info must not keep alive.
-        cached = info[OWNER_KEY] = (
-            generation,
-            None if owner is None else weakref.ref(owner),
-            config,
-        )
-    owner_ref = cached[1]
-    return cached[2] if owner_ref is not None and owner_ref() is key else None
+        cached = _cache_owner(session)
+    return cached[2] if cached[1] is key_ref else None
+
+
+def _cache_owner(session: Session) -> tuple[int, weakref.ref[Any] | None, HookConfig | None]:
+    generation = _generation  # read first: an install() meanwhile makes this entry stale
+    with _lock:
+        owner = _owner(session)
+        config = _configs.get(owner) if owner is not None else None
+        owner_ref = _refs.get(owner) if owner is not None else None
+    # Weakly: the owner may be the session itself, which its info must not keep alive.
+    cached = session.info[OWNER_KEY] = (generation, owner_ref, config)
+    return cached
 
 
 def _make_listeners(key: Any) -> list[tuple[str, Callable[..., Any]]]:
     """Session listeners bound (weakly) to one installed target."""
-    ref = weakref.ref(key)
+    ref = _refs[key] = weakref.ref(key)
 
     def before_flush(session: Session, flush_context: Any, instances: Any) -> None:
         if _config_for(ref, session) is not None:
@@ -254,6 +258,7 @@ def uninstall(target: SessionTarget = Session) -> None:
         for name, fn in _listeners.pop(key, []):
             event.remove(key, name, fn)
         _all_listeners.pop(key, None)
+        _refs.pop(key, None)
 
 
 def installed(target: SessionTarget = Session) -> HookConfig | None:
