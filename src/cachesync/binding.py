@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import values
-from .planning import template_keys
+from .planning import add_template_keys
 from .tables import TableSpec
 from .transactions import Collected
 
@@ -160,7 +160,8 @@ def session_zone(dbapi_connection: Any) -> dt.tzinfo:
 
 
 def _complete(image: Mapping[str, Any] | None, names: Iterable[str]) -> bool:
-    return image is None or all(n in image for n in names)
+    # map() of the bound __contains__: no generator frame per call (twice per change)
+    return image is None or all(map(image.__contains__, names))
 
 
 def collect_change(
@@ -190,7 +191,7 @@ def collect_change(
         level.add_change(spec, before, after)
         return
     if complete:
-        level.keys.update(dict.fromkeys(template_keys(spec, before, after)))
+        add_template_keys(level.keys, spec, before, after)
         return
     for image in (before, after):
         if image is None:

@@ -312,7 +312,7 @@ class Counters:
     drops what waits.
     """
 
-    __slots__ = ("_pending", "_series", "__weakref__")
+    __slots__ = ("__weakref__", "_pending", "_series")
 
     #: Amounts that may wait before :meth:`add` folds them itself (bounds the memory).
     fold_every = 1024

@@ -15,7 +15,14 @@ from .changes import RowChange
 from .spec import Row
 from .tables import TableSpec
 
-__all__ = ["intent_keys", "merge_key_deletes", "plan", "plan_keys", "template_keys"]
+__all__ = [
+    "add_template_keys",
+    "intent_keys",
+    "merge_key_deletes",
+    "plan",
+    "plan_keys",
+    "template_keys",
+]
 
 log = logging.getLogger("cachesync.planning")
 
@@ -28,6 +35,14 @@ def template_keys(spec: TableSpec, before: Row | None, after: Row | None) -> lis
     exist) with an INFO log line. Duplicates are removed, order kept.
     """
     keys: dict[str, None] = {}
+    add_template_keys(keys, spec, before, after)
+    return list(keys)
+
+
+def add_template_keys(
+    keys: dict[str, None], spec: TableSpec, before: Row | None, after: Row | None
+) -> None:
+    """:func:`template_keys` into *keys* (a dict used as an ordered set), without the list."""
     for image in (before, after):
         if image is None:
             continue
@@ -45,7 +60,6 @@ def template_keys(spec: TableSpec, before: Row | None, after: Row | None) -> lis
                 )
                 continue
             keys[key] = None
-    return list(keys)
 
 
 def intent_keys(spec: TableSpec, before: Row | None, after: Row | None) -> list[str]:

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .planning import intent_keys, template_keys
+from .planning import add_template_keys, intent_keys
 from .spec import Row
 from .tables import TableSpec
 
@@ -43,9 +43,7 @@ class Collected:
 
     def add_change(self, spec: TableSpec, before: Row | None, after: Row | None) -> None:
         """Collect the keys of one row change (complete rows keyed by attribute name)."""
-        keys = self.keys
-        for key in template_keys(spec, before, after):
-            keys[key] = None
+        add_template_keys(self.keys, spec, before, after)
         if spec.invalidates is not None:  # a model without the callable has no intents
             self.intents.update(dict.fromkeys(intent_keys(spec, before, after)))
 

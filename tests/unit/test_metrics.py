@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,45 @@ def test_counters_with_labels_and_their_totals() -> None:
     assert samples[("cachesync_changes_total", (("table", "shop.orders"),))] == 2
     assert samples[("cachesync_actions_total", (("result", "applied"), ("sink", "redis")))] == 5
     assert metrics.snapshot()["changes_total"] == 5
+
+
+def test_batched_counters_add_up_across_threads_and_every_reader_sees_them() -> None:
+    """Counters.add takes no lock: the amounts wait in a deque until read, and none is lost."""
+    series = metrics.counters(
+        ("keys_deleted_total", {}), ("actions_total", {"sink": "redis", "result": "applied"})
+    )
+    metrics.inc("keys_deleted_total", 1)  # the locked path adds to the same series
+
+    def work() -> None:
+        for _ in range(5000):
+            series.add(3)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = 4 * 5000 * 3
+    assert metrics.snapshot()["keys_deleted_total"] == total + 1
+    series.add(2)  # waits again; a scrape folds it as snapshot() does
+    samples = _samples()
+    assert samples[("cachesync_keys_deleted_total", ())] == total + 3
+    assert samples[("cachesync_actions_total", (("result", "applied"), ("sink", "redis")))] == (
+        total + 2
+    )
+    assert metrics.snapshot()["actions_total"] == total + 2
+
+
+def test_batched_counters_bound_what_waits_and_reset_drops_it() -> None:
+    series = metrics.counters(("keys_deleted_total", {}))
+    for _ in range(10 * metrics.Counters.fold_every):
+        series.add(1)
+    assert len(series._pending) <= metrics.Counters.fold_every  # folded as it went
+    series.add(5)
+    metrics.reset()
+    assert metrics.snapshot()["keys_deleted_total"] == 0  # what waited went with the old state
+    series.add(4)  # the same Counters keeps counting into the new state
+    assert metrics.snapshot()["keys_deleted_total"] == 4
 
 
 def test_names_and_labels_are_a_closed_set() -> None:

@@ -234,6 +234,17 @@ def test_keys_of_the_primary_key_alone_need_no_before_read(clean: Any) -> None:
         one.save()
         assert present(clean, f"plain:{two.pk}") == set()
         assert Plain.objects.get(pk=two.pk).name == "renamed"
+        # No before image to read, so no pre_save receiver at all: Django's signal costs
+        # nothing for a sender without one. A key naming another field needs it again.
+        assert not signals.pre_save.has_listeners(Plain)
+        assert signals.post_save.has_listeners(Plain)
+        register(Plain, keys=["plain:{pk}", "plain:by-name:{name}"])
+        assert signals.pre_save.has_listeners(Plain)
+        seed(clean, "plain:by-name:renamed")
+        two = Plain.objects.get(pk=two.pk)
+        two.name = "again"
+        two.save()
+        assert present(clean, "plain:by-name:renamed") == set()
     finally:
         unregister(Plain)
 

@@ -76,35 +76,6 @@ def _active(table: DjangoTable, fast_path: bool) -> bool:
     return fast_path or table.needs_full_rows
 
 
-def _keys_follow_pk(table: DjangoTable) -> bool:
-    """Do the table's keys name only its primary key (and no ``invalidates()`` reads the row)?
-
-    Then an UPDATE cannot change them: Django updates the row whose pk the instance
-    holds (``WHERE pk = instance.pk``; a pk changed in memory writes that other row,
-    or inserts it), so the before image names the same keys as the after image,
-    and reading it would cost a query for nothing. Asked at every save, so
-    :func:`_facts` keeps the answer per table.
-    """
-    return not table.needs_full_rows and set(table.row_attnames) <= set(table.spec.primary_key)
-
-
-def _facts(table: DjangoTable) -> tuple[bool, str]:
-    """``(_keys_follow_pk(table), table.label)``, worked out once per table.
-
-    Both are asked at every save (the label keys the before images between
-    ``pre_save`` and ``post_save``, and is built by a property each time); a
-    table is immutable and :func:`connect` starts over.
-    """
-    cached = _follow_pk.get(id(table))
-    if cached is not None and cached[0] is table:
-        return cached[1], cached[2]
-    follows, label = _keys_follow_pk(table), table.label
-    _follow_pk[id(table)] = (table, follows, label)  # holding the table keeps its id unique
-    return follows, label
-
-
-#: id(table) -> (table, _keys_follow_pk(table), table.label).
-_follow_pk: dict[int, tuple[DjangoTable, bool, str]] = {}
 #: ``django.db.connections``, imported at the first signal (this module loads before Django's
 #: settings may exist); an ``import`` statement per signal cost about 2 us.
 _connections: Any = None
@@ -152,16 +123,17 @@ def _pre_save(
     for table in targets:
         if not (fast_path or table.needs_full_rows) or not table.row_attnames:
             continue  # inactive (_active), or nothing to read
-        follows, label = _facts(table)
-        if follows or (
+        if table.keys_follow_pk:
+            continue  # post_save takes the after image as the before image
+        if (
             update_fields is not None
             and not table.needs_full_rows
             and table.key_names.isdisjoint(update_fields)
         ):
-            befores[label] = _SAME
+            befores[table.label] = _SAME
             continue
         rows = table.fetch_rows(using, pk=pk)
-        befores[label] = rows[0] if rows else None
+        befores[table.label] = rows[0] if rows else None
     instance.__dict__[_BEFORE_ATTR] = befores
 
 
@@ -177,9 +149,14 @@ def _post_save(
         if not (fast_path or table.needs_full_rows):
             continue  # _active(), inline: asked per table per save
         after = table.instance_row(instance, connection)
-        before = None if created else befores.get(_facts(table)[1])
-        if before is _SAME:
-            before = after
+        if created:
+            before = None
+        elif table.keys_follow_pk:
+            before = after  # an UPDATE cannot change keys that name only the primary key
+        else:
+            before = befores.get(table.label)
+            if before is _SAME:
+                before = after
         collect(using, table, before, after, connection=connection)
 
 
@@ -329,9 +306,12 @@ def connect(tables: Mapping[Any, DjangoTable]) -> None:
     through = {m: t for m, t in tables.items() if m._meta.auto_created or _is_through(m)}
     wanted = {
         (sender, name)
-        for sender in targets
+        for sender, tables_of in targets.items()
         if not sender._meta.auto_created  # Django sends no save/delete signals for these
         for name in ("pre_save", "post_save", "pre_delete", "post_delete")
+        # pre_save reads before images: a sender whose keys all follow its primary key
+        # needs none, and a signal with no receiver costs Django almost nothing.
+        if name != "pre_save" or not all(t.keys_follow_pk for t in tables_of)
     }
     wanted |= {(model, "m2m_changed") for model in through}
     with _lock:
@@ -344,7 +324,6 @@ def connect(tables: Mapping[Any, DjangoTable]) -> None:
         _connected.clear()
         _connected.update(wanted)
         _m2m_cache.clear()
-        _follow_pk.clear()
 
 
 def _receivers() -> dict[str, tuple[Any, Any]]:
@@ -383,4 +362,3 @@ def disconnect() -> None:
         _connected.clear()
         _targets, _through = {}, {}
         _m2m_cache.clear()
-        _follow_pk.clear()

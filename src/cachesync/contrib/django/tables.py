@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,36 @@ def _generic(model_field: Any) -> Normaliser:
     return _plain
 
 
+def _passthrough(model_field: Any) -> tuple[type | None, str]:
+    """``(python type, column kind)`` whose values *model_field* stores unchanged, if any.
+
+    A stock integer field sends an ``int`` as it is (``get_prep_value`` is
+    ``int(value)``), and :func:`cachesync.values.stored` keeps an ``int`` in an
+    integer column; likewise a ``str`` of a ``CharField``/``TextField`` in a text
+    column (not ``CHAR``, which drops trailing spaces). Every save renders its
+    key from a primary key: these skip two calls per value. A subclass may
+    convert in its own ``get_prep_value``, so only the stock classes qualify.
+    """
+    from django.db import models
+
+    cls = type(model_field)
+    if cls in (
+        models.AutoField,
+        models.BigAutoField,
+        models.SmallAutoField,
+        models.IntegerField,
+        models.BigIntegerField,
+        models.SmallIntegerField,
+        models.PositiveIntegerField,
+        models.PositiveBigIntegerField,
+        models.PositiveSmallIntegerField,
+    ):
+        return int, "int"
+    if cls in (models.CharField, models.TextField):
+        return str, "text"
+    return None, ""
+
+
 def _normaliser(model_field: Any) -> Normaliser:
     """How a Python value of *model_field* becomes the value the database (and binlog) holds.
 
@@ -112,6 +143,7 @@ def _normaliser(model_field: Any) -> Normaliser:
     """
     generic = _generic(model_field)
     types: dict[str, values.ColumnType] = {}
+    passes, kind = _passthrough(model_field)
 
     def normalise(value: Any, connection: Any) -> Any:
         if value is None or connection.vendor != "mysql":
@@ -121,6 +153,8 @@ def _normaliser(model_field: Any) -> Normaliser:
             if ctype is None:
                 ctype = values.column_type(model_field.db_type(connection) or "")
                 types[connection.alias] = ctype
+            if type(value) is passes and ctype.kind == kind:
+                return value  # what the two steps below return for it, without them
             sent = model_field.get_db_prep_value(value, connection, prepared=False)
             zone = None
             if ctype.kind == "timestamp":
@@ -154,13 +188,25 @@ class DjangoTable:
     #: The templates as declared (``spec.key_templates`` adds their ``make_key`` twins).
     read_templates: tuple[KeyTemplate, ...] = ()
 
-    @property
+    # Cached: every save asks (a table is immutable; registering again builds a new one).
+    @functools.cached_property
     def label(self) -> str:
         return self.spec.model
 
-    @property
+    @functools.cached_property
     def needs_full_rows(self) -> bool:
         return self.spec.invalidates is not None
+
+    @functools.cached_property
+    def keys_follow_pk(self) -> bool:
+        """Do the keys name only the primary key (and no ``invalidates()`` reads the row)?
+
+        Then an UPDATE cannot change them: Django updates the row whose pk the
+        instance holds (``WHERE pk = instance.pk``; a pk changed in memory writes
+        that other row, or inserts it), so the before image names the same keys
+        as the after image, and reading it would cost a query for nothing.
+        """
+        return not self.needs_full_rows and set(self.row_attnames) <= set(self.spec.primary_key)
 
     def normalise(self, values: Mapping[str, Any], connection: Any) -> dict[str, Any]:
         """A row keyed by attribute (with aliases) from raw Python *values* keyed by attname."""
@@ -172,8 +218,19 @@ class DjangoTable:
         return row
 
     def instance_row(self, instance: Any, connection: Any) -> dict[str, Any]:
-        """The row of *instance* as it is in memory (deferred fields are loaded on access)."""
-        return self.normalise({a: getattr(instance, a) for a in self.row_attnames}, connection)
+        """The row of *instance* as it is in memory (deferred fields are loaded on access).
+
+        :meth:`normalise` of its values, in one pass (every save asks).
+        """
+        row = {a: norm(getattr(instance, a), connection) for a, norm in self._row_normalisers}
+        for alias, attname in self.aliases:
+            if attname in row:
+                row[alias] = row[attname]
+        return row
+
+    @functools.cached_property
+    def _row_normalisers(self) -> tuple[tuple[str, Normaliser], ...]:
+        return tuple((a, self.normalisers.get(a, _identity)) for a in self.row_attnames)
 
     def fetch_rows(self, using: str, **lookup: Any) -> list[dict[str, Any]]:
         """Rows of the table matching *lookup*, read from the database (one query)."""

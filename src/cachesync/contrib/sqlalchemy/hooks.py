@@ -206,20 +206,23 @@ def _after_flush(session: Session) -> None:
     if not flushed or not sync_enabled():
         return
     level = st.level(session)
-    dialects: dict[Any, Dialect | None] = {}
-    connections: dict[Any, Connection | None] = {}
+    # A flush writes instances grouped by mapper: the bind is looked up once per group.
+    mapper: Mapper[Any] | None = None
+    dialect: Dialect | None = None
+    connection: Connection | None = None
     for op, state in flushed:
         declared = declared_for(state.class_)
         if declared is None or not declared.needed:
             continue
         try:
-            if state.mapper not in dialects:
-                dialect = dialects[state.mapper] = _dialect(session, state.mapper)
+            if state.mapper is not mapper:
+                dialect = _dialect(session, state.mapper)
                 # Only a TIMESTAMP column needs the connection (its session time zone);
                 # asking the session for it costs more than rendering the keys.
-                connections[state.mapper] = (
+                connection = (
                     _connection(session, state.mapper) if needs_zone(declared, dialect) else None
                 )
+                mapper = state.mapper  # last: a lookup that raised is asked again
             if op is Op.INSERT:
                 before, after = None, after_image(state, declared.needed)
             elif op is Op.UPDATE:
@@ -228,14 +231,7 @@ def _after_flush(session: Session) -> None:
                 before, after = update_images(state, declared.needed)
             else:
                 before, after = before_image(state, declared.needed), None
-            collect_change(
-                level,
-                declared,
-                before,
-                after,
-                dialect=dialects[state.mapper],
-                connection=connections[state.mapper],
-            )
+            collect_change(level, declared, before, after, dialect=dialect, connection=connection)
         except Exception:  # a hook must never break the application's flush
             log.exception(
                 "cachesync: could not collect the keys of a %s of %s; the binlog path "
