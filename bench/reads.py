@@ -42,7 +42,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # no
 from tests.support import services  # noqa: E402
 
 from cachesync import Registry, Sync, configure  # noqa: E402
-from cachesync.connections import sqlalchemy_url  # noqa: E402
+from cachesync.config import Settings  # noqa: E402
+from cachesync.connections import redis_client, sqlalchemy_url  # noqa: E402
 from cachesync.contrib.sqlalchemy import CacheSyncMixin, install, uninstall  # noqa: E402
 from cachesync.fastpath import fast_path  # noqa: E402
 from cachesync.reads import ReadStore, configure_reads, current_store  # noqa: E402
@@ -84,12 +85,14 @@ LOAD_SECONDS = 0.02
 def concurrent_loads(engine: Any, redis_url: str, readers: int = 1000) -> tuple[int, int]:
     """Database loads of *readers* simultaneous reads of one cold key: (read API, naive).
 
-    Both share one Redis client whose pool blocks for a free connection, as an
-    application with that many threads would configure it: redis-py's default pool
-    refuses the 101st connection, and a read whose Redis call fails is served from
-    the database, which would count Redis errors as loads."""
-    pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=60)
-    r = redis.Redis(connection_pool=pool)
+    Both share cachesync's own Redis client, whose pool waits for a free
+    connection beyond ``redis_max_connections`` (here 64, with a minute of
+    patience): redis-py's default pool refuses the 101st connection, and a read
+    whose Redis call fails is served from the database, which would count Redis
+    errors as loads (src/cachesync/redis_pool.py)."""
+    r = redis_client(
+        Settings(redis_url=redis_url, redis_max_connections=64, redis_connect_timeout=60)
+    )
     previous = current_store()
     configure_reads(ReadStore(client=r))
     loads = [0]
@@ -133,7 +136,7 @@ def concurrent_loads(engine: Any, redis_url: str, readers: int = 1000) -> tuple[
     finally:
         event.remove(engine, "before_cursor_execute", count)
         configure_reads(previous)
-        pool.disconnect()
+        r.close()
     return out[0], out[1]
 
 

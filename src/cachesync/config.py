@@ -104,6 +104,13 @@ class Settings:
             "seconds to wait for a Redis reply; a frozen Redis must never hang a request"
         ),
     )
+    redis_max_connections: int = field(
+        default=100,
+        metadata=_doc(
+            "Redis connections one process opens at most; a thread beyond them waits up to "
+            "redis_connect_timeout for one to come free (redis-py's own pool refuses it)"
+        ),
+    )
     mysql_url: str | None = field(
         default=None, metadata=_doc("watched database, mysql://user:password@host:port/database")
     )
@@ -264,6 +271,12 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0 seconds", setting=name)
+        if self.redis_max_connections < 1:
+            raise ConfigurationError(
+                f"setting redis_max_connections ({env_name('redis_max_connections')}) must be "
+                f">= 1 connection, got {self.redis_max_connections}",
+                setting="redis_max_connections",
+            )
         if self.server_id is not None and not 1 <= self.server_id < 2**32:
             raise ConfigurationError(
                 "setting server_id must be in 1..4294967295", setting="server_id"

@@ -66,7 +66,18 @@ def redis_client(settings: Settings) -> redis.Redis:
             )
         cluster: redis_lib.Redis = _cluster_client(url, options)
         return cluster
-    client: redis_lib.Redis = redis_lib.Redis.from_url(url, retry=None, **options)
+    # Waiting, not refusing, beyond redis_max_connections simultaneous commands (redis_pool).
+    from .redis_pool import WaitingConnectionPool
+
+    pool = WaitingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_connect_timeout,
+        retry=None,
+        **options,
+    )
+    client: redis_lib.Redis = redis_lib.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as from_url() does: close() closes the pool
     return client
 
 

@@ -179,7 +179,18 @@ def _async_redis_client(settings: Settings) -> Any:
         return RedisCluster.from_url(url, **options)
     import redis.asyncio
 
-    return redis.asyncio.Redis.from_url(url, retry=None, **options)
+    from .redis_pool import AsyncWaitingConnectionPool
+
+    pool = AsyncWaitingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_connect_timeout,
+        retry=None,
+        **options,
+    )
+    client = redis.asyncio.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 _store_lock = threading.Lock()
@@ -427,9 +438,7 @@ def cached(
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                return await model_reads().aread(
-                    lookup(args, kwargs), lambda: fn(*args, **kwargs)
-                )
+                return await model_reads().aread(lookup(args, kwargs), lambda: fn(*args, **kwargs))
 
             return cast(F, awrapper)
 

@@ -104,15 +104,18 @@ def _generic(model_field: Any) -> Normaliser:
     return _plain
 
 
-def _passthrough(model_field: Any) -> tuple[type | None, str]:
-    """``(python type, column kind)`` whose values *model_field* stores unchanged, if any.
+def _passthrough(model_field: Any) -> type | None:
+    """The Python type whose values *model_field* stores unchanged, if any.
 
     A stock integer field sends an ``int`` as it is (``get_prep_value`` is
-    ``int(value)``), and :func:`cachesync.values.stored` keeps an ``int`` in an
-    integer column; likewise a ``str`` of a ``CharField``/``TextField`` in a text
-    column (not ``CHAR``, which drops trailing spaces). Every save renders its
-    key from a primary key: these skip two calls per value. A subclass may
-    convert in its own ``get_prep_value``, so only the stock classes qualify.
+    ``int(value)``) into an integer column, and :func:`cachesync.values.stored`
+    keeps it; a ``str`` of a stock ``CharField``/``TextField`` goes into a
+    ``VARCHAR``/``TEXT`` column, kept as well (a ``CHAR`` column, which drops
+    trailing spaces, is no stock field's). Elsewhere than MySQL the generic
+    normaliser keeps both too. Every save renders its keys from the primary key:
+    this skips the backend's conversion per value. A subclass may convert in
+    its own ``get_prep_value``, and an ``IntegerChoices`` member is not an
+    ``int`` by type, so only stock classes and exact types qualify.
     """
     from django.db import models
 
@@ -128,10 +131,10 @@ def _passthrough(model_field: Any) -> tuple[type | None, str]:
         models.PositiveBigIntegerField,
         models.PositiveSmallIntegerField,
     ):
-        return int, "int"
+        return int
     if cls in (models.CharField, models.TextField):
-        return str, "text"
-    return None, ""
+        return str
+    return None
 
 
 def _normaliser(model_field: Any) -> Normaliser:
@@ -143,9 +146,11 @@ def _normaliser(model_field: Any) -> Normaliser:
     """
     generic = _generic(model_field)
     types: dict[str, values.ColumnType] = {}
-    passes, kind = _passthrough(model_field)
+    passes = _passthrough(model_field)
 
     def normalise(value: Any, connection: Any) -> Any:
+        if type(value) is passes:
+            return value  # what every step below returns for it, without them
         if value is None or connection.vendor != "mysql":
             return generic(value, connection)
         try:
@@ -153,8 +158,6 @@ def _normaliser(model_field: Any) -> Normaliser:
             if ctype is None:
                 ctype = values.column_type(model_field.db_type(connection) or "")
                 types[connection.alias] = ctype
-            if type(value) is passes and ctype.kind == kind:
-                return value  # what the two steps below return for it, without them
             sent = model_field.get_db_prep_value(value, connection, prepared=False)
             zone = None
             if ctype.kind == "timestamp":
