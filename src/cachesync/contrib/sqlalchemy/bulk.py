@@ -122,6 +122,10 @@ class _Pending:
     before: list[dict[str, Any]]
     executemany: bool
     parameters: Any
+    #: What the pre-read selected (primary key first, labelled by attribute) and the
+    #: primary key's columns: the after-image re-read selects the same.
+    columns: list[Any]
+    pk_columns: list[Any]
 
 
 def before_execute(
@@ -232,7 +236,9 @@ def _prepare(
     if len(before) > max_rows:
         _left_to_binlog(declared, what, f"it touches more than max_bulk_rows={max_rows} rows")
         return None
-    return _Pending(statement, declared, session, level_of, before, executemany, parameters)
+    return _Pending(
+        statement, declared, session, level_of, before, executemany, parameters, columns, pk_columns
+    )
 
 
 def _executemany_keys(
@@ -274,11 +280,8 @@ def _finish(conn: Connection, pending: _Pending, execution_options: Any) -> None
             collect_change(level, declared, row, None, dialect=dialect, connection=conn)
         return
     what = "UPDATE"
-    spec = declared.spec
-    pk_attrs = spec.primary_key
-    read = list(dict.fromkeys([*pk_attrs, *declared.needed]))
-    columns = [declared.columns[a].label(a) for a in read]
-    pk_columns = [declared.columns[a] for a in pk_attrs]
+    pk_attrs = declared.spec.primary_key
+    columns, pk_columns = pending.columns, pending.pk_columns
     after: dict[_PK, dict[str, Any]] = {}
     options = execution_options or {}
     # A server-side cursor (stream_results / yield_per) still holds the connection:

@@ -125,7 +125,7 @@ def _state(session: Session, *, create: bool = False) -> _SessionState | None:
     return st if isinstance(st, _SessionState) else None
 
 
-_mapper_events_installed = False
+_global_events_installed = False
 
 # ---------------------------------------------------------------------------------------------
 # Mapper events: which rows did this flush write?
@@ -154,16 +154,16 @@ def _after_delete(mapper: Mapper[Any], connection: Any, target: Any) -> None:
     _record(Op.DELETE, target)
 
 
-def _install_mapper_events() -> None:
+def _install_global_events() -> None:
     """The process-wide listeners: mapper events, and the engines' execute events of :mod:`.bulk`."""
-    global _mapper_events_installed
-    if not _mapper_events_installed:
+    global _global_events_installed
+    if not _global_events_installed:
         event.listen(Mapper, "after_insert", _after_insert)
         event.listen(Mapper, "after_update", _after_update)
         event.listen(Mapper, "after_delete", _after_delete)
         event.listen(Engine, "before_execute", bulk.before_execute)
         event.listen(Engine, "after_execute", bulk.after_execute)
-        _mapper_events_installed = True
+        _global_events_installed = True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .hooks import (
     _after_transaction_end,
     _before_commit,
     _before_flush,
-    _install_mapper_events,
+    _install_global_events,
 )
 
 __all__ = ["HookConfig", "install", "installed", "uninstall"]
@@ -216,7 +216,7 @@ def install(
     config = HookConfig(outbox=outbox, fast_path=fast_path, max_bulk_rows=max_bulk_rows)
     global _generation
     with _lock:
-        _install_mapper_events()
+        _install_global_events()
         _configs[key] = config
         _generation += 1
         if key not in _listeners:
