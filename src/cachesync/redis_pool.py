@@ -54,11 +54,18 @@ def _pauses(timeout: float) -> Iterator[float]:
         pause = min(pause * 2, _LONGEST_SLEEP)
 
 
-def _gave_up(pool: Any) -> redis.ConnectionError:
-    return redis.ConnectionError(
-        f"no Redis connection came free within {pool.timeout} s: all {pool.max_connections} "
-        "are in use (setting redis_max_connections)"
-    )
+def _next_pause(refusal: redis.ConnectionError, pauses: Iterator[float], pool: Any) -> float:
+    """How long to sleep before asking *pool* again after *refusal*; re-raises what is not
+    "every connection is in use", and gives up once the pool's ``timeout`` has passed."""
+    if not _exhausted(refusal):
+        raise refusal
+    pause = next(pauses, None)
+    if pause is None:
+        raise redis.ConnectionError(
+            f"no Redis connection came free within {pool.timeout} s: all {pool.max_connections} "
+            "are in use (setting redis_max_connections)"
+        ) from refusal
+    return pause
 
 
 class WaitingConnectionPool(redis.ConnectionPool):
@@ -69,21 +76,15 @@ class WaitingConnectionPool(redis.ConnectionPool):
         self.timeout = timeout
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().get_connection(*args, **kwargs)  # every command but the overflow
-        except redis.ConnectionError as exc:
-            if not _exhausted(exc):
-                raise
-            refused = exc
-        for pause in _pauses(self.timeout):
-            time.sleep(pause)
+        pauses: Iterator[float] | None = None  # made at the first refusal only
+        while True:
             try:
                 return super().get_connection(*args, **kwargs)
             except redis.ConnectionError as exc:
-                if not _exhausted(exc):
-                    raise
-                refused = exc
-        raise _gave_up(self) from refused
+                if pauses is None:
+                    pauses = _pauses(self.timeout)
+                pause = _next_pause(exc, pauses, self)
+            time.sleep(pause)
 
 
 class AsyncWaitingConnectionPool(redis.asyncio.ConnectionPool):
@@ -94,18 +95,12 @@ class AsyncWaitingConnectionPool(redis.asyncio.ConnectionPool):
         self.timeout = timeout
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except redis.ConnectionError as exc:
-            if not _exhausted(exc):
-                raise
-            refused = exc
-        for pause in _pauses(self.timeout):
-            await asyncio.sleep(pause)
+        pauses: Iterator[float] | None = None
+        while True:
             try:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except redis.ConnectionError as exc:
-                if not _exhausted(exc):
-                    raise
-                refused = exc
-        raise _gave_up(self) from refused
+                if pauses is None:
+                    pauses = _pauses(self.timeout)
+                pause = _next_pause(exc, pauses, self)
+            await asyncio.sleep(pause)
