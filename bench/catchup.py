@@ -86,9 +86,11 @@ def catch_up(
     unwatched_share: int = 0,
     profile: Any = None,
     naive: bool = False,
+    batch: str | None = None,
 ) -> dict[str, Any]:
     """One catch-up run; returns rates (rows/s) of the sidecar and the raw read (*naive*:
-    also of the naive per-key loop over the same range)."""
+    also of the naive per-key loop over the same range). *batch*: a batch preset for the
+    sidecar (``CACHESYNC_BATCH``); None runs the default (adaptive)."""
     schema = f"bench_{name}"
     per_table = max(TX_ROWS, rows // tables)
     env.fresh_schema(schema, tables, per_table)
@@ -99,7 +101,7 @@ def catch_up(
     if es is not None:
         for t in range(tables):
             es.options(ignore_status=404).indices.delete(index=models.index_name(schema, t))
-    listen = Listen(env, schema, tables=tables, projection=projection)
+    listen = Listen(env, schema, tables=tables, projection=projection, batch=batch)
     with listen:
         listen.wait_streaming()
         sync_point(env, schema)
@@ -236,7 +238,8 @@ def bulk_baseline(env: Env, schema: str, rows: int) -> dict[str, float]:
 
 
 def run(env: Env, quick: bool, profile: Any = None) -> list[dict[str, Any]]:
-    """Every throughput figure: keys only, with a projection, 90% unwatched, 1/10/100 tables."""
+    """Every throughput figure: keys only (also against the throughput preset), with a
+    projection, 90% unwatched, 1/10/100 tables."""
     rows = 30_000 if quick else 100_000
     figures = []
     print(f"\ncatch-up of a backlog of 1000-row transactions ({rows:,} rows), cachesync listen:")
@@ -250,6 +253,16 @@ def run(env: Env, quick: bool, profile: Any = None) -> list[dict[str, Any]]:
         figure("catchup_keys_naive", "catch-up, keys only, vs a naive per-key loop (rows/s)",
                keys["sidecar_rows_per_s"], "rows/s",
                "raw library read + one DELETE per key", keys["naive_rows_per_s"])
+    )  # fmt: skip
+    # Issue 14, item 1: the adaptive default must keep the 1000-row throughput of the
+    # `throughput` preset (a fixed 50 ms window, the old way to get big batches).
+    preset = catch_up(env, "keys_tp", rows=rows, batch="throughput")
+    _say("keys only, --batch throughput", preset)
+    figures.append(
+        figure("catchup_keys_vs_throughput_preset",
+               "catch-up, keys only: default (adaptive) vs the throughput preset (rows/s)",
+               keys["sidecar_rows_per_s"], "rows/s", "the same with --batch throughput",
+               preset["sidecar_rows_per_s"], goal=1.0)
     )  # fmt: skip
     proj = catch_up(env, "proj", rows=rows // 2, projection=True)
     _say("with a projection", proj)
