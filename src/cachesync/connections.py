@@ -28,6 +28,7 @@ __all__ = [
     "mysql_params",
     "needed_sinks",
     "redis_client",
+    "redis_options",
     "sql_engine",
     "sqlalchemy_url",
 ]
@@ -50,12 +51,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     url = settings.require("redis_url", "to delete cache keys")
     import redis as redis_lib
 
-    options: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "retry_on_timeout": False,
-        "health_check_interval": 0,
-    }
+    options = redis_options(settings)
     if settings.redis_cluster:
         database = urlsplit(url).path.strip("/")
         if database not in ("", "0"):
@@ -66,19 +62,20 @@ def redis_client(settings: Settings) -> redis.Redis:
             )
         cluster: redis_lib.Redis = _cluster_client(url, options)
         return cluster
-    # Waiting, not refusing, beyond redis_max_connections simultaneous commands (redis_pool).
-    from .redis_pool import WaitingConnectionPool
+    from .redis_pool import waiting_client
 
-    pool = WaitingConnectionPool.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_connect_timeout,
-        retry=None,
-        **options,
-    )
-    client: redis_lib.Redis = redis_lib.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # as from_url() does: close() closes the pool
+    client: redis_lib.Redis = waiting_client(url, settings, options)
     return client
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """What every cachesync Redis client connects with: the settings' timeouts, no retries."""
+    return {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
 
 
 def _cluster_client(url: str, options: dict[str, Any]) -> Any:

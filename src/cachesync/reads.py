@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from .config import Settings, get_settings
-from .connections import redis_client
+from .connections import redis_client, redis_options
 from .errors import ConfigurationError, DeclarationError
 from .keys import KeyTemplate
 from .leases import AsyncLeases, Leases
@@ -167,30 +167,14 @@ class ReadStore:
 def _async_redis_client(settings: Settings) -> Any:
     """``redis.asyncio`` twin of :func:`cachesync.connections.redis_client`: same URL, timeouts."""
     url = settings.require("redis_url", "to cache reads")
-    options: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "retry_on_timeout": False,
-        "health_check_interval": 0,
-    }
+    options = redis_options(settings)
     if settings.redis_cluster:
         from redis.asyncio.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **options)
-    import redis.asyncio
+    from .redis_pool import waiting_client
 
-    from .redis_pool import AsyncWaitingConnectionPool
-
-    pool = AsyncWaitingConnectionPool.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_connect_timeout,
-        retry=None,
-        **options,
-    )
-    client = redis.asyncio.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True
-    return client
+    return waiting_client(url, settings, options, asynchronous=True)
 
 
 _store_lock = threading.Lock()
@@ -438,7 +422,9 @@ def cached(
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                return await model_reads().aread(lookup(args, kwargs), lambda: fn(*args, **kwargs))
+                return await model_reads().aread(
+                    lookup(args, kwargs), lambda: fn(*args, **kwargs)
+                )
 
             return cast(F, awrapper)
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
 
-__all__ = ["AsyncWaitingConnectionPool", "WaitingConnectionPool"]
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["AsyncWaitingConnectionPool", "WaitingConnectionPool", "waiting_client"]
 
 #: redis-py 6+; older versions raise a plain ConnectionError with the same text.
 _MAX_CONNECTIONS_ERROR: type[Exception] | None = getattr(
@@ -104,3 +107,27 @@ class AsyncWaitingConnectionPool(redis.asyncio.ConnectionPool):
                     pauses = _pauses(self.timeout)
                 pause = _next_pause(exc, pauses, self)
             await asyncio.sleep(pause)
+
+
+def waiting_client(
+    url: str, settings: Settings, options: Mapping[str, Any], *, asynchronous: bool = False
+) -> Any:
+    """A single-node client on *url* (``redis.asyncio`` with *asynchronous*) whose pool waits.
+
+    At most ``redis_max_connections`` connections, a command beyond them waiting up
+    to ``redis_connect_timeout``; *options* are the connection's
+    (:func:`cachesync.connections.redis_options`). Closing the client closes its
+    pool, as with ``Redis.from_url``.
+    """
+    pool_class: Any = AsyncWaitingConnectionPool if asynchronous else WaitingConnectionPool
+    client_class: Any = redis.asyncio.Redis if asynchronous else redis.Redis
+    pool = pool_class.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_connect_timeout,
+        retry=None,
+        **options,
+    )
+    client = client_class(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client

@@ -214,18 +214,19 @@ class DjangoTable:
     def normalise(self, values: Mapping[str, Any], connection: Any) -> dict[str, Any]:
         """A row keyed by attribute (with aliases) from raw Python *values* keyed by attname."""
         norms = self.normalisers
-        row = {a: norms.get(a, _identity)(v, connection) for a, v in values.items()}
-        for alias, attname in self.aliases:
-            if attname in row:
-                row[alias] = row[attname]
-        return row
+        return self._aliased({a: norms.get(a, _identity)(v, connection) for a, v in values.items()})
 
     def instance_row(self, instance: Any, connection: Any) -> dict[str, Any]:
         """The row of *instance* as it is in memory (deferred fields are loaded on access).
 
         :meth:`normalise` of its values, in one pass (every save asks).
         """
-        row = {a: norm(getattr(instance, a), connection) for a, norm in self._row_normalisers}
+        return self._aliased(
+            {a: norm(getattr(instance, a), connection) for a, norm in self._row_normalisers}
+        )
+
+    def _aliased(self, row: dict[str, Any]) -> dict[str, Any]:
+        """*row* with every alias (``pk``, a foreign key's field name) beside its attname."""
         for alias, attname in self.aliases:
             if attname in row:
                 row[alias] = row[attname]

@@ -99,7 +99,7 @@ def _owner(session: Session) -> Any:
 
 
 def _config_for(key_ref: weakref.ref[Any], session: Session) -> HookConfig | None:
-    """*key*'s configuration if *key* (the listener's target) is *session*'s owner, else None.
+    """The configuration of the listener's target (*key_ref*) if it is *session*'s owner, else None.
 
     Every listener asks, five times per commit: the cached answer is checked
     with two comparisons, and the owner is compared by its listeners' own weak
